@@ -1,0 +1,1 @@
+//! A lazily fetched eStargz layer.

@@ -1,1 +1,45 @@
-fn main() {}
+//! `rsnap`: the command line of remote-snapshotter. One module per subcommand;
+//! each owns its clap `Args` and a `run` function. Logic lives in the crates.
+
+mod convert;
+mod mount;
+mod pull;
+mod toc;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rsnap", version, about = "Lazy-pulling eStargz images for containerd")]
+struct Cli {
+    /// Log level filter (error, warn, info, debug, trace) or a tracing directive.
+    #[arg(long, global = true, default_value = "warn", env = "RSNAP_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert an image (OCI layout or registry) to eStargz.
+    Convert(convert::Args),
+    /// Print (and optionally verify) the TOC of an eStargz blob.
+    Toc(toc::Args),
+    /// Mount one layer, or all layers of an image, lazily (foreground; Ctrl-C unmounts).
+    Mount(mount::Args),
+    /// Pull an image lazily into containerd through the remote snapshotter.
+    Pull(pull::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.cmd {
+        Cmd::Convert(a) => convert::run(a),
+        Cmd::Toc(a) => toc::run(a),
+        Cmd::Mount(a) => mount::run(a),
+        Cmd::Pull(a) => pull::run(a),
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod process;
 pub mod registry;
+pub mod tcpproxy;
 
 use std::net::TcpListener;
 

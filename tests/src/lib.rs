@@ -2,6 +2,8 @@
 //! records their PIDs and stops them by PID (never by name) when dropped,
 //! so a failing test still cleans up.
 
+pub mod containerd;
+pub mod image;
 pub mod process;
 pub mod registry;
 pub mod tcpproxy;
@@ -22,7 +24,11 @@ pub fn free_port() -> u16 {
 /// (`CI=true`) rather than silently skipping.
 pub fn require_root_tools(tools: &[&str]) -> bool {
     let root = unsafe { libc::geteuid() } == 0;
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| which(t).is_none()).collect();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| which(t).is_none())
+        .collect();
     if root && missing.is_empty() {
         return true;
     }

@@ -1,0 +1,300 @@
+//! A real containerd 1.6 with a private config: root, state and sockets in a
+//! scratch directory, the CRI plugin off, and optionally our snapshotter as
+//! the proxy plugin `remote`. Stopped by PID on drop, after removing its
+//! tasks, and whatever it left mounted under its directories is unmounted.
+
+use crate::process::{wait_until, Service};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// The namespace every `ctr` call of the harness uses.
+pub const NAMESPACE: &str = "e2e";
+
+/// Harness instances alive in this process.
+static LIVE: AtomicU32 = AtomicU32::new(0);
+
+pub struct Containerd {
+    /// Scratch directory holding config, root, state, sockets and the log.
+    pub dir: PathBuf,
+    /// The gRPC socket (`ctr -a`).
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    service: Service,
+}
+
+impl Containerd {
+    /// Start containerd in `scratch/containerd-N`; with `snapshotter_socket`
+    /// the proxy plugin `remote` points at it (it need not exist yet:
+    /// containerd dials it lazily).
+    pub fn start(scratch: &Path, snapshotter_socket: Option<&Path>) -> Containerd {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = scratch.join(format!("containerd-{n}"));
+        let root = dir.join("root");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        // Unix socket paths are limited to 108 bytes; tempdirs are short, but
+        // say so clearly if one is not.
+        let socket = dir.join("c.sock");
+        assert!(
+            socket.as_os_str().len() < 100,
+            "socket path too long for AF_UNIX: {}",
+            socket.display()
+        );
+        let mut config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = "{dir}/debug.sock"
+  level = "info"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{dir}/opt"
+"#,
+            root = root.display(),
+            state = state.display(),
+            sock = socket.display(),
+            dir = dir.display(),
+        );
+        if let Some(s) = snapshotter_socket {
+            config.push_str(&format!(
+                "[proxy_plugins.remote]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+                s.display()
+            ));
+        }
+        let cfg = dir.join("config.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(&cfg);
+        let log = dir.join("containerd.log");
+        let service = Service::spawn("containerd", cmd, &log).expect("spawn containerd");
+        LIVE.fetch_add(1, Ordering::SeqCst);
+        let mut c = Containerd {
+            dir,
+            socket,
+            root,
+            state,
+            service,
+        };
+        let up = wait_until(Duration::from_secs(20), || {
+            c.socket.exists() && c.ctr(&["version"]).status.success()
+        });
+        if !up {
+            let running = c.service.is_running();
+            panic!(
+                "containerd did not come up (running: {running}); log:\n{}",
+                c.log_tail()
+            );
+        }
+        c
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.service.pid()
+    }
+
+    /// Run `ctr -a SOCK -n e2e ARGS...`.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["-n", NAMESPACE])
+            .args(args)
+            .output()
+            .expect("run ctr")
+    }
+
+    /// Like [`Containerd::ctr`], panicking with stderr and the daemon's log
+    /// on failure; returns stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        if !out.status.success() {
+            panic!(
+                "ctr {args:?} failed ({}):\nstdout: {}\nstderr: {}\ncontainerd log tail:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctr images pull --plain-http REF` with an optional snapshotter.
+    pub fn pull_plain_http(&self, reference: &str, snapshotter: Option<&str>) -> String {
+        let mut args = vec!["images", "pull", "--plain-http"];
+        let s;
+        if let Some(name) = snapshotter {
+            s = format!("--snapshotter={name}");
+            args.push(&s);
+        }
+        args.push(reference);
+        self.ctr_ok(&args)
+    }
+
+    /// `ctr run --rm` a fresh container of `image` and return its stdout.
+    /// Container ids are unique across concurrent tests (runc state under
+    /// /run/containerd is shared between instances).
+    pub fn run(&self, image: &str, snapshotter: Option<&str>, cmd: &[&str]) -> String {
+        let id = unique_id("c");
+        let mut args = vec!["run", "--rm"];
+        let s;
+        if let Some(name) = snapshotter {
+            s = format!("--snapshotter={name}");
+            args.push(&s);
+        }
+        args.push(image);
+        args.push(&id);
+        args.extend_from_slice(cmd);
+        self.ctr_ok(&args)
+    }
+
+    /// The last 40 lines of the daemon's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Kill and delete every task and container in the namespace so their
+    /// shims exit (shims outlive containerd otherwise).
+    fn remove_tasks(&self) {
+        let out = self.ctr(&["tasks", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+            wait_until(Duration::from_secs(5), || {
+                self.ctr(&["tasks", "rm", "-f", id]).status.success()
+            });
+        }
+        let out = self.ctr(&["containers", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if self.service.is_running() {
+            self.remove_tasks();
+        }
+        self.service.stop(Duration::from_secs(10));
+        unmount_under(&self.root);
+        unmount_under(&self.state);
+        // Shared leftovers may be in use by another instance of this process
+        // (cargo runs test binaries one at a time, so process-local is enough).
+        if LIVE.fetch_sub(1, Ordering::SeqCst) == 1 {
+            remove_run_leftovers();
+        }
+    }
+}
+
+/// A name unique within this machine for this run: pid + counter + time.
+pub fn unique_id(prefix: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{t:x}", std::process::id())
+}
+
+/// Mount points at or below `dir`, deepest first (from /proc/self/mountinfo).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// Lazily unmount everything at or below `dir` (stacked mounts included).
+pub fn unmount_under(dir: &Path) {
+    for _ in 0..4 {
+        let mounts = mounts_under(dir);
+        if mounts.is_empty() {
+            return;
+        }
+        for m in mounts {
+            if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
+                // SAFETY: a valid NUL-terminated path; MNT_DETACH never blocks.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            let oct = std::str::from_utf8(&b[i + 1..i + 4]).ok();
+            if let Some(v) = oct.and_then(|o| u8::from_str_radix(o, 8).ok()) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// containerd 1.6 writes under /run/containerd whatever its config says, and
+/// runc makes a cgroup per namespace; remove what is empty now (never
+/// anything non-empty: another process may be using it).
+fn remove_run_leftovers() {
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for c in rd.flatten() {
+            let _ = std::fs::remove_dir(c.path().join(NAMESPACE));
+        }
+    }
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(NAMESPACE));
+    let run = Path::new("/run/containerd");
+    for sub in [
+        format!("runc/{NAMESPACE}"),
+        "runc".into(),
+        "fifo".into(),
+        "s".into(),
+        String::new(),
+    ] {
+        let _ = std::fs::remove_dir(run.join(sub));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo_octal() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo(r"/a\134"), r"/a\");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/bad\9"), r"/bad\9");
+    }
+
+    #[test]
+    fn unique_ids_differ() {
+        assert_ne!(unique_id("x"), unique_id("x"));
+    }
+}

@@ -2,7 +2,9 @@
 //! each owns its clap `Args` and a `run` function. Logic lives in the crates.
 
 mod convert;
+mod convert_layer;
 mod mount;
+mod oci_layout;
 mod pull;
 mod toc;
 

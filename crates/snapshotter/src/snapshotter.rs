@@ -1,0 +1,376 @@
+//! The snapshotter containerd talks to: local semantics from [`Core`] plus
+//! the remote-snapshot protocol over a [`RemoteFs`].
+//!
+//! Remote protocol (see DESIGN.md):
+//! - `prepare` with a target ref and image-fact labels creates an active
+//!   snapshot, asks the `RemoteFs` to mount the layer on its fs dir and, on
+//!   success, commits it under the target name with the remote marker label
+//!   and answers `AlreadyExists`; on failure it logs, counts and falls back
+//!   to the ordinary active snapshot.
+//! - `prepare`, `view` and `mounts` first make sure every remote layer under
+//!   the snapshot is served (check; if broken unmount + mount again).
+//! - `open` restores remote layers from metadata; a layer that cannot be
+//!   mounted then is marked and mounted again on first use.
+//!
+//! Per-layer state lives behind an async mutex so that checks, refreshes
+//! and removal of one layer never run at the same time.
+
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::filter::Filters;
+use crate::layout;
+use crate::metrics::{inc, Metrics};
+use crate::remote::{self, RemoteFs, RemoteFsError};
+use crate::store::{Record, RemoteRecord};
+use crate::types::{Info, Kind, Labels, Mount, Usage};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+enum LayerState {
+    Mounted,
+    /// Not mounted (restore failed, refresh failed, unmounted at exit):
+    /// the next use tries to mount it.
+    NeedsMount(String),
+}
+
+type StateCell = Arc<tokio::sync::Mutex<LayerState>>;
+
+pub struct Snapshotter {
+    core: Arc<Core>,
+    remote: Arc<dyn RemoteFs>,
+    metrics: Arc<Metrics>,
+    layers: parking_lot::Mutex<HashMap<u64, StateCell>>,
+}
+
+impl Snapshotter {
+    /// Opens (or creates) the state under `root`, removes what a crash left
+    /// behind and restores remote layers. A layer that cannot be mounted now
+    /// does not fail the open.
+    pub async fn open(root: &Path, remote: Arc<dyn RemoteFs>) -> Result<Snapshotter> {
+        let root = root.to_path_buf();
+        let core = Arc::new(
+            tokio::task::spawn_blocking(move || -> Result<Core> {
+                let core = Core::open(&root)?;
+                // Mounts left by a previous process are dead (FUSE) or
+                // stale; every remote layer is mounted afresh below.
+                layout::detach_mounts_under(&core.layout().snapshots())?;
+                for p in core.cleanup(true)? {
+                    tracing::info!(path = %p.display(), "removed orphan snapshot directory");
+                }
+                Ok(core)
+            })
+            .await
+            .map_err(join_err)??,
+        );
+        let s = Snapshotter {
+            core,
+            remote,
+            metrics: Arc::new(Metrics::default()),
+            layers: Default::default(),
+        };
+        for (name, rec) in s.run(|c| c.all()).await? {
+            if rec.remote.is_some() {
+                s.cell(rec.id, LayerState::NeedsMount("restoring".into()));
+                if let Err(e) = s.ensure_layer(&name, &rec).await {
+                    tracing::warn!(snapshot = %name, error = %e, "remote layer not restored; will retry on use");
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    pub fn root(&self) -> &Path {
+        self.core.layout().root()
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || f(&core))
+            .await
+            .map_err(join_err)?
+    }
+
+    fn cell(&self, id: u64, init: LayerState) -> StateCell {
+        self.layers
+            .lock()
+            .entry(id)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(init)))
+            .clone()
+    }
+
+    pub async fn prepare(&self, key: &str, parent: &str, labels: &Labels) -> Result<Vec<Mount>> {
+        self.ensure_chain_of(parent).await?;
+        if let Some(target) = remote::is_remote_request(labels) {
+            if self
+                .run({
+                    let t = target.to_string();
+                    move |c| c.stat(&t)
+                })
+                .await
+                .is_ok()
+            {
+                return Err(Error::AlreadyExists(target.to_string()));
+            }
+        }
+        let rec = self.create(Kind::Active, key, parent, labels).await?;
+        if let Some(target) = remote::is_remote_request(labels) {
+            if let Some(err) = self.try_remote(key, target, &rec, labels).await {
+                return Err(err);
+            }
+        }
+        self.mounts(key).await
+    }
+
+    /// Mounts the layer on the new active snapshot and commits it as
+    /// `target`. Returns the error to answer (AlreadyExists on success) or
+    /// None to fall back to the ordinary snapshot.
+    async fn try_remote(
+        &self,
+        key: &str,
+        target: &str,
+        rec: &Record,
+        labels: &Labels,
+    ) -> Option<Error> {
+        let mp = self.core.layout().fs(rec.id);
+        if let Err(e) = self.remote.mount(&mp, labels).await {
+            let (counter, reason) = match &e {
+                RemoteFsError::NotRemote(_) => (&self.metrics.fallback_not_remote, "not remote"),
+                RemoteFsError::Unavailable(_) => {
+                    (&self.metrics.fallback_unavailable, "unavailable")
+                }
+                RemoteFsError::Other(_) => (&self.metrics.fallback_other, "error"),
+            };
+            inc(counter);
+            tracing::info!(key, target, reason, error = %e, "falling back to an ordinary snapshot");
+            // Whatever half-mount the failure left must not hide the upper dir.
+            let _ = layout::detach_mounts_under(&mp);
+            return None;
+        }
+        let mut committed = labels.clone();
+        committed.insert(
+            remote::LABEL_REMOTE.into(),
+            remote::LABEL_REMOTE_VALUE.into(),
+        );
+        let remote_rec = RemoteRecord {
+            mount_labels: labels.clone(),
+        };
+        let (t, k) = (target.to_string(), key.to_string());
+        match self
+            .run(move |c| c.commit(&t, &k, &committed, Some(remote_rec)))
+            .await
+        {
+            Ok(_) => {
+                *self.cell(rec.id, LayerState::Mounted).lock().await = LayerState::Mounted;
+                inc(&self.metrics.remote_mounts);
+                tracing::info!(key, target, "remote snapshot mounted");
+                Some(Error::AlreadyExists(target.to_string()))
+            }
+            Err(e) => {
+                let _ = self.remote.unmount(&mp).await;
+                let _ = layout::detach_mounts_under(&mp);
+                if let Error::AlreadyExists(_) = e {
+                    // Someone committed the target meanwhile: ours is surplus.
+                    let k = key.to_string();
+                    let _ = self.run(move |c| c.remove(&k)).await;
+                    return Some(e);
+                }
+                inc(&self.metrics.fallback_other);
+                tracing::warn!(key, target, error = %e, "committing remote snapshot failed; falling back");
+                None
+            }
+        }
+    }
+
+    pub async fn view(&self, key: &str, parent: &str, labels: &Labels) -> Result<Vec<Mount>> {
+        self.ensure_chain_of(parent).await?;
+        self.create(Kind::View, key, parent, labels).await?;
+        self.mounts(key).await
+    }
+
+    async fn create(&self, kind: Kind, key: &str, parent: &str, labels: &Labels) -> Result<Record> {
+        let (k, p, l) = (key.to_string(), parent.to_string(), labels.clone());
+        self.run(move |c| c.create(kind, &k, &p, &l)).await
+    }
+
+    pub async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let k = key.to_string();
+        let (rec, parents) = self
+            .run(move |c| {
+                let rec = c.get(&k)?;
+                let parents = c.parents(&rec)?;
+                Ok((rec, parents))
+            })
+            .await?;
+        for (name, p) in &parents {
+            self.ensure_layer(name, p).await?;
+        }
+        self.core.mounts_for(key, &rec, &parents)
+    }
+
+    /// Makes sure every remote layer of `parent` and its ancestors is served.
+    async fn ensure_chain_of(&self, parent: &str) -> Result<()> {
+        if parent.is_empty() {
+            return Ok(());
+        }
+        let p = parent.to_string();
+        let chain = self
+            .run(move |c| {
+                // A missing parent is reported by create with its own code.
+                let Ok(rec) = c.get(&p) else {
+                    return Ok(Vec::new());
+                };
+                let mut chain = c.parents(&rec)?;
+                chain.insert(0, (p, rec));
+                Ok(chain)
+            })
+            .await?;
+        for (name, rec) in &chain {
+            self.ensure_layer(name, rec).await?;
+        }
+        Ok(())
+    }
+
+    /// Check a remote layer; refresh (unmount + mount) it if it is broken or
+    /// was never mounted in this process.
+    async fn ensure_layer(&self, name: &str, rec: &Record) -> Result<()> {
+        let Some(remote) = &rec.remote else {
+            return Ok(());
+        };
+        let mp = self.core.layout().fs(rec.id);
+        let cell = self.cell(
+            rec.id,
+            LayerState::NeedsMount("not mounted by this process".into()),
+        );
+        let mut st = cell.lock().await;
+        let restoring = match &*st {
+            LayerState::Mounted => match self.remote.check(&mp, &remote.mount_labels).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    inc(&self.metrics.check_failures);
+                    tracing::warn!(snapshot = name, error = %e, "remote layer check failed; refreshing");
+                    let _ = self.remote.unmount(&mp).await;
+                    false
+                }
+            },
+            LayerState::NeedsMount(why) => {
+                tracing::debug!(snapshot = name, why = %why, "mounting remote layer");
+                true
+            }
+        };
+        let _ = layout::detach_mounts_under(&mp);
+        let (ok, fail) = if restoring {
+            (&self.metrics.restores, &self.metrics.restore_failures)
+        } else {
+            (&self.metrics.refreshes, &self.metrics.refresh_failures)
+        };
+        match self.remote.mount(&mp, &remote.mount_labels).await {
+            Ok(()) => {
+                inc(ok);
+                tracing::info!(snapshot = name, "remote layer mounted again");
+                *st = LayerState::Mounted;
+                Ok(())
+            }
+            Err(e) => {
+                inc(fail);
+                let _ = layout::detach_mounts_under(&mp);
+                *st = LayerState::NeedsMount(e.to_string());
+                Err(Error::Unavailable(format!("snapshot {name:?}: {e}")))
+            }
+        }
+    }
+
+    pub async fn commit(&self, name: &str, key: &str, labels: &Labels) -> Result<()> {
+        let (n, k, l) = (name.to_string(), key.to_string(), labels.clone());
+        self.run(move |c| c.commit(&n, &k, &l, None))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn remove(&self, key: &str) -> Result<()> {
+        let k = key.to_string();
+        let rec = self.run(move |c| c.get(&k)).await?;
+        if rec.remote.is_none() {
+            let k = key.to_string();
+            return self.run(move |c| c.remove(&k)).await.map(|_| ());
+        }
+        let cell = self.cell(rec.id, LayerState::NeedsMount("removing".into()));
+        let mut st = cell.lock().await;
+        let k = key.to_string();
+        if self.run(move |c| c.has_children(&k)).await? {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key:?} has children"
+            )));
+        }
+        let mp = self.core.layout().fs(rec.id);
+        if let Err(e) = self.remote.unmount(&mp).await {
+            tracing::warn!(snapshot = key, error = %e, "remote unmount failed; detaching");
+        }
+        *st = LayerState::NeedsMount("unmounted for removal".into());
+        let k = key.to_string();
+        self.run(move |c| c.remove(&k)).await?;
+        drop(st);
+        self.layers.lock().remove(&rec.id);
+        Ok(())
+    }
+
+    pub async fn stat(&self, key: &str) -> Result<Info> {
+        let k = key.to_string();
+        self.run(move |c| c.stat(&k)).await
+    }
+
+    pub async fn update(&self, info: &Info, paths: &[String]) -> Result<Info> {
+        let (i, p) = (info.clone(), paths.to_vec());
+        self.run(move |c| c.update(&i, &p)).await
+    }
+
+    pub async fn list(&self, filters: &[String]) -> Result<Vec<Info>> {
+        let f = Filters::parse(filters)?;
+        self.run(move |c| c.list(&f)).await
+    }
+
+    pub async fn usage(&self, key: &str) -> Result<Usage> {
+        let k = key.to_string();
+        self.run(move |c| c.usage(&k)).await
+    }
+
+    pub async fn cleanup(&self) -> Result<()> {
+        self.run(|c| c.cleanup(false)).await.map(|_| ())
+    }
+
+    /// Unmounts every remote layer (for a shutdown that should leave no
+    /// mounts). The metadata stays: the next start mounts them again.
+    pub async fn unmount_all(&self) {
+        let Ok(all) = self.run(|c| c.all()).await else {
+            return;
+        };
+        for (name, rec) in all {
+            if rec.remote.is_none() {
+                continue;
+            }
+            let cell = self.cell(rec.id, LayerState::Mounted);
+            let mut st = cell.lock().await;
+            let mp = self.core.layout().fs(rec.id);
+            if let Err(e) = self.remote.unmount(&mp).await {
+                tracing::warn!(snapshot = %name, error = %e, "remote unmount failed; detaching");
+            }
+            let _ = layout::detach_mounts_under(&mp);
+            *st = LayerState::NeedsMount("unmounted".into());
+        }
+    }
+}
+
+fn join_err(e: tokio::task::JoinError) -> Error {
+    match e.try_into_panic() {
+        Ok(p) => std::panic::resume_unwind(p),
+        Err(_) => Error::Unavailable("shutting down".into()),
+    }
+}

@@ -2,6 +2,7 @@
 //! records their PIDs and stops them by PID (never by name) when dropped,
 //! so a failing test still cleans up.
 
+pub mod authfront;
 pub mod containerd;
 pub mod image;
 pub mod process;

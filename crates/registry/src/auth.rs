@@ -160,13 +160,10 @@ impl Auth {
             url::Url::parse(realm).map_err(|e| Error::invalid(realm, format!("bad realm: {e}")))?;
         let cred = self.creds.get(authority)?;
         // The registry's password goes to its realm (as docker does), but
-        // never in clear text to a different host.
-        let realm_host = url.host_str().map(|h| match url.port() {
-            Some(p) => format!("{h}:{p}"),
-            None => h.to_string(),
-        });
-        let cred =
-            cred.filter(|_| url.scheme() == "https" || realm_host.as_deref() == Some(authority));
+        // in clear text only to the registry's own host (any port): that
+        // host already receives it in clear text.
+        let own_host = url.host_str().is_some_and(|h| host_of(authority) == h);
+        let cred = cred.filter(|_| url.scheme() == "https" || own_host);
         let req = match &cred {
             Some(Credential::IdentityToken { token, .. }) => {
                 let mut form = url::form_urlencoded::Serializer::new(String::new());
@@ -269,4 +266,13 @@ fn basic_value(user: &str, pass: &str) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
     )
+}
+
+/// `h:5000` → `h`; `[::1]:80` → `[::1]`.
+fn host_of(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        authority.split_inclusive(']').next().unwrap_or(authority)
+    } else {
+        authority.split(':').next().unwrap_or(authority)
+    }
 }

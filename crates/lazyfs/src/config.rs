@@ -1,0 +1,91 @@
+//! Settings of lazy layers, with the key names containerd-stargz-grpc users
+//! already have in their config files (`noprefetch`, `no_background_fetch`,
+//! `prefetch_timeout_sec`, `max_concurrency`).
+
+use crate::cache::CacheConfig;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Do not fetch the prioritized files before the mount is handed out.
+    pub noprefetch: bool,
+    /// Do not fetch the rest of the layer in the background after mounting.
+    pub no_background_fetch: bool,
+    /// Longest wait for the prefetch range; the mount goes on without it.
+    pub prefetch_timeout_sec: u64,
+    /// Ranged requests in flight at once per layer, on-demand and readahead.
+    pub max_concurrency: usize,
+    /// Background-fetch requests in flight per layer (they also wait for
+    /// on-demand reads to finish).
+    pub background_concurrency: usize,
+    /// Bound on a read that needs the network, retries included: after it the
+    /// reader gets EIO instead of hanging.
+    pub fetch_timeout_sec: u64,
+    /// Largest single request made for on-demand reads.
+    pub max_request_bytes: u64,
+    /// Largest single request made by background fetch.
+    pub background_request_bytes: u64,
+    /// Chunks with less than this between them are fetched in one request.
+    pub coalesce_gap_bytes: u64,
+    /// How far ahead of a sequential reader to fetch.
+    pub readahead_bytes: u64,
+    /// Stop background fetch when the disk cache is this full (0..1), so it
+    /// never evicts what readers use.
+    pub background_max_cache_fill: f64,
+    /// FUSE worker threads per mount.
+    pub fuse_threads: usize,
+    /// Kernel readahead for the mount (`/sys/class/bdi/*/read_ahead_kb`).
+    pub read_ahead_kb: u32,
+    /// Mount the FUSE filesystem `nosuid,nodev`. Containers are unaffected:
+    /// the overlayfs mount above decides setuid and device access for them.
+    pub nosuid_nodev: bool,
+    /// State root for the chunk cache (`<dir>/cache/chunks`); none: memory only.
+    pub cache_dir: Option<PathBuf>,
+    pub cache_max_bytes: u64,
+    pub memory_cache_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            noprefetch: false,
+            no_background_fetch: false,
+            prefetch_timeout_sec: 10,
+            max_concurrency: 8,
+            background_concurrency: 2,
+            fetch_timeout_sec: 10,
+            max_request_bytes: 4 << 20,
+            background_request_bytes: 8 << 20,
+            coalesce_gap_bytes: 64 << 10,
+            readahead_bytes: 8 << 20,
+            background_max_cache_fill: 0.8,
+            fuse_threads: 4,
+            read_ahead_kb: 4096,
+            nosuid_nodev: true,
+            cache_dir: None,
+            cache_max_bytes: 10 << 30,
+            memory_cache_bytes: 128 << 20,
+        }
+    }
+}
+
+impl Config {
+    pub fn fetch_timeout(&self) -> Duration {
+        Duration::from_secs(self.fetch_timeout_sec.max(1))
+    }
+
+    pub fn prefetch_timeout(&self) -> Duration {
+        Duration::from_secs(self.prefetch_timeout_sec)
+    }
+
+    pub fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            root: self.cache_dir.clone(),
+            disk_cap_bytes: self.cache_max_bytes,
+            memory_cap_bytes: self.memory_cache_bytes,
+        }
+    }
+}

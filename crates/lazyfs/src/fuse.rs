@@ -1,0 +1,473 @@
+//! The FUSE front of a `LazyLayer`: the only module that knows fuser.
+//!
+//! Reads of cached data are answered on the FUSE thread; a read that needs
+//! the network is handed to the tokio runtime and answered from there, so a
+//! slow fetch never holds a FUSE thread and never stalls other readers.
+//! The layer never changes, so attributes and entries (negative ones too)
+//! get long TTLs and file pages stay cached across opens (`FOPEN_KEEP_CACHE`).
+
+use crate::layer::{LazyLayer, OpenFile};
+use crate::mounts;
+use crate::tree::{Attr, Inode};
+use crate::Error;
+use estargz::index::NodeKind;
+use fuser::{
+    BackgroundSession, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request, SessionACL,
+};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
+
+/// Entries and attributes never change: let the kernel keep them long.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+struct LayerFs {
+    layer: Arc<LazyLayer>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+}
+
+/// Linux's `new_encode_dev`, the format of FUSE's `rdev`.
+fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+fn file_type(k: NodeKind) -> FileType {
+    match k {
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Reg => FileType::RegularFile,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Char => FileType::CharDevice,
+        NodeKind::Block => FileType::BlockDevice,
+        NodeKind::Fifo => FileType::NamedPipe,
+    }
+}
+
+fn time(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+fn fuse_attr(a: &Attr) -> FileAttr {
+    let t = time(a.mtime);
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: file_type(a.kind),
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: encode_dev(a.rdev_major, a.rdev_minor),
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn errno(e: &Error) -> Errno {
+    match e {
+        Error::NotFound => Errno::ENOENT,
+        Error::NotAFile => Errno::EISDIR,
+        _ => Errno::EIO,
+    }
+}
+
+/// A negative entry: "no such name", cached by the kernel for `TTL`.
+fn negative_attr() -> FileAttr {
+    fuse_attr(&Attr {
+        ino: 0,
+        kind: NodeKind::Reg,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime: 0,
+        rdev_major: 0,
+        rdev_minor: 0,
+    })
+}
+
+impl LayerFs {
+    /// The JSON state file changes: its attributes must not be cached.
+    fn ttl(&self, ino: u64) -> Duration {
+        match self.layer.tree().inode(ino) {
+            Some(Inode::StateFile) => Duration::ZERO,
+            _ => TTL,
+        }
+    }
+
+    fn dir_entries(&self, ino: u64) -> Option<Vec<(String, u64)>> {
+        let tree = self.layer.tree();
+        let mut out = vec![(".".to_string(), ino), ("..".to_string(), tree.parent(ino))];
+        out.extend(tree.entries(ino)?.iter().cloned());
+        Some(out)
+    }
+}
+
+impl Filesystem for LayerFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each is optional: take what the kernel offers.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        if let Err(max) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let tree = self.layer.tree();
+        let found = name.to_str().and_then(|n| tree.lookup(parent.0, n));
+        match found.and_then(|ino| self.layer.attr(ino)) {
+            Some(a) => reply.entry(&self.ttl(a.ino), &fuse_attr(&a), Generation(0)),
+            None if tree.inode(parent.0).is_some() => {
+                reply.entry(&TTL, &negative_attr(), Generation(0))
+            }
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.layer.attr(ino.0) {
+            Some(a) => reply.attr(&self.ttl(ino.0), &fuse_attr(&a)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.layer.tree().readlink(ino.0) {
+            Some(t) => reply.data(t.as_bytes()),
+            None => reply.error(Errno::EINVAL),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        let tree = self.layer.tree();
+        match tree.inode(ino.0) {
+            Some(Inode::StateFile) => {
+                return reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+            }
+            Some(Inode::Node(_)) if tree.regular(ino.0).is_some() => {}
+            Some(_) => return reply.error(Errno::EISDIR),
+            None => return reply.error(Errno::ENOENT),
+        }
+        let fh = self.next_fh.fetch_add(1, Relaxed);
+        self.files.lock().insert(fh, Arc::new(OpenFile::default()));
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let (ino, len) = (ino.0, size as u64);
+        if let Some(Inode::StateFile) = self.layer.tree().inode(ino) {
+            let json = self.layer.state_json();
+            let lo = (offset as usize).min(json.len());
+            let hi = (lo + size as usize).min(json.len());
+            return reply.data(&json[lo..hi]);
+        }
+        if let Some(file) = self.files.lock().get(&fh.0).cloned() {
+            self.layer.readahead(ino, &file, offset, len);
+        }
+        match self.layer.read_cached(ino, offset, len) {
+            Some(Ok(b)) => reply.data(&b),
+            Some(Err(e)) => reply.error(errno(&e)),
+            None => {
+                let layer = self.layer.clone();
+                self.layer.runtime().spawn(async move {
+                    match layer.read(ino, offset, len).await {
+                        Ok(b) => reply.data(&b),
+                        Err(e) => reply.error(errno(&e)),
+                    }
+                });
+            }
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.layer.tree().entries(ino.0) {
+            Some(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            None => reply.error(Errno::ENOTDIR),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self.dir_entries(ino.0) else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        for (i, (name, child)) in entries.iter().enumerate().skip(offset as usize) {
+            let kind = self
+                .layer
+                .attr(*child)
+                .map_or(FileType::RegularFile, |a| file_type(a.kind));
+            if reply.add(INodeNo(*child), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.dir_entries(ino.0) else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        for (i, (name, child)) in entries.iter().enumerate().skip(offset as usize) {
+            let Some(a) = self.layer.attr(*child) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(*child),
+                i as u64 + 1,
+                name,
+                &self.ttl(*child),
+                &fuse_attr(&a),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let tree = self.layer.tree();
+        let bytes: u64 = tree.nodes().iter().map(|n| n.size).sum();
+        reply.statfs(
+            bytes.div_ceil(4096),
+            0,
+            0,
+            tree.nodes().len() as u64,
+            0,
+            4096,
+            255,
+            4096,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let v = name
+            .to_str()
+            .and_then(|n| self.layer.tree().xattr(ino.0, n));
+        match v {
+            None => reply.error(Errno::NO_XATTR),
+            Some(v) if size == 0 => reply.size(v.len() as u32),
+            Some(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Some(v) => reply.data(&v),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let list = self.layer.tree().xattr_list(ino.0);
+        if size == 0 {
+            reply.size(list.len() as u32)
+        } else if list.len() > size as usize {
+            reply.error(Errno::ERANGE)
+        } else {
+            reply.data(&list)
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Permissions are checked by the kernel (default_permissions); only
+        // writing is impossible.
+        if mask.bits() & libc::W_OK != 0 {
+            reply.error(Errno::EROFS)
+        } else {
+            reply.ok()
+        }
+    }
+}
+
+/// A mounted layer. Dropping it unmounts (lazily if still in use).
+pub struct MountHandle {
+    mountpoint: PathBuf,
+    layer: Arc<LazyLayer>,
+    session: Option<BackgroundSession>,
+}
+
+impl std::fmt::Debug for MountHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountHandle")
+            .field("mountpoint", &self.mountpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Mount `layer` read-only at `mountpoint` (an existing directory), with
+/// `allow_other,default_permissions`; `nosuid,nodev` per the config.
+pub fn mount(layer: Arc<LazyLayer>, mountpoint: &Path) -> Result<MountHandle, Error> {
+    let cfg = layer.config().clone();
+    let mut opts = vec![
+        MountOption::FSName(format!("rsnap:{}", layer.digest())),
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if cfg.nosuid_nodev {
+        opts.extend([MountOption::NoSuid, MountOption::NoDev]);
+    } else {
+        opts.extend([MountOption::Suid, MountOption::Dev]);
+    }
+    let mut fc = fuser::Config::default();
+    fc.mount_options = opts;
+    fc.acl = SessionACL::All;
+    fc.n_threads = Some(cfg.fuse_threads.max(1));
+    fc.clone_fd = true;
+    let fs = LayerFs {
+        layer: layer.clone(),
+        files: Mutex::new(HashMap::new()),
+        next_fh: AtomicU64::new(1),
+    };
+    let mp = mountpoint.to_path_buf();
+    let merr = |source| Error::Mount {
+        path: mp.clone(),
+        source,
+    };
+    let session = fuser::Session::new(fs, mountpoint, &fc).map_err(merr)?;
+    let session = session.spawn().map_err(merr)?;
+    let handle = MountHandle {
+        mountpoint: mp.canonicalize().unwrap_or(mp),
+        layer,
+        session: Some(session),
+    };
+    if cfg.read_ahead_kb > 0 {
+        if let Err(e) = mounts::set_read_ahead_kb(&handle.mountpoint, cfg.read_ahead_kb) {
+            warn!(mount = %handle.mountpoint.display(), error = %e, "cannot raise read_ahead_kb");
+        }
+    }
+    info!(layer = %handle.layer.digest(), mount = %handle.mountpoint.display(), "mounted");
+    Ok(handle)
+}
+
+impl MountHandle {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    pub fn layer(&self) -> &Arc<LazyLayer> {
+        &self.layer
+    }
+
+    /// Still served by us and still in the mount table.
+    pub fn is_alive(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| !s.guard.is_finished())
+            && mounts::is_fuse_mounted(&self.mountpoint)
+    }
+
+    /// Unmount now. A mount still in use (say, an overlay lower dir) is
+    /// detached and keeps being served until its last user is gone.
+    pub fn unmount(mut self) -> Result<(), Error> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<(), Error> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        use rustix::mount::{unmount, UnmountFlags};
+        match unmount(&self.mountpoint, UnmountFlags::empty()) {
+            // EINVAL: not mounted any more (someone unmounted it for us).
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {
+                // The kernel ends the session; the worker threads return.
+                if session.join().is_err() {
+                    warn!(mount = %self.mountpoint.display(), "FUSE session ended with an error");
+                }
+                debug!(mount = %self.mountpoint.display(), "unmounted");
+                Ok(())
+            }
+            Err(rustix::io::Errno::BUSY) => {
+                warn!(mount = %self.mountpoint.display(), "mount busy; detaching it");
+                // Dropped first (its own unmount attempt fails while busy),
+                // not joined: the workers serve the remaining users, then end.
+                drop(session);
+                unmount(&self.mountpoint, UnmountFlags::DETACH).map_err(|e| Error::Mount {
+                    path: self.mountpoint.clone(),
+                    source: e.into(),
+                })
+            }
+            Err(e) => {
+                drop(session);
+                Err(Error::Mount {
+                    path: self.mountpoint.clone(),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner() {
+            warn!(error = %e, "unmount failed");
+        }
+    }
+}

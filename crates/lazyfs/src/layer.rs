@@ -1,0 +1,426 @@
+//! One lazily fetched layer: its file tree, reads that fetch what they need,
+//! prefetch of the prioritized files and background fetch of the rest.
+//! Nothing here knows about FUSE.
+
+use crate::cache::ChunkCache;
+use crate::fetch::{FetchError, FetchSettings, Fetcher};
+use crate::source::RangeSource;
+use crate::stats::{FetchClass, Stats};
+use crate::tree::{self, Attr, Tree};
+use crate::{Config, Error};
+use bytes::{Bytes, BytesMut};
+use estargz::index::{Chunk, Node, NodeId};
+use parking_lot::Mutex;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tracing::{debug, info, warn};
+
+pub struct LazyLayer {
+    digest: String,
+    tree: Tree,
+    blob_size: u64,
+    /// End of the prioritized range (`.prefetch.landmark`), if any.
+    prefetch_end: Option<u64>,
+    fetcher: Arc<Fetcher>,
+    stats: Arc<Stats>,
+    cfg: Config,
+    rt: Handle,
+    background: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Per-open-file state: where a sequential reader is, how far ahead we fetched.
+#[derive(Debug, Default)]
+pub struct OpenFile {
+    last_end: AtomicU64,
+    ahead_until: AtomicU64,
+}
+
+/// What `prefetch` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefetchReport {
+    pub chunks: usize,
+    pub fetched_bytes: u64,
+}
+
+impl LazyLayer {
+    /// A layer from an already validated index (`nodes` as in `estargz::index::Index`).
+    pub fn from_nodes(
+        source: Arc<dyn RangeSource>,
+        layer_digest: &str,
+        nodes: Vec<Node>,
+        prefetch_end: Option<u64>,
+        cfg: &Config,
+        cache: Arc<ChunkCache>,
+        rt: Handle,
+    ) -> Arc<LazyLayer> {
+        let stats = Arc::new(Stats::default());
+        let blob_size = source.size();
+        let fetcher = Arc::new(Fetcher::new(
+            source,
+            cache,
+            stats.clone(),
+            FetchSettings::from_config(cfg),
+        ));
+        Arc::new(LazyLayer {
+            digest: layer_digest.to_string(),
+            tree: Tree::new(nodes, layer_digest),
+            blob_size,
+            prefetch_end,
+            fetcher,
+            stats,
+            cfg: cfg.clone(),
+            rt,
+            background: Mutex::new(None),
+        })
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn blob_size(&self) -> u64 {
+        self.blob_size
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn runtime(&self) -> &Handle {
+        &self.rt
+    }
+
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// Compressed bytes of this layer in the cache.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetcher.resident_bytes().min(self.blob_size)
+    }
+
+    /// `{"digest","size","fetchedSize","fetchedPercent"}` as the Go
+    /// snapshotter shows it in `/.stargz-snapshotter/<digest>.json`.
+    pub fn state_json(&self) -> Vec<u8> {
+        let fetched = self.fetched_bytes();
+        let pct = if self.blob_size == 0 {
+            100.0
+        } else {
+            fetched as f64 * 100.0 / self.blob_size as f64
+        };
+        let v = serde_json::json!({
+            "digest": self.digest,
+            "size": self.blob_size,
+            "fetchedSize": fetched,
+            "fetchedPercent": pct,
+        });
+        let mut out = serde_json::to_vec(&v).expect("plain JSON");
+        out.push(b'\n');
+        out
+    }
+
+    pub fn attr(&self, ino: u64) -> Option<Attr> {
+        self.tree.attr(ino, self.state_json().len() as u64)
+    }
+
+    /// Bytes of a file from the cache only; `None` if some part is not
+    /// cached. Blocking (disk reads), never waits for the network.
+    pub fn read_cached(&self, ino: u64, off: u64, len: u64) -> Option<Result<Bytes, Error>> {
+        let node = match self.tree.regular(ino) {
+            Some(n) => n,
+            None => return Some(Err(Error::NotAFile)),
+        };
+        let chunks = tree::chunks_for(node, off, len);
+        if chunks.is_empty() {
+            return Some(Ok(Bytes::new()));
+        }
+        let cache = self.fetcher.cache();
+        if !chunks.iter().all(|c| cache.contains(&c.digest)) {
+            return None;
+        }
+        let parts = self.fetcher.get_cached_blocking(chunks)?;
+        self.stats
+            .cache_hits
+            .fetch_add(chunks.len() as u64, Relaxed);
+        Some(Ok(assemble(chunks, parts, off, len.min(node.size - off))))
+    }
+
+    /// Bytes of a file, fetching what is not cached. Fails (never hangs)
+    /// after the fetch timeout.
+    pub async fn read(self: &Arc<Self>, ino: u64, off: u64, len: u64) -> Result<Bytes, Error> {
+        let node = self.tree.regular(ino).ok_or(Error::NotAFile)?;
+        let chunks = tree::chunks_for(node, off, len);
+        if chunks.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let timeout = self.cfg.fetch_timeout();
+        let got = tokio::time::timeout(
+            timeout,
+            self.fetcher.get_chunks(chunks, FetchClass::OnDemand),
+        )
+        .await
+        .map_err(|_| self.read_error(ino, FetchError::Timeout(timeout)))?;
+        let mut parts = Vec::with_capacity(got.len());
+        for r in got {
+            parts.push(r.map_err(|e| self.read_error(ino, e))?);
+        }
+        Ok(assemble(chunks, parts, off, len.min(node.size - off)))
+    }
+
+    fn read_error(&self, ino: u64, e: FetchError) -> Error {
+        self.stats.read_errors.fetch_add(1, Relaxed);
+        let path = self.tree.path_of((ino - 1) as NodeId);
+        if e.is_corrupt() {
+            warn!(layer = %self.digest, path = %path, error = %e, "chunk failed verification; not served");
+            Error::Corrupt {
+                layer: self.digest.clone(),
+                path,
+                source: e,
+            }
+        } else {
+            debug!(layer = %self.digest, path = %path, error = %e, "read failed");
+            Error::Unavailable {
+                layer: self.digest.clone(),
+                source: e,
+            }
+        }
+    }
+
+    /// Note a read of `off..off+len` through `file`; a sequential reader gets
+    /// the next `readahead_bytes` of the file fetched before asking.
+    pub fn readahead(self: &Arc<Self>, ino: u64, file: &OpenFile, off: u64, len: u64) {
+        let end = off.saturating_add(len);
+        let last = file.last_end.swap(end, Relaxed);
+        let window = self.cfg.readahead_bytes;
+        if window == 0 || (off != last && off != 0) {
+            return;
+        }
+        // Fetch again only when the reader is halfway into the last window.
+        let until = file.ahead_until.load(Relaxed);
+        if end + window / 2 < until {
+            return;
+        }
+        let Some(node) = self.tree.regular(ino) else {
+            return;
+        };
+        let from = end.max(until);
+        let target = end.saturating_add(window).min(node.size);
+        if from >= target {
+            return;
+        }
+        file.ahead_until.store(target, Relaxed);
+        let wanted: Vec<Chunk> = tree::chunks_for(node, from, target - from)
+            .iter()
+            .filter(|c| !self.fetcher.is_resident(c))
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let fetcher = self.fetcher.clone();
+        self.rt.spawn(async move {
+            fetcher.get_chunks(&wanted, FetchClass::OnDemand).await;
+        });
+    }
+
+    /// Distinct chunks of the layer in blob order (one per gzip member and
+    /// inner offset), optionally only those ending before `end`.
+    fn all_chunks(&self, end: Option<u64>) -> Vec<Chunk> {
+        let mut seen = HashSet::new();
+        let mut out: Vec<Chunk> = self
+            .tree
+            .nodes()
+            .iter()
+            .flat_map(|n| n.chunks.iter())
+            .filter(|c| end.is_none_or(|e| c.blob_end <= e))
+            .filter(|c| seen.insert((c.blob_offset, c.inner_offset)))
+            .cloned()
+            .collect();
+        out.sort_by_key(|c| (c.blob_offset, c.inner_offset));
+        out
+    }
+
+    /// Fetch the prioritized range `[0, prefetch end)` in one request, bounded
+    /// by `prefetch_timeout_sec`. Does nothing without a prefetch landmark or
+    /// with `noprefetch`.
+    pub async fn prefetch(self: &Arc<Self>) -> Result<PrefetchReport, Error> {
+        let Some(end) = self.prefetch_end.filter(|_| !self.cfg.noprefetch) else {
+            return Ok(PrefetchReport::default());
+        };
+        let cache = self.fetcher.cache().clone();
+        let chunks: Vec<Chunk> = self
+            .all_chunks(Some(end))
+            .into_iter()
+            .filter(|c| {
+                let have = cache.contains(&c.digest);
+                if have {
+                    self.fetcher.mark_resident(c);
+                }
+                !have
+            })
+            .collect();
+        let before = self.stats.prefetch_bytes.load(Relaxed);
+        let t0 = Instant::now();
+        let fut = self.fetcher.get_chunks(&chunks, FetchClass::Prefetch);
+        let got = tokio::time::timeout(self.cfg.prefetch_timeout(), fut)
+            .await
+            .map_err(|_| Error::Unavailable {
+                layer: self.digest.clone(),
+                source: FetchError::Timeout(self.cfg.prefetch_timeout()),
+            })?;
+        for r in got {
+            r.map_err(|e| {
+                if e.is_corrupt() {
+                    warn!(layer = %self.digest, error = %e, "prefetched chunk failed verification");
+                    Error::Corrupt {
+                        layer: self.digest.clone(),
+                        path: "(prefetch)".into(),
+                        source: e,
+                    }
+                } else {
+                    Error::Unavailable {
+                        layer: self.digest.clone(),
+                        source: e,
+                    }
+                }
+            })?;
+        }
+        let report = PrefetchReport {
+            chunks: chunks.len(),
+            fetched_bytes: self.stats.prefetch_bytes.load(Relaxed) - before,
+        };
+        info!(layer = %self.digest, chunks = report.chunks, bytes = report.fetched_bytes,
+              elapsed = ?t0.elapsed(), "prefetched");
+        Ok(report)
+    }
+
+    /// Start fetching the whole layer in the background (unless disabled),
+    /// at lower priority than reads. Stops when the layer is dropped, when
+    /// all is cached, or when the disk cache is too full to hold more.
+    pub fn start_background_fetch(self: &Arc<Self>) {
+        if self.cfg.no_background_fetch {
+            return;
+        }
+        let mut slot = self.background.lock();
+        if slot.is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        *slot = Some(self.rt.spawn(background_fetch(weak)));
+    }
+
+    /// Whether background fetch is still running.
+    pub fn background_running(&self) -> bool {
+        self.background
+            .lock()
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+}
+
+impl Drop for LazyLayer {
+    fn drop(&mut self) {
+        if let Some(h) = self.background.lock().take() {
+            h.abort();
+        }
+    }
+}
+
+async fn background_fetch(weak: Weak<LazyLayer>) {
+    let (chunks, batch_bytes, concurrency, max_fill) = match weak.upgrade() {
+        Some(l) => (
+            l.all_chunks(None),
+            l.cfg.background_request_bytes.max(1),
+            l.cfg.background_concurrency.max(1),
+            l.cfg.background_max_cache_fill,
+        ),
+        None => return,
+    };
+    let mut batches: Vec<Vec<Chunk>> = Vec::new();
+    let mut cur: Vec<Chunk> = Vec::new();
+    let mut cur_bytes = 0;
+    for c in chunks {
+        let len = c.blob_end - c.blob_offset;
+        if !cur.is_empty() && cur_bytes + len > batch_bytes {
+            batches.push(std::mem::take(&mut cur));
+            cur_bytes = 0;
+        }
+        cur_bytes += len;
+        cur.push(c);
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut backoff = Duration::from_millis(500);
+    let mut queue = batches.into_iter();
+    let mut retry: Option<Vec<Chunk>> = None;
+    loop {
+        while tasks.len() < concurrency {
+            let Some(batch) = retry.take().or_else(|| queue.next()) else {
+                break;
+            };
+            let Some(layer) = weak.upgrade() else { return };
+            let cache = layer.fetcher.cache();
+            if cache.has_disk() && cache.disk_fill() >= max_fill {
+                info!(layer = %layer.digest, "background fetch stops: disk cache is full");
+                return;
+            }
+            let batch: Vec<Chunk> = batch
+                .into_iter()
+                .filter(|c| !layer.fetcher.is_resident(c))
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let fetcher = layer.fetcher.clone();
+            drop(layer);
+            tasks.spawn(async move {
+                let res = fetcher.get_chunks(&batch, FetchClass::Background).await;
+                let failed = res
+                    .iter()
+                    .any(|r| r.as_ref().is_err_and(|e| !e.is_corrupt()));
+                failed.then_some(batch)
+            });
+        }
+        let Some(done) = tasks.join_next().await else {
+            break;
+        };
+        if let Ok(Some(batch)) = done {
+            // Source unavailable: wait and try that batch again.
+            retry = Some(batch);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        } else {
+            backoff = Duration::from_millis(500);
+        }
+    }
+    if let Some(l) = weak.upgrade() {
+        info!(layer = %l.digest, fetched = l.fetched_bytes(), size = l.blob_size, "background fetch done");
+    }
+}
+
+/// The bytes `off..off+len` of a file out of its chunks.
+fn assemble(chunks: &[Chunk], parts: Vec<Bytes>, off: u64, len: u64) -> Bytes {
+    let end = off + len;
+    if chunks.len() == 1 {
+        let c = &chunks[0];
+        let lo = (off.max(c.file_offset) - c.file_offset) as usize;
+        let hi = (end.min(c.file_offset + c.size) - c.file_offset) as usize;
+        return parts[0].slice(lo..hi.min(parts[0].len()));
+    }
+    let mut out = BytesMut::with_capacity(len as usize);
+    for (c, p) in chunks.iter().zip(parts) {
+        let lo = (off.max(c.file_offset) - c.file_offset) as usize;
+        let hi = (end.min(c.file_offset + c.size) - c.file_offset) as usize;
+        out.extend_from_slice(&p[lo..hi.min(p.len())]);
+    }
+    out.freeze()
+}

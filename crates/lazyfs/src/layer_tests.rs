@@ -1,0 +1,392 @@
+//! Layer behaviour over a fake source: fetch sharing, coalescing, faults,
+//! prefetch, background fetch, readahead.
+
+use crate::testutil::{sha, FakeSource, TestLayer};
+use crate::{ChunkCache, Config, Error, LazyLayer};
+use estargz::index::NodeKind;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
+}
+
+struct Fixture {
+    layer: Arc<LazyLayer>,
+    src: Arc<FakeSource>,
+    t: TestLayer,
+}
+
+fn cfg() -> Config {
+    Config {
+        fetch_timeout_sec: 1,
+        no_background_fetch: true,
+        readahead_bytes: 0,
+        ..Config::default()
+    }
+}
+
+fn fixture(t: TestLayer, cfg: Config, cache: Arc<ChunkCache>) -> Fixture {
+    let src = Arc::new(FakeSource::new(t.blob.clone()));
+    let layer = LazyLayer::from_nodes(
+        src.clone(),
+        "sha256:layer",
+        t.nodes.clone(),
+        None,
+        &cfg,
+        cache,
+        tokio::runtime::Handle::current(),
+    );
+    Fixture { layer, src, t }
+}
+
+fn ino(t: &TestLayer, path: &str) -> u64 {
+    t.id(path) as u64 + 1
+}
+
+fn sample() -> TestLayer {
+    let mut t = TestLayer::new(1000);
+    t.file("big", &data(10_500, 1), 0o644);
+    t.file("small", b"hello", 0o644);
+    t.file("dir/other", &data(3000, 2), 0o600);
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_correct_at_any_offset() {
+    let f = fixture(sample(), cfg(), Arc::new(ChunkCache::memory_only(1 << 20)));
+    let big = data(10_500, 1);
+    let i = ino(&f.t, "big");
+    for (off, len) in [
+        (0, 10_500),
+        (999, 2),
+        (1000, 1000),
+        (10_400, 500),
+        (10_500, 10),
+        (5, 0),
+        (2500, 4000),
+    ] {
+        let got = f.layer.read(i, off, len).await.unwrap();
+        let end = (off + len).min(10_500) as usize;
+        assert_eq!(
+            &got[..],
+            &big[(off as usize).min(end)..end],
+            "off {off} len {len}"
+        );
+    }
+    assert_eq!(
+        &f.layer.read(ino(&f.t, "small"), 0, 100).await.unwrap()[..],
+        b"hello"
+    );
+    assert!(matches!(f.layer.read(1, 0, 10).await, Err(Error::NotAFile)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adjacent_chunks_are_fetched_in_one_request() {
+    let f = fixture(sample(), cfg(), Arc::new(ChunkCache::memory_only(1 << 20)));
+    f.layer.read(ino(&f.t, "big"), 0, 10_500).await.unwrap();
+    assert_eq!(f.src.requests(), 1, "11 chunks, one request");
+    // Now cached: no new request, and the sync path serves it.
+    let again = f
+        .layer
+        .read_cached(ino(&f.t, "big"), 500, 3000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&again[..], &data(10_500, 1)[500..3500]);
+    assert_eq!(f.src.requests(), 1);
+    // A small request limit splits the fetch.
+    let c = Config {
+        max_request_bytes: 1,
+        coalesce_gap_bytes: 0,
+        ..cfg()
+    };
+    let f = fixture(sample(), c, Arc::new(ChunkCache::memory_only(1 << 20)));
+    f.layer.read(ino(&f.t, "big"), 0, 3000).await.unwrap();
+    assert_eq!(f.src.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_share_one_fetch() {
+    let f = fixture(sample(), cfg(), Arc::new(ChunkCache::memory_only(1 << 20)));
+    f.src.delay_ms.store(200, SeqCst);
+    let i = ino(&f.t, "big");
+    let mut tasks = Vec::new();
+    for k in 0..16u64 {
+        let l = f.layer.clone();
+        tasks.push(tokio::spawn(
+            async move { l.read(i, 1000 + k * 10, 100).await },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(f.src.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_chunks_in_two_layers_are_fetched_once() {
+    let cache = Arc::new(ChunkCache::memory_only(1 << 20));
+    let a = fixture(sample(), cfg(), cache.clone());
+    let mut t = TestLayer::new(1000);
+    t.file("elsewhere/copy", &data(10_500, 1), 0o644);
+    let b = fixture(t, cfg(), cache);
+    a.layer.read(ino(&a.t, "big"), 0, 10_500).await.unwrap();
+    let got = b
+        .layer
+        .read(ino(&b.t, "elsewhere/copy"), 0, 10_500)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &data(10_500, 1)[..]);
+    assert_eq!(b.src.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_chunks_are_never_served_and_nothing_sticks() {
+    let f = fixture(sample(), cfg(), Arc::new(ChunkCache::memory_only(1 << 20)));
+    let i = ino(&f.t, "big");
+    let chunk2 = f.t.nodes[f.t.id("big") as usize].chunks[2].clone();
+    *f.src.corrupt_at.lock() = Some(chunk2.blob_offset + 12);
+    let err = f.layer.read(i, 2000, 10).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { ref path, .. } if path == "/big"),
+        "{err}"
+    );
+    assert_eq!(f.layer.stats().snapshot().corrupt_chunks, 1);
+    // Other chunks of the same request were fine and are served.
+    assert!(f.layer.read(i, 0, 100).await.is_ok());
+    *f.src.corrupt_at.lock() = None;
+    assert_eq!(
+        &f.layer.read(i, 2000, 10).await.unwrap()[..],
+        &data(10_500, 1)[2000..2010]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_digest_in_index_is_a_digest_mismatch() {
+    let mut t = sample();
+    t.edit("small", |n| n.chunks[0].digest = sha(b"something else"));
+    let f = fixture(t, cfg(), Arc::new(ChunkCache::memory_only(1 << 20)));
+    let err = f.layer.read(ino(&f.t, "small"), 0, 5).await.unwrap_err();
+    assert!(err.to_string().contains("digest mismatch"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_source_fails_fast_then_recovers() {
+    let f = fixture(sample(), cfg(), Arc::new(ChunkCache::memory_only(1 << 20)));
+    let i = ino(&f.t, "big");
+    f.layer.read(i, 0, 1000).await.unwrap(); // chunk 0 cached
+    f.src.fail.store(true, SeqCst);
+    assert!(f.layer.read(i, 0, 1000).await.is_ok(), "cached reads go on");
+    let err = f.layer.read(i, 5000, 10).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    f.src.fail.store(false, SeqCst);
+    assert!(f.layer.read(i, 5000, 10).await.is_ok(), "no sticky failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_source_times_out_and_recovers() {
+    let f = fixture(sample(), cfg(), Arc::new(ChunkCache::memory_only(1 << 20)));
+    let i = ino(&f.t, "big");
+    f.src.stall.store(true, SeqCst);
+    let t0 = Instant::now();
+    let err = f.layer.read(i, 0, 10).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "bounded: {:?}",
+        t0.elapsed()
+    );
+    // A second reader of the same stalled chunk is bounded too.
+    let t0 = Instant::now();
+    assert!(f.layer.read(i, 0, 10).await.is_err());
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    f.src.stall.store(false, SeqCst);
+    // The stalled request itself times out within fetch_timeout; then reads work.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(f.layer.read(i, 0, 10).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_fetches_the_prioritized_range_in_one_request() {
+    let mut t = TestLayer::new(1000);
+    t.file("a", &data(5000, 3), 0o644);
+    t.file("b", &data(2500, 4), 0o644);
+    let end = t.blob.len() as u64;
+    t.file(".prefetch.landmark", b"\x0f", 0o644);
+    t.file("c", &data(4000, 5), 0o644);
+    let src = Arc::new(FakeSource::new(t.blob.clone()));
+    let layer = LazyLayer::from_nodes(
+        src.clone(),
+        "sha256:l",
+        t.nodes.clone(),
+        Some(end),
+        &cfg(),
+        Arc::new(ChunkCache::memory_only(1 << 20)),
+        tokio::runtime::Handle::current(),
+    );
+    let r = layer.prefetch().await.unwrap();
+    assert_eq!(r.chunks, 8);
+    assert_eq!(src.requests(), 1);
+    assert_eq!(src.ranges.lock()[0], (0, end));
+    assert_eq!(r.fetched_bytes, end);
+    // Those files now read without a request; the others need one.
+    layer.read(t.id("a") as u64 + 1, 0, 5000).await.unwrap();
+    layer.read(t.id("b") as u64 + 1, 0, 2500).await.unwrap();
+    assert_eq!(src.requests(), 1);
+    layer.read(t.id("c") as u64 + 1, 0, 10).await.unwrap();
+    assert_eq!(src.requests(), 2);
+    // noprefetch turns it off.
+    let c = Config {
+        noprefetch: true,
+        ..cfg()
+    };
+    let src2 = Arc::new(FakeSource::new(t.blob.clone()));
+    let l2 = LazyLayer::from_nodes(
+        src2.clone(),
+        "sha256:l",
+        t.nodes.clone(),
+        Some(end),
+        &c,
+        Arc::new(ChunkCache::memory_only(1 << 20)),
+        tokio::runtime::Handle::current(),
+    );
+    assert_eq!(l2.prefetch().await.unwrap().chunks, 0);
+    assert_eq!(src2.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_fetch_gets_everything_in_large_requests() {
+    let mut t = TestLayer::new(1000);
+    for k in 0..20u8 {
+        t.file(&format!("f{k}"), &data(3000, k), 0o644);
+    }
+    let c = Config {
+        no_background_fetch: false,
+        background_request_bytes: 16 << 10,
+        ..cfg()
+    };
+    let f = fixture(t, c, Arc::new(ChunkCache::memory_only(1 << 20)));
+    f.layer.start_background_fetch();
+    let t0 = Instant::now();
+    while f.layer.background_running() && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!f.layer.background_running());
+    assert_eq!(f.layer.fetched_bytes(), f.layer.blob_size());
+    let s = f.layer.stats().snapshot();
+    assert_eq!(s.background_bytes, f.layer.blob_size());
+    let n = f.src.requests();
+    assert!(
+        n >= 2 && n <= 1 + f.layer.blob_size() / (8 << 10),
+        "{n} requests"
+    );
+    for (off, len) in f.src.ranges.lock().iter() {
+        assert!(*len <= 16 << 10, "request {off}+{len} over the limit");
+    }
+    let json: serde_json::Value = serde_json::from_slice(&f.layer.state_json()).unwrap();
+    assert_eq!(json["fetchedPercent"], 100.0);
+    assert_eq!(json["size"], f.layer.blob_size());
+    assert_eq!(json["digest"], "sha256:layer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_fetch_yields_to_readers() {
+    let mut t = TestLayer::new(1000);
+    for k in 0..40u8 {
+        t.file(&format!("f{k}"), &data(3000, k), 0o644);
+    }
+    let c = Config {
+        no_background_fetch: false,
+        background_request_bytes: 2048,
+        background_concurrency: 1,
+        ..cfg()
+    };
+    let f = fixture(t, c, Arc::new(ChunkCache::memory_only(1 << 20)));
+    f.src.delay_ms.store(30, SeqCst);
+    f.layer.start_background_fetch();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A foreground read is not queued behind background requests: it
+    // completes in about one request time.
+    let t0 = Instant::now();
+    f.layer.read(ino(&f.t, "f39"), 0, 3000).await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_reader_gets_readahead() {
+    let mut t = TestLayer::new(1000);
+    t.file("seq", &data(20_000, 9), 0o644);
+    let c = Config {
+        readahead_bytes: 8000,
+        ..cfg()
+    };
+    let f = fixture(t, c, Arc::new(ChunkCache::memory_only(1 << 20)));
+    let i = ino(&f.t, "seq");
+    let of = crate::layer::OpenFile::default();
+    f.layer.readahead(i, &of, 0, 1000);
+    f.layer.read(i, 0, 1000).await.unwrap();
+    // Wait for the readahead to land, then the next 8 KB are cached.
+    let t0 = Instant::now();
+    while f.layer.read_cached(i, 1000, 7000).is_none() && t0.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(f.layer.read_cached(i, 1000, 7000).is_some());
+    assert!(
+        f.layer.read_cached(i, 12_000, 1000).is_none(),
+        "not beyond the window"
+    );
+    // A random reader does not trigger it.
+    let of = crate::layer::OpenFile::default();
+    f.layer.readahead(i, &of, 15_000, 10);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(f.layer.read_cached(i, 16_000, 1000).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_tier_serves_after_restart_without_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cc = crate::CacheConfig {
+        root: Some(tmp.path().into()),
+        ..Default::default()
+    };
+    {
+        let cache = Arc::new(ChunkCache::new(&cc).unwrap());
+        let f = fixture(sample(), cfg(), cache.clone());
+        f.layer.read(ino(&f.t, "big"), 0, 10_500).await.unwrap();
+        // Disk writes follow the answer to the reader.
+        let t0 = Instant::now();
+        while cache.disk_entries() < 11 && t0.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(cache.disk_entries(), 11);
+    }
+    let f = fixture(sample(), cfg(), Arc::new(ChunkCache::new(&cc).unwrap()));
+    f.src.fail.store(true, SeqCst);
+    let got = f
+        .layer
+        .read_cached(ino(&f.t, "big"), 0, 10_500)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], &data(10_500, 1)[..]);
+    assert_eq!(f.src.requests(), 0);
+}
+
+#[test]
+fn special_files_are_not_readable() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _g = rt.enter();
+    let mut t = sample();
+    t.special("dev/null", NodeKind::Char, 1, 3);
+    let f = fixture(t, cfg(), Arc::new(ChunkCache::memory_only(1 << 20)));
+    assert!(matches!(
+        f.layer.read_cached(ino(&f.t, "dev/null"), 0, 1),
+        Some(Err(Error::NotAFile))
+    ));
+}

@@ -1,1 +1,124 @@
-fn main() {}
+//! remote-snapshotter: containerd proxy snapshotter daemon.
+//!
+//! Wiring only: flags and config -> [`remotefs::build_remote_fs`] ->
+//! `snapshotter::Snapshotter` -> gRPC on a unix socket, plus signals and
+//! an optional metrics endpoint. SIGTERM stops serving and keeps state and
+//! mounts for the next start; SIGINT (or `--unmount-on-exit`) also unmounts
+//! every remote layer.
+
+mod config;
+mod metrics;
+mod remotefs;
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+
+const DEFAULT_CONFIG: &str = "/etc/remote-snapshotter/config.toml";
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "containerd remote snapshotter for lazily pulled eStargz layers"
+)]
+struct Args {
+    /// Unix socket containerd's proxy_plugins entry points at.
+    #[arg(
+        long,
+        default_value = "/run/remote-snapshotter/remote-snapshotter.sock"
+    )]
+    address: PathBuf,
+    /// State directory (metadata and snapshot directories).
+    #[arg(long, default_value = "/var/lib/remote-snapshotter")]
+    root: PathBuf,
+    /// TOML config; a missing file at the default path means defaults.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// trace, debug, info, warn, error, or a tracing filter directive.
+    #[arg(long, default_value = "info", env = "RUST_LOG")]
+    log_level: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+    /// Serve Prometheus metrics on this TCP address (e.g. 127.0.0.1:9184).
+    #[arg(long)]
+    metrics_address: Option<String>,
+    /// Unmount all remote layers on any exit, not only on SIGINT.
+    #[arg(long)]
+    unmount_on_exit: bool,
+}
+
+fn init_logging(a: &Args) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&a.log_level).context("--log-level")?;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if a.log_json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args)?;
+    let cfg = config::Config::load(&args.config, args.config.as_os_str() == DEFAULT_CONFIG)?;
+    let unknown = cfg.unknown_keys();
+    if !unknown.is_empty() {
+        tracing::warn!(?unknown, "config keys not understood; ignored");
+    }
+
+    // Signals first so a SIGTERM during a slow restore is not lost.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    let remote = remotefs::build_remote_fs(&cfg, &args.root);
+    let snap = Arc::new(
+        snapshotter::Snapshotter::open(&args.root, remote)
+            .await
+            .with_context(|| format!("opening state in {}", args.root.display()))?,
+    );
+
+    if let Some(addr) = args.metrics_address.clone().or(cfg.metrics_address.clone()) {
+        let l = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("metrics address {addr}"))?;
+        tracing::info!(%addr, "serving metrics");
+        tokio::spawn(metrics::serve(l, snap.metrics()));
+    }
+
+    let listener = snapshotter::server::bind(&args.address)?;
+    tracing::info!(address = %args.address.display(), root = %args.root.display(), "serving");
+    let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+    let server = {
+        let snap = snap.clone();
+        let path = args.address.clone();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            snapshotter::server::serve(listener, &path, snap, shutdown).await
+        })
+    };
+    let unmount = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: stopping, keeping mounts"); args.unmount_on_exit }
+        _ = int.recv() => { tracing::info!("SIGINT: stopping and unmounting"); true }
+    };
+    let _ = tx.send(true);
+    // In-flight calls get a moment to finish; containerd retries the rest.
+    match tokio::time::timeout(std::time::Duration::from_secs(10), server).await {
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error"),
+        Err(_) => tracing::warn!("server did not stop in 10s"),
+        _ => {}
+    }
+    if unmount {
+        snap.unmount_all().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -39,6 +39,8 @@ pub use source::{FileSource, RangeSource, SourceError};
 pub use stats::{FetchClass, Stats, StatsSnapshot};
 
 #[cfg(test)]
+mod fuse_tests;
+#[cfg(test)]
 mod layer_tests;
 #[cfg(test)]
 mod testutil;

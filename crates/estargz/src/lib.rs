@@ -15,7 +15,12 @@ pub mod error;
 pub mod footer;
 pub mod index;
 pub mod reader;
+mod tarfmt;
 pub mod toc;
 pub mod writer;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, TarError, TocError};
+pub use footer::{parse_footer, write_footer, Footer, FOOTER_SIZE};
+pub use index::{Chunk, Index, Node, NodeId, NodeKind, ROOT};
+pub use reader::{decompress_chunk, is_estargz, open, parse_toc_member, Layer, ReadAt};
+pub use toc::{Toc, TocEntry};

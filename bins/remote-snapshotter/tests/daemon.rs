@@ -1,58 +1,12 @@
 //! The conformance suite over the real daemon's socket, and the daemon's
 //! lifecycle: socket mode, restart with state kept, stale socket, metrics.
 
-use e2e::process::{wait_until, Service};
-use snapshotter::testsuite::{self, labels, Api, GrpcApi};
+mod common;
+
+use common::{api, start, stop};
+use snapshotter::testsuite::{self, labels, Api};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
-
-struct Daemon {
-    svc: Service,
-    sock: PathBuf,
-}
-
-fn start(scratch: &Path, extra: &[&str]) -> Daemon {
-    let sock = scratch.join("run/rs.sock");
-    let cfg = scratch.join("config.toml");
-    if !cfg.exists() {
-        std::fs::write(&cfg, "noprefetch = true\n[blob]\nmax_retries = 2\n").unwrap();
-    }
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_remote-snapshotter"));
-    cmd.arg("--address")
-        .arg(&sock)
-        .arg("--root")
-        .arg(scratch.join("root"))
-        .arg("--config")
-        .arg(&cfg);
-    cmd.args(["--log-level", "debug"]).args(extra);
-    let _ = std::fs::remove_file(&sock);
-    let mut svc = Service::spawn("remote-snapshotter", cmd, &scratch.join("daemon.log")).unwrap();
-    let up = wait_until(Duration::from_secs(20), || {
-        sock.exists() || !svc.is_running()
-    });
-    let log = || std::fs::read_to_string(scratch.join("daemon.log")).unwrap_or_default();
-    assert!(up && svc.is_running(), "daemon did not come up:\n{}", log());
-    Daemon { svc, sock }
-}
-
-async fn api(d: &Daemon) -> GrpcApi {
-    GrpcApi(
-        snapshotter::client::connect_unix(&d.sock)
-            .await
-            .expect("connect"),
-    )
-}
-
-fn stop(mut d: Daemon, sig: i32) {
-    d.svc.signal(sig);
-    assert!(
-        wait_until(Duration::from_secs(15), || !d.svc.is_running()),
-        "daemon did not exit on signal {sig}"
-    );
-    assert!(!d.sock.exists(), "socket removed on exit");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_over_the_socket() {
@@ -84,7 +38,7 @@ async fn restart_keeps_state_and_replaces_stale_socket() {
         a.prepare("b", "A", &labels(&[])).await.unwrap();
     }
     // A second daemon must refuse a socket a live one answers on.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_remote-snapshotter"));
+    let mut cmd = Command::new(common::bin());
     cmd.arg("--address")
         .arg(&d.sock)
         .arg("--root")
@@ -143,7 +97,7 @@ async fn metrics_endpoint_and_bad_config() {
     stop(d, libc::SIGTERM);
 
     std::fs::write(dir.path().join("bad.toml"), "noprefetch = \"yes\"").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_remote-snapshotter"))
+    let out = Command::new(common::bin())
         .arg("--address")
         .arg(dir.path().join("x.sock"))
         .arg("--root")

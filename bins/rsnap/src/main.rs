@@ -3,6 +3,8 @@
 
 mod convert;
 mod convert_layer;
+mod ctrd;
+mod image;
 mod mount;
 mod oci_layout;
 mod pull;
@@ -11,7 +13,11 @@ mod toc;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "rsnap", version, about = "Lazy-pulling eStargz images for containerd")]
+#[command(
+    name = "rsnap",
+    version,
+    about = "Lazy-pulling eStargz images for containerd"
+)]
 struct Cli {
     /// Log level filter (error, warn, info, debug, trace) or a tracing directive.
     #[arg(long, global = true, default_value = "warn", env = "RSNAP_LOG")]

@@ -40,6 +40,10 @@ pub struct FrontOptions {
     pub corrupt_blobs: bool,
     /// Answer the first N requests with 503 (`Retry-After: 0`).
     pub fail_first: usize,
+    /// Answer the first N requests with 429 (`Retry-After: 1`).
+    pub throttle_first: usize,
+    /// Send half of each blob answer, then nothing for this long.
+    pub stall_blobs: Option<Duration>,
 }
 
 /// One request as the front saw it.
@@ -171,7 +175,16 @@ impl Front {
                     range: req.header("range").map(str::to_string),
                     status: status_of(&resp),
                 });
-                send(&c, &resp);
+                match opts.stall_blobs {
+                    Some(pause) if is_blob_get(&req) && resp.len() > 1 => {
+                        let mut w = &c;
+                        let _ = w.write_all(&resp[..resp.len() / 2]);
+                        let _ = w.flush();
+                        thread::sleep(pause);
+                        let _ = c.shutdown(Shutdown::Both);
+                    }
+                    _ => send(&c, &resp),
+                }
             }
         });
         let (port, stop, t) = serve(handler);
@@ -207,8 +220,12 @@ fn is_blob_get(req: &Request) -> bool {
 }
 
 fn handle_front(mut req: Request, upstream: u16, o: &FrontOptions, failed: &AtomicUsize) -> Vec<u8> {
-    if failed.fetch_add(1, Ordering::SeqCst) < o.fail_first {
+    let n = failed.fetch_add(1, Ordering::SeqCst);
+    if n < o.fail_first {
         return response("503 Service Unavailable", &[("Retry-After", "0".into())], b"try later");
+    }
+    if n < o.throttle_first {
+        return response("429 Too Many Requests", &[("Retry-After", "1".into())], b"slow down");
     }
     if let (Some(port), true) = (o.redirect_blobs_to, is_blob_get(&req)) {
         let loc = format!("http://127.0.0.1:{port}{}", req.target);

@@ -15,7 +15,8 @@
 //! Mirrors are tried in order for pulls, then the origin; pushes go to the
 //! origin only. `HostsConfig` is the table under `[resolver]`. The origin
 //! itself takes `insecure`, `header`, `request_timeout_sec` and `ca` on its
-//! host table. Plain HTTP is automatic for `localhost`, `127.0.0.1` and `[::1]`.
+//! host table. Plain HTTP is automatic for `localhost`, `127.0.0.1` and `[::1]`
+//! unless the host has a `ca` (or, for a mirror, an explicit `https://`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -125,12 +126,13 @@ impl HostsConfig {
         let hc = self.host.get(registry).cloned().unwrap_or_default();
         let mut out = Vec::new();
         for m in &hc.mirrors {
-            let (authority, scheme_http) = split_scheme(&m.host);
+            let (authority, scheme) = split_scheme(&m.host);
             if authority.is_empty() {
                 continue;
             }
+            let auto = is_loopback(&authority) && scheme.is_none() && m.ca.paths().is_empty();
             out.push(EndpointSpec {
-                plain_http: plain_http || m.insecure || scheme_http || is_loopback(&authority),
+                plain_http: plain_http || m.insecure || scheme == Some(Scheme::Http) || auto,
                 request_timeout: m.request_timeout_sec.map(Duration::from_secs),
                 headers: m.header.clone().into_iter().collect(),
                 ca: m.ca.paths(),
@@ -140,7 +142,9 @@ impl HostsConfig {
         }
         let authority = origin_authority(registry).to_string();
         out.push(EndpointSpec {
-            plain_http: plain_http || hc.insecure || is_loopback(&authority),
+            plain_http: plain_http
+                || hc.insecure
+                || (is_loopback(&authority) && hc.ca.paths().is_empty()),
             request_timeout: hc.request_timeout_sec.map(Duration::from_secs),
             headers: hc.header.into_iter().collect(),
             ca: hc.ca.paths(),
@@ -151,16 +155,22 @@ impl HostsConfig {
     }
 }
 
-/// `http://h:1/` → (`h:1`, true); `h:1` → (`h:1`, false).
-fn split_scheme(host: &str) -> (String, bool) {
-    let (rest, http) = if let Some(r) = host.strip_prefix("http://") {
-        (r, true)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+/// `http://h:1/` → (`h:1`, Some(Http)); `h:1` → (`h:1`, None).
+fn split_scheme(host: &str) -> (String, Option<Scheme>) {
+    let (rest, scheme) = if let Some(r) = host.strip_prefix("http://") {
+        (r, Some(Scheme::Http))
     } else if let Some(r) = host.strip_prefix("https://") {
-        (r, false)
+        (r, Some(Scheme::Https))
     } else {
-        (host, false)
+        (host, None)
     };
-    (rest.split('/').next().unwrap_or("").to_string(), http)
+    (rest.split('/').next().unwrap_or("").to_string(), scheme)
 }
 
 #[cfg(test)]
@@ -211,5 +221,13 @@ ca = ["/a.pem", "/b.pem"]
         assert!(!h.endpoints("127.0.0.1.evil.com", false)[0].plain_http);
         assert!(!h.endpoints("localhost.evil.com:5000", false)[0].plain_http);
         assert!(h.endpoints("reg.example", true)[0].plain_http);
+        // A CA (or an explicit https:// mirror) means TLS, even on loopback.
+        let h: HostsConfig = toml::from_str(
+            "[host.\"127.0.0.1:5000\"]\nca = \"/ca.pem\"\n[[host.\"127.0.0.1:5000\".mirrors]]\nhost = \"https://127.0.0.1:6000\"\n",
+        )
+        .unwrap();
+        let eps = h.endpoints("127.0.0.1:5000", false);
+        assert_eq!(eps[0].base_url(), "https://127.0.0.1:6000");
+        assert_eq!(eps[1].base_url(), "https://127.0.0.1:5000");
     }
 }

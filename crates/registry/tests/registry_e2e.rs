@@ -203,7 +203,7 @@ async fn anonymous_push_read_resolve() {
     let m = c.fetch_manifest(&tagged.with_digest(&md)).await.unwrap();
     assert_eq!(m.manifest.layers()[0].digest().to_string(), d);
     let (_, parsed) = c
-        .fetch_config(&a, &m.manifest.config().digest().to_string())
+        .fetch_config(&a, m.manifest.config().digest().as_ref())
         .await
         .unwrap();
     assert_eq!(parsed.architecture().to_string(), "amd64");
@@ -395,6 +395,70 @@ async fn fronts_that_misbehave() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unreachable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_stalls() {
+    if !e2e::require_root_tools(&["docker-registry"]) {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let reg = Registry::start(scratch.path());
+    let blob = data(600_000, 8);
+    let d = put(&client(), &repo(&reg.host(), "s/t"), &blob).await;
+
+    // 429 with Retry-After: 1 is waited out, twice.
+    let f = Front::start(
+        reg.port,
+        FrontOptions {
+            throttle_first: 2,
+            ..Default::default()
+        },
+    );
+    let br = client()
+        .blob_reader(&repo(&f.host(), "s/t"), &d, Some(blob.len() as u64))
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(&br.read_at(1, 3).await.unwrap()[..], &blob[1..4]);
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "Retry-After not honoured: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(f.seen().len(), 3);
+
+    // A body that stops arriving is abandoned after the stall timeout.
+    let f = Front::start(
+        reg.port,
+        FrontOptions {
+            stall_blobs: Some(Duration::from_secs(20)),
+            ..Default::default()
+        },
+    );
+    let cfg = ClientConfig {
+        stall_timeout: Duration::from_secs(1),
+        retries: 1,
+        ..config()
+    };
+    let c = Client::new(cfg).unwrap();
+    let br = c
+        .blob_reader(&repo(&f.host(), "s/t"), &d, Some(blob.len() as u64))
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    let e = br.read_at(0, 500_000).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "stall noticed after {:?}",
+        t.elapsed()
+    );
+    let e = c
+        .fetch_blob_bytes(&repo(&f.host(), "s/t"), &d, 1 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -860,4 +924,89 @@ async fn token_auth_flow_refresh_and_redirects() {
             "token leaked to the redirect target: {s:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_host_ca_speaks_http2() {
+    if !e2e::require_root_tools(&["docker-registry"]) {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    // A private CA and a server certificate for 127.0.0.1 signed by it.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let port = e2e::free_port();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let cfg = format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {d}/cert.pem\n    key: {d}/key.pem\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("config.yml"), cfg).unwrap();
+    let mut cmd = std::process::Command::new("docker-registry");
+    cmd.arg("serve").arg(dir.join("config.yml"));
+    let log = dir.join("registry.log");
+    let _svc = e2e::process::Service::spawn("docker-registry-tls", cmd, &log).unwrap();
+    assert!(e2e::process::wait_until(Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+
+    let host = format!("127.0.0.1:{port}");
+    let r = repo(&host, "tls/x");
+    let blob = data(300_000, 9);
+    let d = Digest::sha256_of(&blob);
+    // With another CA: the certificate is not trusted, so Unreachable.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(
+        dir.join("other-ca.pem"),
+        other.self_signed(&other_key).unwrap().pem(),
+    )
+    .unwrap();
+    let hosts_with = |ca: &str| -> registry::HostsConfig {
+        toml::from_str(&format!(
+            "[host.\"{host}\"]\nca = \"{}\"\n",
+            dir.join(ca).display()
+        ))
+        .unwrap()
+    };
+    let hosts = hosts_with("ca.pem");
+    let e = Client::new(ClientConfig {
+        hosts: hosts_with("other-ca.pem"),
+        retries: 0,
+        ..config()
+    })
+    .unwrap()
+    .push_blob(&r, &d, Bytes::from(blob.clone()))
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
+    let c = Client::new(ClientConfig { hosts, ..config() }).unwrap();
+    assert_eq!(
+        c.push_blob(&r, &d, Bytes::from(blob.clone()))
+            .await
+            .unwrap(),
+        BlobPush::Uploaded
+    );
+    check_reads(&c, &r, &blob).await;
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("HTTP/2.0"),
+        "no HTTP/2 request in the registry log"
+    );
 }

@@ -54,6 +54,31 @@ async fn pull_and_run_with_real_containerd() {
         "ctr sees the snapshots through the proxy:\n{out}"
     );
 
+    // containerd forwards label updates of inherited keys (`containerd.io/snapshot/`)
+    // to the backend as `labels.KEY` field paths.
+    let top = out
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a snapshot key")
+        .to_string();
+    let key = "containerd.io/snapshot/e2e-test";
+    ctrd.ctr_ok(&[
+        "snapshots",
+        "--snapshotter",
+        "remote",
+        "label",
+        &top,
+        &format!("{key}=yes"),
+    ]);
+    let filter = format!("labels.\"{key}\"==yes");
+    let labelled = a.list(&[filter.as_str()]).await.unwrap();
+    assert_eq!(
+        labelled.len(),
+        1,
+        "the update reached our store: {labelled:?}"
+    );
+
     let out = ctrd.run(
         &image,
         Some("remote"),

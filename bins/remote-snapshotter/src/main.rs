@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
 
-    let remote = remotefs::build_remote_fs(&cfg, &args.root);
+    let remote = remotefs::build_remote_fs(&cfg, &args.root)?;
     let snap = Arc::new(
         snapshotter::Snapshotter::open(&args.root, remote)
             .await

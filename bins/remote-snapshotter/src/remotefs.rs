@@ -1,14 +1,230 @@
-//! The seam where the daemon chooses its [`RemoteFs`]: the only function
-//! that knows which lazy filesystem backs remote snapshots.
+//! The seam where the daemon chooses its [`RemoteFs`]: the only place that
+//! knows remote snapshots are eStargz layers served by `lazyfs` from a
+//! registry through the `registry` client.
 
 use crate::config::Config;
-use snapshotter::{NoRemoteFs, RemoteFs};
-use std::path::Path;
+use async_trait::async_trait;
+use lazyfs::{ChunkCache, LazyLayer, MountHandle};
+use registry::{ErrorKind, Reference};
+use snapshotter::{Labels, RemoteFs, RemoteFsError};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+const REF_KEYS: [&str; 2] = [
+    "containerd.io/snapshot/remote/stargz.reference",
+    "containerd.io/snapshot/cri.image-ref",
+];
+const DIGEST_KEYS: [&str; 2] = [
+    "containerd.io/snapshot/remote/stargz.digest",
+    "containerd.io/snapshot/cri.layer-digest",
+];
 
 /// Builds the remote filesystem from the config; `root` is the daemon's
-/// state directory (for caches). Until the lazyfs-backed implementation is
-/// wired here, every layer falls back to an ordinary snapshot.
-pub fn build_remote_fs(_cfg: &Config, _root: &Path) -> Arc<dyn RemoteFs> {
-    Arc::new(NoRemoteFs)
+/// state directory (the chunk cache lives under it).
+pub fn build_remote_fs(cfg: &Config, root: &Path) -> anyhow::Result<Arc<dyn RemoteFs>> {
+    let lcfg = lazy_config(cfg, root);
+    // FUSE mounts of a daemon that died are dead ("transport endpoint is not
+    // connected"); clear them before the snapshotter restores its layers.
+    for dead in lazyfs::cleanup_dead_mounts(root).unwrap_or_default() {
+        info!(mount = %dead.display(), "cleaned a dead mount from a previous run");
+    }
+    let cache = Arc::new(ChunkCache::new(&lcfg.cache_config())?);
+    let mut ccfg = registry::ClientConfig::default();
+    if let Some(resolver) = &cfg.resolver {
+        ccfg.hosts = resolver
+            .clone()
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("[resolver]: {e}"))?;
+    }
+    if let Some(r) = cfg.blob.max_retries {
+        ccfg.retries = r;
+    }
+    if let Some(n) = cfg.max_concurrency {
+        ccfg.max_concurrency = (n as usize).max(1) * 4;
+    }
+    let client = registry::Client::new(ccfg)?;
+    Ok(Arc::new(LazyRemoteFs {
+        client,
+        cfg: lcfg,
+        cache,
+        rt: Handle::current(),
+        mounts: tokio::sync::Mutex::new(HashMap::new()),
+    }))
+}
+
+fn lazy_config(cfg: &Config, root: &Path) -> lazyfs::Config {
+    let mut l = lazyfs::Config {
+        noprefetch: cfg.noprefetch,
+        no_background_fetch: cfg.no_background_fetch,
+        cache_dir: Some(root.join("cache")),
+        ..lazyfs::Config::default()
+    };
+    if let Some(t) = cfg.prefetch_timeout_sec {
+        l.prefetch_timeout_sec = t;
+    }
+    if let Some(n) = cfg.max_concurrency {
+        l.max_concurrency = (n as usize).max(1);
+    }
+    if let Some(t) = cfg.blob.fetching_timeout_sec {
+        l.fetch_timeout_sec = t;
+    }
+    if let Some(m) = cfg.cache.max_size {
+        l.cache_max_bytes = m;
+    }
+    l
+}
+
+struct LazyRemoteFs {
+    client: registry::Client,
+    cfg: lazyfs::Config,
+    cache: Arc<ChunkCache>,
+    rt: Handle,
+    mounts: tokio::sync::Mutex<HashMap<PathBuf, MountHandle>>,
+}
+
+fn first<'a>(labels: &'a Labels, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .find_map(|k| labels.get(*k))
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+fn registry_err(e: registry::Error) -> RemoteFsError {
+    match e.kind() {
+        ErrorKind::Unreachable | ErrorKind::Unauthorized => {
+            RemoteFsError::Unavailable(e.to_string())
+        }
+        _ => RemoteFsError::NotRemote(e.to_string()),
+    }
+}
+
+impl LazyRemoteFs {
+    /// The layer's size and TOC digest from the image manifest, for callers
+    /// (CRI, containerd's unpacker without annotations) that did not pass them.
+    async fn layer_facts(
+        &self,
+        image: &Reference,
+        digest: &str,
+    ) -> Result<(Option<u64>, Option<String>), RemoteFsError> {
+        let m = self
+            .client
+            .fetch_manifest(image)
+            .await
+            .map_err(registry_err)?;
+        let layer = m
+            .manifest
+            .layers()
+            .iter()
+            .find(|l| l.digest().to_string() == digest);
+        Ok(match layer {
+            Some(l) => (
+                Some(l.size()),
+                l.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(TOC_DIGEST))
+                    .cloned(),
+            ),
+            None => (None, None),
+        })
+    }
+
+    async fn open_layer(&self, labels: &Labels) -> Result<Arc<LazyLayer>, RemoteFsError> {
+        let image = first(labels, &REF_KEYS)
+            .ok_or_else(|| RemoteFsError::NotRemote("no image reference label".into()))?;
+        let digest = first(labels, &DIGEST_KEYS)
+            .ok_or_else(|| RemoteFsError::NotRemote("no layer digest label".into()))?;
+        let image = Reference::parse(image).map_err(|e| RemoteFsError::NotRemote(e.to_string()))?;
+        let (size, toc) = match labels.get(TOC_DIGEST) {
+            Some(t) => (None, Some(t.clone())),
+            None => self.layer_facts(&image, digest).await?,
+        };
+        // Without a TOC digest from the verified manifest the TOC cannot be
+        // trusted, so the layer is not served lazily.
+        let toc = toc.ok_or_else(|| {
+            RemoteFsError::NotRemote(format!("layer {digest} has no {TOC_DIGEST}"))
+        })?;
+        let reader = self
+            .client
+            .blob_reader(&image, digest, size)
+            .await
+            .map_err(registry_err)?;
+        LazyLayer::open(
+            Arc::new(reader),
+            digest,
+            Some(&toc),
+            &self.cfg,
+            self.cache.clone(),
+            self.rt.clone(),
+        )
+        .await
+        .map_err(|e| {
+            if e.is_unavailable() {
+                RemoteFsError::Unavailable(e.to_string())
+            } else {
+                RemoteFsError::NotRemote(e.to_string())
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl RemoteFs for LazyRemoteFs {
+    async fn mount(&self, mountpoint: &Path, labels: &Labels) -> Result<(), RemoteFsError> {
+        let layer = self.open_layer(labels).await?;
+        if let Err(e) = layer.prefetch().await {
+            // The layer still works without its prefetch; reads fetch on demand.
+            warn!(layer = %layer.digest(), error = %e, "prefetch incomplete");
+        }
+        // A dead FUSE mount left here by a crashed daemon would make the new mount fail.
+        if let Some(parent) = mountpoint.parent() {
+            let _ = lazyfs::cleanup_dead_mounts(parent);
+        }
+        let mp = mountpoint.to_path_buf();
+        let l = layer.clone();
+        let handle = tokio::task::spawn_blocking(move || lazyfs::mount(l, &mp))
+            .await
+            .map_err(|e| RemoteFsError::Other(e.to_string()))?
+            .map_err(|e| RemoteFsError::Other(e.to_string()))?;
+        layer.start_background_fetch();
+        info!(layer = %layer.digest(), mount = %mountpoint.display(), "remote layer mounted");
+        self.mounts
+            .lock()
+            .await
+            .insert(mountpoint.to_path_buf(), handle);
+        Ok(())
+    }
+
+    async fn check(&self, mountpoint: &Path, _labels: &Labels) -> Result<(), RemoteFsError> {
+        match self.mounts.lock().await.get(mountpoint) {
+            Some(h) if h.is_alive() => Ok(()),
+            Some(_) => Err(RemoteFsError::Unavailable(format!(
+                "{} is no longer served",
+                mountpoint.display()
+            ))),
+            None => Err(RemoteFsError::Unavailable(format!(
+                "{} is not mounted",
+                mountpoint.display()
+            ))),
+        }
+    }
+
+    async fn unmount(&self, mountpoint: &Path) -> Result<(), RemoteFsError> {
+        let handle = self.mounts.lock().await.remove(mountpoint);
+        let mp = mountpoint.to_path_buf();
+        tokio::task::spawn_blocking(move || match handle {
+            Some(h) => h.unmount().map_err(|e| RemoteFsError::Other(e.to_string())),
+            // Not ours (left from before a restart): detach it if it is mounted at all.
+            None if lazyfs::mounts::is_fuse_mounted(&mp) => {
+                rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH)
+                    .map_err(|e| RemoteFsError::Other(e.to_string()))
+            }
+            None => Ok(()),
+        })
+        .await
+        .map_err(|e| RemoteFsError::Other(e.to_string()))?
+    }
 }

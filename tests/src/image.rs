@@ -330,6 +330,49 @@ pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
+/// The `rsnap` binary of this workspace (`RSNAP` overrides). Integration
+/// tests of the e2e package cannot build it themselves (cargo holds the
+/// build lock while tests run); `cargo test --workspace` builds it.
+pub fn rsnap_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RSNAP") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/rsnap
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join("rsnap");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p rsnap` (or `cargo test --workspace`) first",
+        bin.display()
+    );
+    bin
+}
+
+/// Run `rsnap ARGS...`, returning (success, stdout, stderr).
+pub fn rsnap(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(rsnap_bin())
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run rsnap");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run `rsnap ARGS...`, panicking with its stderr on failure; returns stdout.
+pub fn rsnap_ok(args: &[&str]) -> String {
+    let (ok, out, err) = rsnap(args);
+    assert!(ok, "rsnap {args:?} failed:\n{err}");
+    out
+}
+
 /// What [`write_oci_layout`] wrote.
 #[derive(Clone, Debug)]
 pub struct OciImage {

@@ -62,9 +62,15 @@ impl OciRef {
         match rest.rsplit_once(':') {
             Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => {
                 ensure!(valid_tag(tag), "{s:?}: invalid tag {tag:?}");
-                Ok(OciRef { dir: dir.into(), tag: Some(tag.to_string()) })
+                Ok(OciRef {
+                    dir: dir.into(),
+                    tag: Some(tag.to_string()),
+                })
             }
-            _ => Ok(OciRef { dir: rest.into(), tag: None }),
+            _ => Ok(OciRef {
+                dir: rest.into(),
+                tag: None,
+            }),
         }
     }
 }
@@ -72,7 +78,8 @@ impl OciRef {
 fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && !t.starts_with(['.', '-'])
 }
 
@@ -96,7 +103,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     };
     let root = src.resolve(src_ref.tag.as_deref())?;
-    let select = Select { platform: args.platform.clone(), all: args.all_platforms };
+    let select = Select {
+        platform: args.platform.clone(),
+        all: args.all_platforms,
+    };
     let images = collect_images(&src, &root, &select)?;
 
     // Every distinct layer once, in parallel.
@@ -110,12 +120,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let jobs = args
         .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
         .clamp(1, todo.len().max(1));
     let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{prefix:>19} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-        .expect("static template")
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template(
+        "{prefix:>19} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+    )
+    .expect("static template")
+    .progress_chars("=> ");
     let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build()?;
     let results: Vec<Result<Converted>> = pool.install(|| {
         todo.par_iter()
@@ -164,7 +180,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         );
     }
-    let (before, after): (u64, u64) = todo.iter().fold((0, 0), |(a, b), (d, _)| (a + d.size, b + done[&d.digest].desc.size));
+    let (before, after): (u64, u64) = todo.iter().fold((0, 0), |(a, b), (d, _)| {
+        (a + d.size, b + done[&d.digest].desc.size)
+    });
     println!(
         "{} -> oci:{}:{tag} {} ({} layers, {before} -> {after} bytes, {:.2}s)",
         args.src,
@@ -185,7 +203,11 @@ fn read_prioritized(p: &std::path::Path) -> Result<Vec<String>> {
     Ok(s.lines()
         .map(|l| l.trim())
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| l.trim_start_matches("./").trim_start_matches('/').to_string())
+        .map(|l| {
+            l.trim_start_matches("./")
+                .trim_start_matches('/')
+                .to_string()
+        })
         .collect())
 }
 
@@ -227,7 +249,8 @@ fn collect_images(src: &Layout, root: &Descriptor, sel: &Select) -> Result<Vec<I
         return Ok(vec![read_image(src, root)?]);
     }
     let (_, idx) = src.read_json_blob(root)?;
-    let ms: Vec<Descriptor> = serde_json::from_value(idx["manifests"].clone()).context("index: bad manifests")?;
+    let ms: Vec<Descriptor> =
+        serde_json::from_value(idx["manifests"].clone()).context("index: bad manifests")?;
     let want = sel.platform.clone().unwrap_or_else(|| {
         let (os, arch) = host_platform();
         format!("{os}/{arch}")
@@ -235,11 +258,23 @@ fn collect_images(src: &Layout, root: &Descriptor, sel: &Select) -> Result<Vec<I
     let chosen: Vec<&Descriptor> = ms
         .iter()
         .filter(|m| !m.is_index())
-        .filter(|m| sel.all || m.platform.as_ref().is_some_and(|p| platform_matches(p, &want)))
+        .filter(|m| {
+            sel.all
+                || m.platform
+                    .as_ref()
+                    .is_some_and(|p| platform_matches(p, &want))
+        })
         .collect();
-    ensure!(!chosen.is_empty(), "the index has no manifest for {want} (use --platform or --all-platforms)");
+    ensure!(
+        !chosen.is_empty(),
+        "the index has no manifest for {want} (use --platform or --all-platforms)"
+    );
     // Without --all-platforms, the first match wins (as containerd does).
-    let chosen = if sel.all { chosen } else { chosen[..1].to_vec() };
+    let chosen = if sel.all {
+        chosen
+    } else {
+        chosen[..1].to_vec()
+    };
     chosen.into_iter().map(|d| read_image(src, d)).collect()
 }
 
@@ -250,13 +285,13 @@ fn read_image(src: &Layout, desc: &Descriptor) -> Result<Image> {
         desc.media_type
     );
     let (_, manifest) = src.read_json_blob(desc)?;
-    let config_desc: Descriptor =
-        serde_json::from_value(manifest["config"].clone()).context("manifest: bad config descriptor")?;
+    let config_desc: Descriptor = serde_json::from_value(manifest["config"].clone())
+        .context("manifest: bad config descriptor")?;
     let layers: Vec<Descriptor> =
         serde_json::from_value(manifest["layers"].clone()).context("manifest: bad layers")?;
     let (_, config) = src.read_json_blob(&config_desc)?;
-    let diff_ids: Vec<String> =
-        serde_json::from_value(config["rootfs"]["diff_ids"].clone()).context("config: bad rootfs.diff_ids")?;
+    let diff_ids: Vec<String> = serde_json::from_value(config["rootfs"]["diff_ids"].clone())
+        .context("config: bad rootfs.diff_ids")?;
     ensure!(
         diff_ids.len() == layers.len(),
         "manifest has {} layers but config has {} diff IDs",
@@ -266,14 +301,24 @@ fn read_image(src: &Layout, desc: &Descriptor) -> Result<Image> {
     for l in &layers {
         oci::check_digest(&l.digest)?;
     }
-    Ok(Image { desc: desc.clone(), manifest, config_desc, config, layers, diff_ids })
+    Ok(Image {
+        desc: desc.clone(),
+        manifest,
+        config_desc,
+        config,
+        layers,
+        diff_ids,
+    })
 }
 
 /// Write the converted config and manifest; returns the manifest descriptor.
 fn write_image(dst: &Layout, img: &Image, done: &HashMap<String, Converted>) -> Result<Descriptor> {
     let conv: Vec<&Converted> = img.layers.iter().map(|l| &done[&l.digest]).collect();
     let mut config = img.config.clone();
-    config["rootfs"]["diff_ids"] = conv.iter().map(|c| Value::from(c.diff_id.clone())).collect();
+    config["rootfs"]["diff_ids"] = conv
+        .iter()
+        .map(|c| Value::from(c.diff_id.clone()))
+        .collect();
     let config_bytes = serde_json::to_vec(&config)?;
     let config_mt = if img.config_desc.media_type == oci::MT_DOCKER_CONFIG {
         oci::MT_OCI_CONFIG
@@ -292,7 +337,12 @@ fn write_image(dst: &Layout, img: &Image, done: &HashMap<String, Converted>) -> 
     Ok(desc)
 }
 
-fn write_index(src: &Layout, dst: &Layout, root: &Descriptor, manifests: Vec<Descriptor>) -> Result<Descriptor> {
+fn write_index(
+    src: &Layout,
+    dst: &Layout,
+    root: &Descriptor,
+    manifests: Vec<Descriptor>,
+) -> Result<Descriptor> {
     let (_, mut idx) = src.read_json_blob(root)?;
     idx["mediaType"] = oci::MT_OCI_INDEX.into();
     idx["manifests"] = serde_json::to_value(manifests)?;
@@ -306,11 +356,29 @@ mod tests {
     #[test]
     fn parses_oci_refs() {
         let r = OciRef::parse("oci:/tmp/x:v1").unwrap();
-        assert_eq!(r, OciRef { dir: "/tmp/x".into(), tag: Some("v1".into()) });
+        assert_eq!(
+            r,
+            OciRef {
+                dir: "/tmp/x".into(),
+                tag: Some("v1".into())
+            }
+        );
         let r = OciRef::parse("oci:/tmp/x").unwrap();
-        assert_eq!(r, OciRef { dir: "/tmp/x".into(), tag: None });
+        assert_eq!(
+            r,
+            OciRef {
+                dir: "/tmp/x".into(),
+                tag: None
+            }
+        );
         let r = OciRef::parse("oci:rel/a:b/c").unwrap();
-        assert_eq!(r, OciRef { dir: "rel/a:b/c".into(), tag: None });
+        assert_eq!(
+            r,
+            OciRef {
+                dir: "rel/a:b/c".into(),
+                tag: None
+            }
+        );
         assert!(OciRef::parse("docker.io/library/busybox").is_err());
         assert!(OciRef::parse("oci:").is_err());
         assert!(OciRef::parse("oci:/x:bad tag").is_err());
@@ -330,6 +398,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("list");
         std::fs::write(&p, "/bin/sh\n\n# comment\n./etc/passwd\nusr/lib/x\n").unwrap();
-        assert_eq!(read_prioritized(&p).unwrap(), ["bin/sh", "etc/passwd", "usr/lib/x"]);
+        assert_eq!(
+            read_prioritized(&p).unwrap(),
+            ["bin/sh", "etc/passwd", "usr/lib/x"]
+        );
     }
 }

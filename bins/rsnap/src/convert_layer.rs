@@ -6,7 +6,7 @@
 use crate::oci_layout::{self as oci, Descriptor, HashingReader, Layout};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::ProgressBar;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 
 pub const ANN_TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
 pub const ANN_UNCOMPRESSED_SIZE: &str = "io.containers.estargz.uncompressed-size";
@@ -66,7 +66,11 @@ pub fn convert_layer(
     if let Input::Other = kind {
         tracing::warn!(digest = %src_desc.digest, media_type = %src_desc.media_type, "layer media type not converted; kept as is");
         copy_blob(src, dst, src_desc, bar)?;
-        return Ok(Converted { desc: src_desc.clone(), diff_id: src_diff_id.to_string(), action: Action::Kept });
+        return Ok(Converted {
+            desc: src_desc.clone(),
+            diff_id: src_diff_id.to_string(),
+            action: Action::Kept,
+        });
     }
     if let Input::Gzip = kind {
         if let Some(toc_digest) = estargz_toc_digest(&path) {
@@ -74,44 +78,77 @@ pub fn convert_layer(
         }
     }
 
-    let file = std::fs::File::open(&path).with_context(|| format!("open layer {}", src_desc.digest))?;
+    // Verify the whole input before converting it: decompress (if gzip)
+    // into an unnamed spool file next to the output while hashing both
+    // streams, then convert the spool, which is ours and cannot change.
+    let file =
+        std::fs::File::open(&path).with_context(|| format!("open layer {}", src_desc.digest))?;
     let mut compressed = HashingReader::new(BufReader::with_capacity(1 << 20, bar.wrap_read(file)));
-    let mut out = dst.blob_writer()?;
-    let report = match kind {
+    let (spool, len) = match kind {
         Input::Gzip => {
-            let mut gz = flate2::read::MultiGzDecoder::new(&mut compressed);
-            let mut tar = HashingReader::new(&mut gz);
-            let r = write_estargz(&mut tar, &mut out, opts)?;
-            check_diff_id(tar.finish()?.0, src_diff_id, src_desc)?;
-            r
+            let mut spool = tempfile::tempfile_in(dst.blob_dir()).context("create spool file")?;
+            let mut tar = HashingReader::new(flate2::read::MultiGzDecoder::new(&mut compressed));
+            std::io::copy(&mut tar, &mut spool)
+                .with_context(|| format!("gunzip layer {}", src_desc.digest))?;
+            let (diff_id, len) = tar.finish()?;
+            check_diff_id(diff_id, src_diff_id, src_desc)?;
+            (spool, len)
         }
         _ => {
-            let r = write_estargz(&mut compressed, &mut out, opts)?;
-            r
+            // The source file itself is the tar: hash it, then convert in place.
+            let f = std::fs::File::open(&path)?;
+            let (diff_id, len) = HashingReader::new(BufReader::new(&f)).finish()?;
+            check_diff_id(diff_id, src_diff_id, src_desc)?;
+            (f, len)
         }
     };
     let (digest, size) = compressed.finish()?;
     check_source(&digest, size, src_desc)?;
-    if let Input::Tar = kind {
-        check_diff_id(digest, src_diff_id, src_desc)?;
+
+    let mut out = dst.blob_writer()?;
+    let report = estargz::writer::convert_tar_at(&spool, len, &mut out, &writer_options(opts))
+        .with_context(|| format!("convert layer {}", src_desc.digest))?;
+    for p in &report.missed_prioritized {
+        tracing::debug!(path = %p, layer = %src_desc.digest, "prioritized file not in this layer");
     }
     out.flush()?;
     let (digest, size) = out.commit()?;
     let mut desc = Descriptor::new(oci::MT_OCI_LAYER_GZIP, digest, size);
     desc.annotations = src_desc.annotations.clone();
-    desc.annotations.insert(ANN_TOC_DIGEST.into(), report.toc_digest);
-    desc.annotations.insert(ANN_UNCOMPRESSED_SIZE.into(), report.uncompressed_size.to_string());
-    Ok(Converted { desc, diff_id: report.diff_id, action: Action::Converted })
+    desc.annotations
+        .insert(ANN_TOC_DIGEST.into(), report.toc_digest);
+    desc.annotations.insert(
+        ANN_UNCOMPRESSED_SIZE.into(),
+        report.uncompressed_size.to_string(),
+    );
+    Ok(Converted {
+        desc,
+        diff_id: report.diff_id,
+        action: Action::Converted,
+    })
 }
 
 fn check_source(digest: &str, size: u64, d: &Descriptor) -> Result<()> {
-    ensure!(size == d.size, "layer {} has {size} bytes, its descriptor says {}", d.digest, d.size);
-    ensure!(digest == d.digest, "layer {} does not match its digest (got {digest})", d.digest);
+    ensure!(
+        size == d.size,
+        "layer {} has {size} bytes, its descriptor says {}",
+        d.digest,
+        d.size
+    );
+    ensure!(
+        digest == d.digest,
+        "layer {} does not match its digest (got {digest})",
+        d.digest
+    );
     Ok(())
 }
 
 fn check_diff_id(got: String, want: &str, d: &Descriptor) -> Result<()> {
-    ensure!(got == want, "layer {} uncompresses to {got}, but the config's diff ID is {want}", d.digest);
+    ensure!(
+        got == want,
+        "layer {} uncompresses to {got}, but the config's diff ID is {want}",
+        d.digest
+    );
     Ok(())
 }
 
@@ -128,7 +165,8 @@ fn pass_through(
     let path = src.blob_path(&src_desc.digest)?;
     let file = std::fs::File::open(&path)?;
     let mut compressed = HashingReader::new(BufReader::with_capacity(1 << 20, bar.wrap_read(file)));
-    let (diff_id, uncompressed) = HashingReader::new(flate2::read::MultiGzDecoder::new(&mut compressed)).finish()?;
+    let (diff_id, uncompressed) =
+        HashingReader::new(flate2::read::MultiGzDecoder::new(&mut compressed)).finish()?;
     let (digest, size) = compressed.finish()?;
     check_source(&digest, size, src_desc)?;
     check_diff_id(diff_id.clone(), src_diff_id, src_desc)?;
@@ -136,8 +174,13 @@ fn pass_through(
     let mut desc = src_desc.clone();
     desc.media_type = oci::MT_OCI_LAYER_GZIP.into();
     desc.annotations.insert(ANN_TOC_DIGEST.into(), toc_digest);
-    desc.annotations.insert(ANN_UNCOMPRESSED_SIZE.into(), uncompressed.to_string());
-    Ok(Converted { desc, diff_id, action: Action::PassedThrough })
+    desc.annotations
+        .insert(ANN_UNCOMPRESSED_SIZE.into(), uncompressed.to_string());
+    Ok(Converted {
+        desc,
+        diff_id,
+        action: Action::PassedThrough,
+    })
 }
 
 /// Copy a blob unchanged (verified) unless the destination has it already.
@@ -149,7 +192,13 @@ fn copy_blob(src: &Layout, dst: &Layout, d: &Descriptor, bar: &ProgressBar) -> R
     let file = std::fs::File::open(src.blob_path(&d.digest)?)?;
     let mut out = dst.blob_writer()?;
     std::io::copy(&mut bar.wrap_read(file), &mut out)?;
-    ensure!(out.size() == d.size, "blob {} has {} bytes, descriptor says {}", d.digest, out.size(), d.size);
+    ensure!(
+        out.size() == d.size,
+        "blob {} has {} bytes, descriptor says {}",
+        d.digest,
+        out.size(),
+        d.size
+    );
     let (digest, _) = out.commit()?;
     if digest != d.digest {
         let _ = std::fs::remove_file(dst.blob_path(&digest)?);
@@ -158,21 +207,31 @@ fn copy_blob(src: &Layout, dst: &Layout, d: &Descriptor, bar: &ProgressBar) -> R
     Ok(())
 }
 
-/// What the eStargz writer reports about a blob it wrote.
-pub struct EstargzReport {
-    pub toc_digest: String,
-    pub diff_id: String,
-    pub uncompressed_size: u64,
+fn writer_options(o: &LayerOptions) -> estargz::writer::WriterOptions {
+    let mut w = estargz::writer::WriterOptions::default();
+    if let Some(c) = o.chunk_size {
+        w.chunk_size = c;
+    }
+    if let Some(l) = o.compression_level {
+        w.compression_level = l;
+    }
+    w.prioritized_files = o.prioritized_files.clone();
+    w
 }
 
-/// tar stream in, eStargz blob out (the only call into the writer).
-fn write_estargz(tar: &mut dyn Read, out: &mut dyn Write, opts: &LayerOptions) -> Result<EstargzReport> {
-    let _ = (tar, out, opts);
-    bail!("the eStargz writer has not landed in crates/estargz yet")
-}
-
-/// The TOC digest if `path` opens as an eStargz blob.
+/// The TOC digest if `path` is an eStargz blob whose TOC opens.
 fn estargz_toc_digest(path: &std::path::Path) -> Option<String> {
-    let _ = path;
-    None
+    let f = std::fs::File::open(path).ok()?;
+    let size = f.metadata().ok()?.len();
+    if !estargz::reader::is_estargz(&f, size) {
+        return None;
+    }
+    match estargz::reader::open(f, size, None) {
+        Ok(layer) => Some(layer.toc_digest),
+        Err(e) => {
+            // A broken TOC is not fatal: the blob is still a tar.gz.
+            tracing::warn!(path = %path.display(), error = %e, "eStargz footer but the TOC does not open; converting");
+            None
+        }
+    }
 }

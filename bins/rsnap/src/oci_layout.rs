@@ -67,7 +67,10 @@ pub fn check_digest(d: &str) -> Result<&str> {
         .strip_prefix("sha256:")
         .with_context(|| format!("unsupported digest {d:?} (only sha256)"))?;
     ensure!(
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         "malformed digest {d:?}"
     );
     Ok(hex)
@@ -92,7 +95,9 @@ impl Layout {
             "unsupported imageLayoutVersion in {}",
             marker.display()
         );
-        Ok(Layout { dir: dir.to_path_buf() })
+        Ok(Layout {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Open the layout at `dir`, creating an empty one if there is none.
@@ -112,6 +117,10 @@ impl Layout {
 
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
         Ok(self.dir.join("blobs/sha256").join(check_digest(digest)?))
+    }
+
+    pub fn blob_dir(&self) -> PathBuf {
+        self.dir.join("blobs/sha256")
     }
 
     pub fn has_blob(&self, digest: &str) -> bool {
@@ -135,31 +144,55 @@ impl Layout {
             .context("index.json: bad manifests list")?;
         match tag {
             Some(t) => {
-                let mut hits = ms.into_iter().filter(|m| m.annotations.get(REF_NAME).map(String::as_str) == Some(t));
+                let mut hits = ms
+                    .into_iter()
+                    .filter(|m| m.annotations.get(REF_NAME).map(String::as_str) == Some(t));
                 let d = hits
                     .next()
                     .with_context(|| format!("no image tagged {t:?} in {}", self.dir.display()))?;
-                ensure!(hits.next().is_none(), "tag {t:?} names two images in index.json");
+                ensure!(
+                    hits.next().is_none(),
+                    "tag {t:?} names two images in index.json"
+                );
                 Ok(d)
             }
             None => match ms.len() {
                 1 => Ok(ms.into_iter().next().unwrap()),
                 0 => bail!("{} holds no image", self.dir.display()),
-                n => bail!("{} holds {n} images: name one with oci:DIR:TAG", self.dir.display()),
+                n => bail!(
+                    "{} holds {n} images: name one with oci:DIR:TAG",
+                    self.dir.display()
+                ),
             },
         }
     }
 
     /// A small blob (manifest, index, config), read whole and verified.
     pub fn read_json_blob(&self, d: &Descriptor) -> Result<(Vec<u8>, Value)> {
-        ensure!(d.size <= MAX_JSON_BLOB, "{} is too large ({} bytes)", d.digest, d.size);
+        ensure!(
+            d.size <= MAX_JSON_BLOB,
+            "{} is too large ({} bytes)",
+            d.digest,
+            d.size
+        );
         let p = self.blob_path(&d.digest)?;
         let f = std::fs::File::open(&p).with_context(|| format!("open blob {}", d.digest))?;
         let mut b = Vec::new();
         f.take(MAX_JSON_BLOB + 1).read_to_end(&mut b)?;
-        ensure!(b.len() as u64 == d.size, "blob {} has {} bytes, descriptor says {}", d.digest, b.len(), d.size);
-        ensure!(sha256_digest(&b) == d.digest, "blob {} does not match its digest", d.digest);
-        let v = serde_json::from_slice(&b).with_context(|| format!("blob {} is not JSON", d.digest))?;
+        ensure!(
+            b.len() as u64 == d.size,
+            "blob {} has {} bytes, descriptor says {}",
+            d.digest,
+            b.len(),
+            d.size
+        );
+        ensure!(
+            sha256_digest(&b) == d.digest,
+            "blob {} does not match its digest",
+            d.digest
+        );
+        let v =
+            serde_json::from_slice(&b).with_context(|| format!("blob {} is not JSON", d.digest))?;
         Ok((b, v))
     }
 
@@ -178,15 +211,23 @@ impl Layout {
             .prefix(".tmp-")
             .tempfile_in(self.dir.join("blobs/sha256"))
             .context("create temp blob")?;
-        Ok(BlobWriter { file: std::io::BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), size: 0, dir: self.dir.clone() })
+        Ok(BlobWriter {
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            size: 0,
+            dir: self.dir.clone(),
+        })
     }
 
     /// Point `tag` at `desc` in index.json (other entries are kept).
     pub fn set_tag(&self, tag: &str, mut desc: Descriptor) -> Result<()> {
         let mut idx = self.index()?;
-        let ms = idx["manifests"].as_array_mut().context("index.json: manifests is not a list")?;
+        let ms = idx["manifests"]
+            .as_array_mut()
+            .context("index.json: manifests is not a list")?;
         ms.retain(|m| m["annotations"][REF_NAME] != tag);
-        desc.annotations.insert(REF_NAME.to_string(), tag.to_string());
+        desc.annotations
+            .insert(REF_NAME.to_string(), tag.to_string());
         ms.push(serde_json::to_value(desc)?);
         write_atomic(&self.dir.join("index.json"), &serde_json::to_vec(&idx)?)
     }
@@ -257,12 +298,19 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), count: 0 }
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
     /// Read the rest (so the digest covers the whole stream) and finish.
     pub fn finish(mut self) -> std::io::Result<(String, u64)> {
         std::io::copy(&mut self, &mut std::io::sink())?;
-        Ok((format!("sha256:{}", hex::encode(self.hasher.finalize())), self.count))
+        Ok((
+            format!("sha256:{}", hex::encode(self.hasher.finalize())),
+            self.count,
+        ))
     }
 }
 
@@ -328,7 +376,12 @@ mod tests {
         let mut w = l.blob_writer().unwrap();
         w.write_all(b"partial").unwrap();
         drop(w);
-        assert_eq!(std::fs::read_dir(d.path().join("blobs/sha256")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(d.path().join("blobs/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]

@@ -1,8 +1,61 @@
-//! Placeholder until its owner lands it.
+//! `rsnap toc BLOB [--verify] [--toc-digest D]`: print the TOC of an eStargz
+//! blob as JSON; optionally check the TOC against its digest and every
+//! chunk against its `chunkDigest` (non-zero exit on the first mismatch).
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// An eStargz (or legacy stargz) layer blob.
+    pub blob: PathBuf,
+    /// Fetch, decompress and check every chunk of every file.
+    #[arg(long)]
+    pub verify: bool,
+    /// Check the TOC against this digest (the layer's
+    /// containerd.io/snapshot/stargz/toc.digest annotation).
+    #[arg(long, value_name = "DIGEST")]
+    pub toc_digest: Option<String>,
+    /// Print only a summary (TOC digest, entries, chunks), not the JSON.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: Args) -> Result<()> {
+    let file =
+        std::fs::File::open(&args.blob).with_context(|| format!("open {}", args.blob.display()))?;
+    let size = file.metadata()?.len();
+    let layer = estargz::reader::open(file, size, args.toc_digest.as_deref())
+        .with_context(|| format!("{} is not a valid eStargz blob", args.blob.display()))?;
+    if !args.quiet {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&layer.toc.to_json())?;
+        out.write_all(b"\n")?;
+    }
+    let chunks = layer.index.all_chunks().count();
+    if args.verify {
+        for (id, c) in layer.index.all_chunks() {
+            layer.read_chunk(c).with_context(|| {
+                format!(
+                    "{}: chunk at file offset {} failed verification",
+                    layer.index.name_of(id),
+                    c.file_offset
+                )
+            })?;
+        }
+    }
+    eprintln!(
+        "toc digest {}{}; {} entries, {} chunks{}",
+        layer.toc_digest,
+        if args.toc_digest.is_some() {
+            " (matches)"
+        } else {
+            ""
+        },
+        layer.toc.entries.len(),
+        chunks,
+        if args.verify { ", all verified" } else { "" }
+    );
+    Ok(())
 }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Conversion benchmark: `rsnap convert` against the Go reference
+# `ctr-remote image convert --estargz --oci`, same input, same gzip level and
+# chunk size, same machine, same run. Input: a Debian bookworm minbase
+# rootfs (debootstrap, ~200 MB unpacked) as a one-layer OCI image.
+#
+#   bench/convert.sh            # LEVEL=9 RUNS=3 by default
+#   LEVEL=6 RUNS=5 bench/convert.sh
+#
+# The rootfs is cached in BENCH_CACHE (default /var/tmp/rsnap-bench); times
+# are wall-clock seconds of the conversion command only (for ctr-remote the
+# image is imported into a private containerd first, untimed).
+# Prints a markdown table for docs/benchmarks.md.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
+
+LEVEL="${LEVEL:-9}"
+RUNS="${RUNS:-3}"
+CHUNK="${CHUNK:-4194304}"
+CACHE="${BENCH_CACHE:-/var/tmp/rsnap-bench}"
+
+EXTRA_PACKAGES=debootstrap "$repo/scripts/install-deps.sh"
+(cd "$repo" && cargo build --release -q -p rsnap)
+rsnap="${CARGO_TARGET_DIR:-$repo/target}/release/rsnap"
+
+# The Debian mirror this machine already uses (debootstrap needs one).
+mirror() {
+  local m
+  m="$(grep -hoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+        /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | grep debian | head -n1)"
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+if [ ! -f "$CACHE/rootfs/.done" ]; then
+  log "debootstrap --variant=minbase bookworm ($(mirror))"
+  rm -rf "$CACHE/rootfs"
+  mkdir -p "$CACHE"
+  debootstrap --variant=minbase bookworm "$CACHE/rootfs" "$(mirror)" >"$CACHE/debootstrap.log" 2>&1 ||
+    { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
+  touch "$CACHE/rootfs/.done"
+fi
+
+lib_init
+S="$LIB_SCRATCH"
+log "input image (gzip -6 layer)"
+GZIP_LEVEL=6 "$repo/scripts/oci-from-dir.sh" "$S/oci" v1 '["/bin/bash"]' "$CACHE/rootfs" >/dev/null
+in_layer="$(jq -r '.manifests[0].digest' "$S/oci/index.json" | cut -d: -f2)"
+in_layer="$(jq -r '.layers[0].digest' "$S/oci/blobs/sha256/$in_layer")"
+in_size="$(stat -c %s "$S/oci/blobs/sha256/${in_layer#sha256:}")"
+unpacked="$(gzip -dc "$S/oci/blobs/sha256/${in_layer#sha256:}" | wc -c)"
+
+start_containerd "$S/containerd"
+tar -C "$S/oci" -cf "$S/img.tar" .
+ctrd images import --no-unpack --base-name bench/src "$S/img.tar" >/dev/null
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+go_times=(); rs_times=()
+for i in $(seq "$RUNS"); do
+  log "run $i/$RUNS: ctr-remote"
+  ctrd images rm --sync "bench/go:$i" >/dev/null 2>&1 || true
+  t0=$(now)
+  ctr-remote -a "$CTRD_SOCK" -n demo image convert --estargz --oci \
+    --estargz-compression-level "$LEVEL" --estargz-chunk-size "$CHUNK" bench/src:v1 "bench/go:$i" >/dev/null
+  go_times+=("$(secs "$t0" "$(now)")")
+
+  log "run $i/$RUNS: rsnap"
+  rm -rf "$S/out"
+  t0=$(now)
+  "$rsnap" convert --compression-level "$LEVEL" --chunk-size "$CHUNK" "oci:$S/oci:v1" "oci:$S/out:v1" >/dev/null
+  rs_times+=("$(secs "$t0" "$(now)")")
+done
+
+go_manifest="$(ctrd images ls "name==bench/go:1" | awk 'NR==2 {print $3}')"
+go_size="$(ctrd content get "$go_manifest" | jq '.layers[0].size')"
+rs_manifest="$(jq -r '.manifests[0].digest' "$S/out/index.json")"
+rs_size="$(jq '.layers[0].size' "$S/out/blobs/sha256/${rs_manifest#sha256:}")"
+
+go_med="$(printf '%s\n' "${go_times[@]}" | median)"
+rs_med="$(printf '%s\n' "${rs_times[@]}" | median)"
+cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+
+cat <<MD
+
+Date: $(date -u +%Y-%m-%d), machine: $(nproc) CPUs, $cpu, $(uname -r)
+Input: debootstrap --variant=minbase bookworm, one layer, $unpacked bytes unpacked, $in_size bytes gzip -6.
+Settings: gzip level $LEVEL, chunk size $CHUNK, $RUNS runs (median; all runs in brackets).
+
+| converter | time (s) | output layer (bytes) | vs input |
+|---|---|---|---|
+| ctr-remote 0.12 (Go) | $go_med [${go_times[*]}] | $go_size | $(awk -v a="$go_size" -v b="$in_size" 'BEGIN {printf "%+.2f%%", (a / b - 1) * 100}') |
+| rsnap convert | $rs_med [${rs_times[*]}] | $rs_size | $(awk -v a="$rs_size" -v b="$in_size" 'BEGIN {printf "%+.2f%%", (a / b - 1) * 100}') |
+
+rsnap / Go: time $(awk -v a="$rs_med" -v b="$go_med" 'BEGIN {printf "%.2f", a / b}'), size $(awk -v a="$rs_size" -v b="$go_size" 'BEGIN {printf "%+.2f%%", (a / b - 1) * 100}')
+MD

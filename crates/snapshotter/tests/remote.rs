@@ -268,7 +268,8 @@ async fn failures_fall_back_to_ordinary_snapshots_and_are_counted() {
         return;
     }
     let sc = Scratch::new();
-    let cases: [(fn() -> RemoteFsError, fn(&MetricsSnapshot) -> u64); 3] = [
+    type Case = (fn() -> RemoteFsError, fn(&MetricsSnapshot) -> u64);
+    let cases: [Case; 3] = [
         (
             || RemoteFsError::NotRemote("not estargz".into()),
             |m| m.fallback_not_remote,

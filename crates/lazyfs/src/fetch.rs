@@ -324,7 +324,9 @@ impl Fetcher {
 
         for (i, w) in waits {
             let r = w.clone().await;
-            if r.is_err() {
+            if r.is_ok() {
+                self.mark_resident(&chunks[i]);
+            } else {
                 // A fetch task that died without answering must not leave
                 // its failure behind for later readers.
                 forget_flight(&self.cache.flights, &chunks[i].digest, &w);

@@ -25,6 +25,9 @@ pub struct LazyLayer {
     /// End of the prioritized range (`.prefetch.landmark`), if any.
     prefetch_end: Option<u64>,
     fetcher: Arc<Fetcher>,
+    /// Blob bytes no read needs (TOC, footer, members holding only tar
+    /// headers): counted as fetched so a complete layer shows 100 %.
+    unneeded_bytes: u64,
     stats: Arc<Stats>,
     cfg: Config,
     rt: Handle,
@@ -64,7 +67,16 @@ impl LazyLayer {
             stats.clone(),
             FetchSettings::from_config(cfg),
         ));
+        let mut members: Vec<(u64, u64)> = nodes
+            .iter()
+            .flat_map(|n| n.chunks.iter())
+            .map(|c| (c.blob_offset, c.blob_end))
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        let needed: u64 = members.iter().map(|(s, e)| e.saturating_sub(*s)).sum();
         Arc::new(LazyLayer {
+            unneeded_bytes: blob_size.saturating_sub(needed),
             digest: layer_digest.to_string(),
             tree: Tree::new(nodes, layer_digest),
             blob_size,
@@ -101,9 +113,10 @@ impl LazyLayer {
         &self.tree
     }
 
-    /// Compressed bytes of this layer in the cache.
+    /// Compressed bytes of this layer in the cache, plus the bytes no read
+    /// needs: equals the blob size once every chunk is cached.
     pub fn fetched_bytes(&self) -> u64 {
-        self.fetcher.resident_bytes().min(self.blob_size)
+        (self.fetcher.resident_bytes() + self.unneeded_bytes).min(self.blob_size)
     }
 
     /// `{"digest","size","fetchedSize","fetchedPercent"}` as the Go

@@ -1,0 +1,166 @@
+//! A layer built as tar, converted to eStargz, read from a local file and
+//! mounted through FUSE, compared path by path with the tar; two such layers
+//! under overlayfs.
+
+mod common;
+
+use common::*;
+use lazyfs::{ChunkCache, Config, FileSource};
+use std::sync::Arc;
+
+fn cfg() -> Config {
+    Config {
+        fetch_timeout_sec: 5,
+        no_background_fetch: true,
+        ..Config::default()
+    }
+}
+
+fn file_source(dir: &std::path::Path, blob: &Blob) -> Arc<FileSource> {
+    let p = dir.join("blob");
+    std::fs::write(&p, &blob.bytes).unwrap();
+    Arc::new(FileSource::open(&p).unwrap())
+}
+
+#[test]
+fn mounted_layer_matches_its_tar() {
+    if !e2e::require_root_tools(&[]) {
+        return;
+    }
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let l = lower_layer();
+    let blob = to_estargz(&l, 64 << 10, &[]);
+    let m = mount_source(
+        &rt,
+        file_source(tmp.path(), &blob),
+        &blob,
+        &cfg(),
+        Arc::new(ChunkCache::memory_only(64 << 20)),
+    );
+    compare(&l, m.path());
+    // And again from the page cache / chunk cache.
+    compare(&l, m.path());
+    let s = m.layer.stats().snapshot();
+    assert!(s.on_demand_bytes > 0 && s.on_demand_bytes <= blob.bytes.len() as u64);
+}
+
+#[test]
+fn upper_layer_shows_whiteouts_and_overlay_applies_them() {
+    if !e2e::require_root_tools(&[]) {
+        return;
+    }
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let (lo, up) = (lower_layer(), upper_layer());
+    let (lb, ub) = (
+        to_estargz(&lo, 64 << 10, &[]),
+        to_estargz(&up, 64 << 10, &[]),
+    );
+    let cache = Arc::new(ChunkCache::memory_only(64 << 20));
+    let ld = tmp.path().join("l");
+    let ud = tmp.path().join("u");
+    std::fs::create_dir_all(&ld).unwrap();
+    std::fs::create_dir_all(&ud).unwrap();
+    let lm = mount_source(&rt, file_source(&ld, &lb), &lb, &cfg(), cache.clone());
+    let um = mount_source(&rt, file_source(&ud, &ub), &ub, &cfg(), cache);
+    compare(&up, um.path());
+    {
+        let ov = Overlay::mount(&[um.path(), lm.path()]);
+        let o = ov.dir.path();
+        assert!(!o.join("del/me").exists(), "whiteout applied");
+        assert_eq!(std::fs::read_to_string(o.join("del/keep")).unwrap(), "stay");
+        assert!(!o.join("opq/old").exists(), "opaque dir applied");
+        assert_eq!(std::fs::read_to_string(o.join("opq/new")).unwrap(), "fresh");
+        assert_eq!(
+            std::fs::read_to_string(o.join("etc/hostname")).unwrap(),
+            "upper\n"
+        );
+        assert_eq!(
+            std::fs::read(o.join("data/f8-1048576")).unwrap(),
+            noise(1 << 20, 9)
+        );
+        assert!(
+            std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(o.join("bin/su")).unwrap())
+                & 0o4000
+                != 0
+        );
+        let names: Vec<_> = std::fs::read_dir(o.join("opq"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("new")]);
+    }
+    drop(um);
+    drop(lm);
+}
+
+#[test]
+fn prioritized_files_are_prefetched_in_one_request() {
+    if !e2e::require_root_tools(&[]) {
+        return;
+    }
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let l = lower_layer();
+    let blob = to_estargz(&l, 64 << 10, &["data/f7-300000", "etc/hostname"]);
+    let src = file_source(tmp.path(), &blob);
+    let cache = Arc::new(ChunkCache::memory_only(64 << 20));
+    let m = mount_source(&rt, src, &blob, &cfg(), cache);
+    let rep = rt.block_on(m.layer.prefetch()).unwrap();
+    assert!(rep.chunks >= 6, "{rep:?}");
+    let s = m.layer.stats().snapshot();
+    assert_eq!(s.requests, 1, "prefetch is one request");
+    assert_eq!(
+        std::fs::read(m.path().join("data/f7-300000")).unwrap(),
+        noise(300_000, 8)
+    );
+    assert_eq!(
+        m.layer.stats().snapshot().requests,
+        1,
+        "prefetched file needs no request"
+    );
+    assert!(m.path().join(".prefetch.landmark").exists());
+}
+
+#[test]
+fn background_fetch_completes_the_layer() {
+    if !e2e::require_root_tools(&[]) {
+        return;
+    }
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let l = lower_layer();
+    let blob = to_estargz(&l, 64 << 10, &[]);
+    let c = Config {
+        no_background_fetch: false,
+        ..cfg()
+    };
+    let m = mount_source(
+        &rt,
+        file_source(tmp.path(), &blob),
+        &blob,
+        &c,
+        Arc::new(ChunkCache::memory_only(64 << 20)),
+    );
+    m.layer.start_background_fetch();
+    let t0 = std::time::Instant::now();
+    while m.layer.background_running() && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let state = m
+        .path()
+        .join(format!(".stargz-snapshotter/{}.json", blob.digest));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+    assert_eq!(v["fetchedPercent"], 100.0, "{v}");
+    assert_eq!(v["fetchedSize"], blob.bytes.len() as u64);
+    // Files that share content share chunks: fewer bytes came over than the blob has.
+    assert!(m.layer.stats().snapshot().background_bytes < blob.bytes.len() as u64);
+    let before = m.layer.stats().snapshot().requests;
+    compare(&l, m.path());
+    assert_eq!(
+        m.layer.stats().snapshot().requests,
+        before,
+        "everything was cached"
+    );
+}

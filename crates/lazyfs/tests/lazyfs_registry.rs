@@ -73,13 +73,12 @@ fn layer_from_registry_matches_its_tar() {
                     let name = std::fs::read_dir(root.join("data"))
                         .unwrap()
                         .map(|e| e.unwrap().path())
-                        .filter(|p| {
+                        .find(|p| {
                             p.file_name()
                                 .unwrap()
                                 .to_string_lossy()
                                 .starts_with(&format!("f{}", (i + k) % 9))
                         })
-                        .next()
                         .unwrap();
                     std::fs::read(name).unwrap();
                 }

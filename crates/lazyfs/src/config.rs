@@ -72,7 +72,18 @@ impl Default for Config {
     }
 }
 
+/// A config file that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {0}")]
+pub struct ConfigError(String);
+
 impl Config {
+    /// The lazyfs keys of a TOML file (a daemon config file works: other
+    /// sections and keys are ignored).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+
     pub fn fetch_timeout(&self) -> Duration {
         Duration::from_secs(self.fetch_timeout_sec.max(1))
     }
@@ -87,5 +98,23 @@ impl Config {
             disk_cap_bytes: self.cache_max_bytes,
             memory_cap_bytes: self.memory_cache_bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_stargz_keys_and_ignores_the_rest() {
+        let c = Config::from_toml_str(
+            "noprefetch = true\nmax_concurrency = 3\nprefetch_timeout_sec = 7\n\
+             [[resolver.host.\"docker.io\".mirrors]]\nhost = \"m.example\"\n",
+        )
+        .unwrap();
+        assert!(c.noprefetch && !c.no_background_fetch);
+        assert_eq!((c.max_concurrency, c.prefetch_timeout_sec), (3, 7));
+        assert_eq!(c.fetch_timeout_sec, Config::default().fetch_timeout_sec);
+        assert!(Config::from_toml_str("noprefetch = 3").is_err());
     }
 }

@@ -13,9 +13,9 @@ use crate::Error;
 use estargz::index::NodeKind;
 use fuser::{
     BackgroundSession, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request, SessionACL,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    SessionACL,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -233,6 +233,17 @@ impl Filesystem for LayerFs {
         reply.ok();
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.layer.tree().entries(ino.0) {
             Some(_) => reply.opened(
@@ -361,21 +372,42 @@ impl std::fmt::Debug for MountHandle {
 
 /// Mount `layer` read-only at `mountpoint` (an existing directory), with
 /// `allow_other,default_permissions`; `nosuid,nodev` per the config.
+///
+/// The mount(2) call is ours (fstype `fuse.rsnap`, source `rsnap:<digest>`)
+/// and fuser only serves the connection: then exactly one party unmounts.
 pub fn mount(layer: Arc<LazyLayer>, mountpoint: &Path) -> Result<MountHandle, Error> {
+    use rustix::mount::MountFlags;
     let cfg = layer.config().clone();
-    let mut opts = vec![
-        MountOption::FSName(format!("rsnap:{}", layer.digest())),
-        MountOption::RO,
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-    ];
+    let mp = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    let merr = |source: std::io::Error| Error::Mount {
+        path: mp.clone(),
+        source,
+    };
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(merr)?;
+    let data = format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",
+        std::os::fd::AsRawFd::as_raw_fd(&dev)
+    );
+    let mut flags = MountFlags::RDONLY | MountFlags::NOATIME;
     if cfg.nosuid_nodev {
-        opts.extend([MountOption::NoSuid, MountOption::NoDev]);
-    } else {
-        opts.extend([MountOption::Suid, MountOption::Dev]);
+        flags |= MountFlags::NOSUID | MountFlags::NODEV;
     }
+    let data = std::ffi::CString::new(data).expect("no NUL");
+    rustix::mount::mount(
+        format!("rsnap:{}", layer.digest()).as_str(),
+        &mp,
+        "fuse.rsnap",
+        flags,
+        data.as_c_str(),
+    )
+    .map_err(|e| merr(e.into()))?;
     let mut fc = fuser::Config::default();
-    fc.mount_options = opts;
     fc.acl = SessionACL::All;
     fc.n_threads = Some(cfg.fuse_threads.max(1));
     fc.clone_fd = true;
@@ -384,15 +416,17 @@ pub fn mount(layer: Arc<LazyLayer>, mountpoint: &Path) -> Result<MountHandle, Er
         files: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),
     };
-    let mp = mountpoint.to_path_buf();
-    let merr = |source| Error::Mount {
-        path: mp.clone(),
-        source,
+    let session =
+        fuser::Session::from_fd(fs, dev.into(), SessionACL::All, fc).and_then(|s| s.spawn());
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
+            return Err(merr(e));
+        }
     };
-    let session = fuser::Session::new(fs, mountpoint, &fc).map_err(merr)?;
-    let session = session.spawn().map_err(merr)?;
     let handle = MountHandle {
-        mountpoint: mp.canonicalize().unwrap_or(mp),
+        mountpoint: mp,
         layer,
         session: Some(session),
     };

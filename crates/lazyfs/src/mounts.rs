@@ -133,6 +133,49 @@ pub fn set_read_ahead_kb(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
     )
 }
 
+/// A read-only overlayfs of lower directories (top first), unmounted on drop.
+#[derive(Debug)]
+pub struct OverlayMount {
+    target: PathBuf,
+}
+
+impl OverlayMount {
+    pub fn mount(lowers: &[&Path], target: &Path) -> std::io::Result<OverlayMount> {
+        // Without an upper dir the kernel wants two lower dirs or more.
+        if lowers.len() < 2 {
+            return Err(std::io::Error::other(
+                "a read-only overlay needs two lower dirs or more",
+            ));
+        }
+        let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+        let data = std::ffi::CString::new(format!("lowerdir={}", lower.join(":")))
+            .map_err(std::io::Error::other)?;
+        rustix::mount::mount(
+            "overlay",
+            target,
+            "overlay",
+            rustix::mount::MountFlags::RDONLY,
+            data.as_c_str(),
+        )?;
+        Ok(OverlayMount {
+            target: target.to_path_buf(),
+        })
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let flags = rustix::mount::UnmountFlags::empty();
+        if rustix::mount::unmount(&self.target, flags).is_err() {
+            let _ = rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,8 @@ pub struct FrontOptions {
     pub throttle_first: usize,
     /// Send half of each blob answer, then nothing for this long.
     pub stall_blobs: Option<Duration>,
+    /// Rewrite a 206's `Content-Range: bytes a-b/t` to `bytes a+1-b+1/t`.
+    pub shift_content_range: bool,
 }
 
 /// One request as the front saw it.
@@ -253,6 +255,9 @@ fn handle_front(mut req: Request, upstream: u16, o: &FrontOptions, failed: &Atom
     let mut resp = Vec::new();
     let _ = up.read_to_end(&mut resp);
     let status = status_of(&resp);
+    if o.shift_content_range && status == 206 {
+        resp = shift_range(resp);
+    }
     if o.corrupt_blobs && is_blob_get(&req) && (status == 200 || status == 206) {
         let body_start = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
         if body_start.is_some_and(|b| b < resp.len()) {
@@ -261,6 +266,26 @@ fn handle_front(mut req: Request, upstream: u16, o: &FrontOptions, failed: &Atom
         }
     }
     resp
+}
+
+fn shift_range(resp: Vec<u8>) -> Vec<u8> {
+    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else { return resp };
+    let head = String::from_utf8_lossy(&resp[..end]).to_string();
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|l| {
+            let Some(v) = l.strip_prefix("Content-Range: bytes ") else { return l.to_string() };
+            let parse = || -> Option<String> {
+                let (r, t) = v.split_once('/')?;
+                let (a, b) = r.split_once('-')?;
+                Some(format!("Content-Range: bytes {}-{}/{t}", a.parse::<u64>().ok()? + 1, b.parse::<u64>().ok()? + 1))
+            };
+            parse().unwrap_or_else(|| l.to_string())
+        })
+        .collect();
+    let mut out = head.join("\r\n").into_bytes();
+    out.extend_from_slice(&resp[end..]);
+    out
 }
 
 impl Drop for Front {

@@ -273,9 +273,8 @@ pub(crate) async fn read_limited(
             });
         }
     }
-    let mut buf = BytesMut::with_capacity(
-        resp.content_length().unwrap_or(0).min(limit).min(1 << 20) as usize,
-    );
+    // Content-Length is untrusted, but bounded here by our own limit.
+    let mut buf = BytesMut::with_capacity(resp.content_length().unwrap_or(0).min(limit) as usize);
     loop {
         let chunk = tokio::time::timeout(stall, resp.chunk())
             .await

@@ -383,6 +383,23 @@ async fn fronts_that_misbehave() {
     }
     assert_eq!(last.unwrap().unwrap_err().kind(), ErrorKind::DigestMismatch);
 
+    // A 206 whose Content-Range is not what was asked is refused.
+    let f = Front::start(
+        reg.port,
+        FrontOptions {
+            shift_content_range: true,
+            ..Default::default()
+        },
+    );
+    let br = client()
+        .blob_reader(&repo(&f.host(), "q/r"), &d, Some(blob.len() as u64))
+        .await
+        .unwrap();
+    assert_eq!(
+        br.read_at(10, 100).await.unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+
     // A dead endpoint is Unreachable.
     let dead = repo(&format!("127.0.0.1:{}", e2e::free_port()), "q/r");
     let cfg = ClientConfig {
@@ -694,10 +711,16 @@ fn token_server(dir: &std::path::Path) -> Tokens {
     let x5c = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.der());
     let enc = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
     let issuer = move |req: &TokenRequest| -> Result<(String, u64), u16> {
-        let user = match &req.basic {
-            Some((u, p)) if u == "alice" && p == "secret" => Some(u.clone()),
-            Some(_) => return Err(401),
-            None => None,
+        let user = match (&req.basic, req.param("grant_type")) {
+            (None, Some("refresh_token")) if req.method == "POST" => {
+                match req.param("refresh_token") {
+                    Some("rt-alice") => Some("alice".to_string()),
+                    _ => return Err(401),
+                }
+            }
+            (Some((u, p)), _) if u == "alice" && p == "secret" => Some(u.clone()),
+            (Some(_), _) => return Err(401),
+            (None, _) => None,
         };
         let access: Vec<_> = req
             .scopes()
@@ -856,6 +879,26 @@ async fn token_auth_flow_refresh_and_redirects() {
         "no refresh after expires_in"
     );
     tokens.ctl.expires_in.store(300, Ordering::SeqCst);
+
+    // An identity token (OAuth2 refresh token) from config.json is POSTed to the realm.
+    let dc = scratch.path().join("docker");
+    std::fs::create_dir_all(&dc).unwrap();
+    let cfg_json = serde_json::json!({"auths": {reg.host(): {"identitytoken": "rt-alice"}}});
+    std::fs::write(dc.join("config.json"), cfg_json.to_string()).unwrap();
+    let c_id = Client::new(ClientConfig {
+        docker_config_dir: Some(dc),
+        ..config()
+    })
+    .unwrap();
+    assert_eq!(
+        &c_id.resolve(&r.with_tag("t")).await.unwrap().bytes[..],
+        &man[..]
+    );
+    let last = tokens.server.seen().pop().unwrap();
+    assert_eq!(
+        (last.method.as_str(), last.param("refresh_token")),
+        ("POST", Some("rt-alice"))
+    );
 
     // Anonymous: a token with no access, so Unauthorized, not a loop.
     let anon = client();

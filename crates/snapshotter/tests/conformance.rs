@@ -101,3 +101,52 @@ async fn cleanup_never_deletes_through_a_mount() {
     assert_eq!(std::fs::read_to_string(src.join("keep")).unwrap(), "me");
     assert!(mounts_under(dir.path()).is_empty());
 }
+
+/// Creates, commits and removes from many tasks while Cleanup runs in a
+/// loop: Cleanup must never take a directory a record points at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_and_cleanup() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(&dir.path().join("root")).await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cleaner = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                s.cleanup().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..15 {
+                let (k, n) = (format!("k{t}-{i}"), format!("n{t}-{i}"));
+                Api::prepare(&*s, &k, "", &labels(&[])).await.unwrap();
+                Api::commit(&*s, &n, &k, &labels(&[])).await.unwrap();
+                if i % 3 == 0 {
+                    Api::remove(&*s, &n).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    cleaner.await.unwrap();
+    let all = s.list(&[]).await.unwrap();
+    assert_eq!(all.len(), 8 * 10);
+    for i in &all {
+        let v = Api::view(&*s, &format!("v-{}", i.name), &i.name, &labels(&[]))
+            .await
+            .unwrap();
+        assert!(
+            std::path::Path::new(&v[0].source).is_dir(),
+            "directory of {} kept",
+            i.name
+        );
+    }
+}

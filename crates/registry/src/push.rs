@@ -2,7 +2,7 @@
 //! chunked upload) and manifests. Pushes go to the origin only, never to a
 //! mirror.
 
-use crate::digest::{verify, Digest};
+use crate::digest::{verify, Digest, Verifier};
 use crate::error::{Error, Result};
 use crate::transport::{execute, unexpected, Endpoint, Request};
 use crate::{push_scope, Client, Reference};
@@ -51,20 +51,105 @@ impl Client {
         let ep = self.origin(repo)?;
         let scope = push_scope(repo);
         let _permit = self.permit().await?;
+        let mut location = match self.begin_upload(&ep, repo, digest, opts).await? {
+            Ok(l) => l,
+            Err(done) => return Ok(done),
+        };
+        if let Some(chunk) = opts.chunk_size.filter(|&c| c > 0 && c < data.len()) {
+            let mut off = 0;
+            while off < data.len() {
+                let end = (off + chunk).min(data.len());
+                location = self
+                    .patch(&ep, &location, off as u64, data.slice(off..end), &scope)
+                    .await?;
+                off = end;
+            }
+            self.finish_upload(&ep, &location, digest, Bytes::new(), &scope)
+                .await?;
+        } else {
+            self.finish_upload(&ep, &location, digest, data, &scope)
+                .await?;
+        }
+        Ok(BlobPush::Uploaded)
+    }
+
+    /// Push a blob from a file without holding it in memory: PATCH chunks
+    /// of `opts.chunk_size` (default 16 MiB), digest checked before the
+    /// upload is committed.
+    pub async fn push_blob_file(
+        &self,
+        repo: &Reference,
+        digest: &str,
+        path: &std::path::Path,
+        opts: &PushOptions,
+    ) -> Result<BlobPush> {
+        use tokio::io::AsyncReadExt;
+        let mut verifier = Verifier::new(digest)?;
+        let io = |e: std::io::Error| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        };
+        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        let ep = self.origin(repo)?;
+        let scope = push_scope(repo);
+        let _permit = self.permit().await?;
+        let mut location = match self.begin_upload(&ep, repo, digest, opts).await? {
+            Ok(l) => l,
+            Err(done) => return Ok(done),
+        };
+        let chunk = opts.chunk_size.filter(|&c| c > 0).unwrap_or(16 << 20);
+        let mut off = 0u64;
+        loop {
+            let mut buf = Vec::with_capacity(chunk);
+            while buf.len() < chunk {
+                let n = (&mut file)
+                    .take((chunk - buf.len()) as u64)
+                    .read_to_end(&mut buf)
+                    .await
+                    .map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            verifier.update(&buf);
+            let n = buf.len() as u64;
+            location = self
+                .patch(&ep, &location, off, Bytes::from(buf), &scope)
+                .await?;
+            off += n;
+        }
+        verifier.finish()?;
+        self.finish_upload(&ep, &location, digest, Bytes::new(), &scope)
+            .await?;
+        Ok(BlobPush::Uploaded)
+    }
+
+    /// HEAD, then a mount attempt per `mount_from`, then a new upload.
+    /// `Ok(Err(done))` when nothing is left to upload.
+    async fn begin_upload(
+        &self,
+        ep: &Endpoint,
+        repo: &Reference,
+        digest: &str,
+        opts: &PushOptions,
+    ) -> Result<std::result::Result<String, BlobPush>> {
+        let scope = push_scope(repo);
         let blob = ep.url(&format!("/v2/{}/blobs/{digest}", repo.repository()));
         match execute(
             &self.inner,
-            &ep,
-            &Request::new(Method::HEAD, blob.clone(), scope.clone()),
+            ep,
+            &Request::new(Method::HEAD, blob, scope.clone()),
         )
         .await
         {
-            Ok(r) if r.status().is_success() => return Ok(BlobPush::AlreadyThere),
+            Ok(r) if r.status().is_success() => return Ok(Err(BlobPush::AlreadyThere)),
             Ok(_) | Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
         let uploads = ep.url(&format!("/v2/{}/blobs/uploads/", repo.repository()));
-        let mut location = None;
         for from in &opts.mount_from {
             if from == repo.repository() {
                 continue;
@@ -73,10 +158,13 @@ impl Client {
             url.query_pairs_mut()
                 .append_pair("mount", digest)
                 .append_pair("from", from);
-            let scope = format!("{scope} repository:{from}:pull");
-            let mut req = Request::new(Method::POST, url.to_string(), scope);
+            let mut req = Request::new(
+                Method::POST,
+                url.to_string(),
+                format!("{scope} repository:{from}:pull"),
+            );
             req.body = Some(Bytes::new());
-            let resp = match execute(&self.inner, &ep, &req).await {
+            let resp = match execute(&self.inner, ep, &req).await {
                 Ok(r) => r,
                 // No access to the source repository: just upload.
                 Err(e)
@@ -89,50 +177,42 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             };
-            match resp.status() {
-                StatusCode::CREATED => return Ok(BlobPush::Mounted),
-                StatusCode::ACCEPTED => {
-                    location = Some(upload_location(&resp)?);
-                    break;
-                }
-                _ => return Err(unexpected(resp).await),
-            }
+            return match resp.status() {
+                StatusCode::CREATED => Ok(Err(BlobPush::Mounted)),
+                // Not mountable: the registry started an upload instead.
+                StatusCode::ACCEPTED => Ok(Ok(upload_location(&resp)?)),
+                _ => Err(unexpected(resp).await),
+            };
         }
-        let mut location = match location {
-            Some(l) => l,
-            None => {
-                let mut req = Request::new(Method::POST, uploads, scope.clone());
-                req.body = Some(Bytes::new());
-                let resp = execute(&self.inner, &ep, &req).await?;
-                if resp.status() != StatusCode::ACCEPTED {
-                    return Err(unexpected(resp).await);
-                }
-                upload_location(&resp)?
-            }
-        };
-        if let Some(chunk) = opts.chunk_size.filter(|&c| c > 0 && c < data.len()) {
-            let mut off = 0;
-            while off < data.len() {
-                let end = (off + chunk).min(data.len());
-                let mut req = Request::new(Method::PATCH, location.clone(), scope.clone())
-                    .header(header::CONTENT_TYPE, "application/octet-stream")
-                    .header(header::CONTENT_RANGE, &format!("{}-{}", off, end - 1));
-                req.body = Some(data.slice(off..end));
-                req.follow_redirects = false;
-                let resp = execute(&self.inner, &ep, &req).await?;
-                if resp.status() != StatusCode::ACCEPTED {
-                    return Err(unexpected(resp).await);
-                }
-                location = upload_location(&resp)?;
-                off = end;
-            }
-            self.finish_upload(&ep, &location, digest, Bytes::new(), &scope)
-                .await?;
-        } else {
-            self.finish_upload(&ep, &location, digest, data, &scope)
-                .await?;
+        let mut req = Request::new(Method::POST, uploads, scope);
+        req.body = Some(Bytes::new());
+        let resp = execute(&self.inner, ep, &req).await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(unexpected(resp).await);
         }
-        Ok(BlobPush::Uploaded)
+        Ok(Ok(upload_location(&resp)?))
+    }
+
+    /// Upload `data` at `off`; returns the next upload location.
+    async fn patch(
+        &self,
+        ep: &Endpoint,
+        location: &str,
+        off: u64,
+        data: Bytes,
+        scope: &str,
+    ) -> Result<String> {
+        let end = off + data.len() as u64;
+        let mut req = Request::new(Method::PATCH, location.to_string(), scope.to_string())
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_RANGE, &format!("{}-{}", off, end - 1));
+        req.body = Some(data);
+        req.follow_redirects = false;
+        let resp = execute(&self.inner, ep, &req).await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(unexpected(resp).await);
+        }
+        upload_location(&resp)
     }
 
     async fn finish_upload(

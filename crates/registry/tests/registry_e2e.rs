@@ -170,6 +170,31 @@ async fn anonymous_push_read_resolve() {
     );
     assert_eq!(c.blob_size(&b, &d2).await.unwrap(), blob2.len() as u64);
 
+    // From a file, in chunks, without holding it in memory.
+    let blob3 = data(2_500_000, 10);
+    let d3 = Digest::sha256_of(&blob3);
+    let f3 = scratch.path().join("blob3");
+    std::fs::write(&f3, &blob3).unwrap();
+    let opts = PushOptions {
+        chunk_size: Some(1 << 20),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.push_blob_file(&a, &d3, &f3, &opts).await.unwrap(),
+        BlobPush::Uploaded
+    );
+    assert_eq!(
+        &c.fetch_blob_bytes(&a, &d3, 4 << 20).await.unwrap()[..],
+        &blob3[..]
+    );
+    let wrong = Digest::sha256_of(b"not the file");
+    let e = c.push_blob_file(&a, &wrong, &f3, &opts).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DigestMismatch);
+    assert_eq!(
+        c.blob_size(&a, &wrong).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
     check_reads(&c, &a, &blob).await;
 
     // Whole-blob stream, verified at the end.

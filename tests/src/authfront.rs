@@ -44,6 +44,8 @@ pub struct FrontOptions {
     pub throttle_first: usize,
     /// Send half of each blob answer, then nothing for this long.
     pub stall_blobs: Option<Duration>,
+    /// Like `stall_blobs`, but only for whole-blob GETs (no Range header).
+    pub stall_whole_blobs: Option<Duration>,
     /// Rewrite a 206's `Content-Range: bytes a-b/t` to `bytes a+1-b+1/t`.
     pub shift_content_range: bool,
 }
@@ -177,7 +179,9 @@ impl Front {
                     range: req.header("range").map(str::to_string),
                     status: status_of(&resp),
                 });
-                match opts.stall_blobs {
+                let whole = req.header("range").is_none();
+                let stall = opts.stall_blobs.or(opts.stall_whole_blobs.filter(|_| whole));
+                match stall {
                     Some(pause) if is_blob_get(&req) && resp.len() > 1 => {
                         let mut w = &c;
                         let _ = w.write_all(&resp[..resp.len() / 2]);

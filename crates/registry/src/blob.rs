@@ -86,57 +86,76 @@ impl Client {
             return Err(unexpected(resp).await);
         }
         let size = resp.content_length();
-        let stall = self.inner.cfg.stall_timeout;
-        struct St {
-            resp: Option<reqwest::Response>,
-            verifier: Option<Verifier>,
-            seen: u64,
-            size: Option<u64>,
-            _permit: tokio::sync::OwnedSemaphorePermit,
-        }
-        let st = St {
+        let st = StreamState {
+            client: self.clone(),
+            repo: repo.clone(),
+            path,
             resp: Some(resp),
             verifier: Some(verifier),
             seen: 0,
+            skip: 0,
             size,
+            resumes_left: self.inner.cfg.retries,
             _permit: permit,
         };
-        let s = futures::stream::unfold(st, move |mut st| async move {
-            let resp = st.resp.as_mut()?;
-            let url = resp.url().to_string();
-            let next = match tokio::time::timeout(stall, resp.chunk()).await {
-                Err(_) => Err(Error::unreachable(
-                    &url,
-                    format!("body stalled for {stall:?}"),
-                )),
-                Ok(Err(e)) => Err(Error::unreachable(&url, e)),
-                Ok(Ok(c)) => Ok(c),
-            };
-            match next {
-                Err(e) => {
-                    st.resp = None;
-                    Some((Err(e), st))
-                }
-                Ok(Some(chunk)) => {
-                    st.seen += chunk.len() as u64;
-                    if let Some(v) = st.verifier.as_mut() {
-                        v.update(&chunk);
-                    }
-                    if st.size.is_some_and(|s| st.seen > s) {
+        let s = futures::stream::unfold(st, |mut st| async move {
+            loop {
+                let resp = st.resp.as_mut()?;
+                let stall = st.client.inner.cfg.stall_timeout;
+                let url = resp.url().to_string();
+                let next = match tokio::time::timeout(stall, resp.chunk()).await {
+                    Err(_) => Err(Error::unreachable(
+                        &url,
+                        format!("body stalled for {stall:?}"),
+                    )),
+                    Ok(Err(e)) => Err(Error::unreachable(&url, e)),
+                    Ok(Ok(c)) => Ok(c),
+                };
+                match next {
+                    Err(e) => {
                         st.resp = None;
-                        return Some((
-                            Err(Error::invalid(&url, "body longer than Content-Length")),
-                            st,
-                        ));
+                        if st.resumes_left > 0 {
+                            st.resumes_left -= 1;
+                            tracing::debug!(error = %e, at = st.seen, "resuming blob stream");
+                            match st.resume().await {
+                                Ok(()) => continue,
+                                Err(e2) => return Some((Err(e2), st)),
+                            }
+                        }
+                        return Some((Err(e), st));
                     }
-                    Some((Ok(chunk), st))
-                }
-                Ok(None) => {
-                    st.resp = None;
-                    let v = st.verifier.take()?;
-                    match v.finish() {
-                        Ok(()) => None,
-                        Err(e) => Some((Err(e), st)),
+                    Ok(Some(mut chunk)) => {
+                        // After a resume answered with the whole blob: drop what we already had.
+                        if st.skip > 0 {
+                            let n = st.skip.min(chunk.len() as u64);
+                            st.skip -= n;
+                            chunk = chunk.slice(n as usize..);
+                            if chunk.is_empty() {
+                                continue;
+                            }
+                        }
+                        st.seen += chunk.len() as u64;
+                        if let Some(v) = st.verifier.as_mut() {
+                            v.update(&chunk);
+                        }
+                        if st.size.is_some_and(|s| st.seen > s) {
+                            st.resp = None;
+                            let e = Error::invalid(&url, "body longer than Content-Length");
+                            return Some((Err(e), st));
+                        }
+                        return Some((Ok(chunk), st));
+                    }
+                    Ok(None) => {
+                        st.resp = None;
+                        if st.size.is_some_and(|s| st.seen < s) {
+                            let e = Error::invalid(&url, "body shorter than Content-Length");
+                            return Some((Err(e), st));
+                        }
+                        let v = st.verifier.take()?;
+                        return match v.finish() {
+                            Ok(()) => None,
+                            Err(e) => Some((Err(e), st)),
+                        };
                     }
                 }
             }
@@ -184,6 +203,53 @@ impl Client {
 
 fn blob_path(repo: &Reference, digest: &str) -> String {
     format!("/v2/{}/blobs/{digest}", repo.repository())
+}
+
+struct StreamState {
+    client: Client,
+    repo: Reference,
+    path: String,
+    resp: Option<reqwest::Response>,
+    verifier: Option<Verifier>,
+    seen: u64,
+    /// Bytes still to drop from a whole-blob answer to a resume.
+    skip: u64,
+    size: Option<u64>,
+    resumes_left: u32,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl StreamState {
+    /// Ask for the rest of the blob after a broken body (`Range: bytes=seen-`).
+    async fn resume(&mut self) -> Result<()> {
+        let eps = self.client.endpoints(self.repo.registry())?;
+        let range = format!("bytes={}-", self.seen);
+        let (resp, _) = execute_any(&self.client.inner, &eps, |ep| {
+            Request::new(Method::GET, ep.url(&self.path), pull_scope(&self.repo))
+                .header(header::RANGE, &range)
+        })
+        .await?;
+        let url = resp.url().to_string();
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let cr = resp
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_content_range(v).ok())
+                    .and_then(|c| c.range)
+                    .ok_or_else(|| Error::invalid(&url, "206 without a usable Content-Range"))?;
+                if cr.0 != self.seen {
+                    return Err(Error::invalid(&url, "resumed at the wrong offset"));
+                }
+                self.skip = 0;
+            }
+            StatusCode::OK => self.skip = self.seen,
+            _ => return Err(unexpected(resp).await),
+        }
+        self.resp = Some(resp);
+        Ok(())
+    }
 }
 
 /// A whole blob as a stream of chunks; see [`Client::fetch_blob_stream`].

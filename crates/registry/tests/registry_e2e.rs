@@ -501,6 +501,31 @@ async fn throttling_and_stalls() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
+
+    // A whole-blob stream that stalls is resumed with a Range from where it broke.
+    let f = Front::start(
+        reg.port,
+        FrontOptions {
+            stall_whole_blobs: Some(Duration::from_secs(20)),
+            ..Default::default()
+        },
+    );
+    let mut s = c
+        .fetch_blob_stream(&repo(&f.host(), "s/t"), &d)
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    while let Some(chunk) = s.next().await {
+        all.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(all, blob);
+    assert!(
+        f.seen()
+            .iter()
+            .any(|s| s.range.as_deref().is_some_and(|r| r.ends_with('-'))),
+        "{:?}",
+        f.seen()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,8 +22,11 @@ CHUNK="${CHUNK:-4194304}"
 CACHE="${BENCH_CACHE:-/var/tmp/rsnap-bench}"
 
 EXTRA_PACKAGES=debootstrap "$repo/scripts/install-deps.sh"
-(cd "$repo" && cargo build --release -q -p rsnap)
-rsnap="${CARGO_TARGET_DIR:-$repo/target}/release/rsnap"
+# RSNAP=/path/to/rsnap skips the build.
+if [ -z "${RSNAP:-}" ]; then
+  (cd "$repo" && cargo build --release -q -p rsnap)
+fi
+rsnap="${RSNAP:-${CARGO_TARGET_DIR:-$repo/target}/release/rsnap}"
 
 # The Debian mirror this machine already uses (debootstrap needs one).
 mirror() {

@@ -8,8 +8,8 @@
 //! destination's existing images intact.
 
 use crate::convert_layer::{convert_layer, Action, Converted, LayerOptions};
-use crate::oci_layout::{self as oci, Descriptor, Layout};
-use anyhow::{bail, ensure, Context, Result};
+use crate::oci_layout::{self as oci, Descriptor, Layout, OciRef};
+use anyhow::{ensure, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::Value;
@@ -43,44 +43,6 @@ pub struct Args {
     /// From an index, convert every platform.
     #[arg(long, conflicts_with = "platform")]
     pub all_platforms: bool,
-}
-
-/// `oci:DIR[:TAG]`.
-#[derive(Debug, PartialEq)]
-pub struct OciRef {
-    pub dir: PathBuf,
-    pub tag: Option<String>,
-}
-
-impl OciRef {
-    pub fn parse(s: &str) -> Result<OciRef> {
-        let Some(rest) = s.strip_prefix("oci:") else {
-            bail!("{s:?}: only OCI layouts (oci:DIR[:TAG]) are supported so far");
-        };
-        ensure!(!rest.is_empty(), "{s:?}: missing directory");
-        // A tag never contains '/', so "oci:a:b/c" is the directory "a:b/c".
-        match rest.rsplit_once(':') {
-            Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => {
-                ensure!(valid_tag(tag), "{s:?}: invalid tag {tag:?}");
-                Ok(OciRef {
-                    dir: dir.into(),
-                    tag: Some(tag.to_string()),
-                })
-            }
-            _ => Ok(OciRef {
-                dir: rest.into(),
-                tag: None,
-            }),
-        }
-    }
-}
-
-fn valid_tag(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 128
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && !t.starts_with(['.', '-'])
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -249,8 +211,7 @@ fn collect_images(src: &Layout, root: &Descriptor, sel: &Select) -> Result<Vec<I
         return Ok(vec![read_image(src, root)?]);
     }
     let (_, idx) = src.read_json_blob(root)?;
-    let ms: Vec<Descriptor> =
-        serde_json::from_value(idx["manifests"].clone()).context("index: bad manifests")?;
+    let ms = oci::parse_index(&idx)?;
     let want = sel.platform.clone().unwrap_or_else(|| {
         let (os, arch) = host_platform();
         format!("{os}/{arch}")
@@ -285,22 +246,12 @@ fn read_image(src: &Layout, desc: &Descriptor) -> Result<Image> {
         desc.media_type
     );
     let (_, manifest) = src.read_json_blob(desc)?;
-    let config_desc: Descriptor = serde_json::from_value(manifest["config"].clone())
-        .context("manifest: bad config descriptor")?;
-    let layers: Vec<Descriptor> =
-        serde_json::from_value(manifest["layers"].clone()).context("manifest: bad layers")?;
+    let oci::ManifestParts {
+        config: config_desc,
+        layers,
+    } = oci::parse_manifest(&manifest)?;
     let (_, config) = src.read_json_blob(&config_desc)?;
-    let diff_ids: Vec<String> = serde_json::from_value(config["rootfs"]["diff_ids"].clone())
-        .context("config: bad rootfs.diff_ids")?;
-    ensure!(
-        diff_ids.len() == layers.len(),
-        "manifest has {} layers but config has {} diff IDs",
-        layers.len(),
-        diff_ids.len()
-    );
-    for l in &layers {
-        oci::check_digest(&l.digest)?;
-    }
+    let diff_ids = oci::parse_diff_ids(&config, layers.len())?;
     Ok(Image {
         desc: desc.clone(),
         manifest,

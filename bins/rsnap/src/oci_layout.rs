@@ -80,6 +80,117 @@ pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
+/// The manifests an index lists (index.json or an image index blob).
+pub fn parse_index(idx: &Value) -> Result<Vec<Descriptor>> {
+    ensure!(idx.is_object(), "index is not a JSON object");
+    let ms: Vec<Descriptor> =
+        serde_json::from_value(idx["manifests"].clone()).context("index: bad manifests list")?;
+    for m in &ms {
+        check_digest(&m.digest)?;
+    }
+    Ok(ms)
+}
+
+/// The manifest tagged `tag` (`org.opencontainers.image.ref.name`), or the
+/// only one when `tag` is `None`.
+pub fn select_tag(ms: Vec<Descriptor>, tag: Option<&str>) -> Result<Descriptor> {
+    match tag {
+        Some(t) => {
+            let mut hits = ms
+                .into_iter()
+                .filter(|m| m.annotations.get(REF_NAME).map(String::as_str) == Some(t));
+            let d = hits
+                .next()
+                .with_context(|| format!("no image tagged {t:?}"))?;
+            ensure!(hits.next().is_none(), "tag {t:?} names two images");
+            Ok(d)
+        }
+        None => match ms.len() {
+            1 => Ok(ms.into_iter().next().expect("one element")),
+            0 => bail!("the layout holds no image"),
+            n => bail!("the layout holds {n} images: name one with oci:DIR:TAG"),
+        },
+    }
+}
+
+/// What a conversion needs from an image manifest; digests are validated.
+#[derive(Debug)]
+pub struct ManifestParts {
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+pub fn parse_manifest(m: &Value) -> Result<ManifestParts> {
+    ensure!(m.is_object(), "manifest is not a JSON object");
+    let config: Descriptor =
+        serde_json::from_value(m["config"].clone()).context("manifest: bad config descriptor")?;
+    let layers: Vec<Descriptor> =
+        serde_json::from_value(m["layers"].clone()).context("manifest: bad layers")?;
+    check_digest(&config.digest)?;
+    for l in &layers {
+        check_digest(&l.digest)?;
+    }
+    Ok(ManifestParts { config, layers })
+}
+
+/// `rootfs.diff_ids` of an image config, one valid digest per layer.
+pub fn parse_diff_ids(config: &Value, layers: usize) -> Result<Vec<String>> {
+    ensure!(
+        config.is_object() && config["rootfs"].is_object(),
+        "config has no rootfs object"
+    );
+    let ids: Vec<String> = serde_json::from_value(config["rootfs"]["diff_ids"].clone())
+        .context("config: bad rootfs.diff_ids")?;
+    ensure!(
+        ids.len() == layers,
+        "manifest has {layers} layers but config has {} diff IDs",
+        ids.len()
+    );
+    for d in &ids {
+        check_digest(d)?;
+    }
+    Ok(ids)
+}
+
+/// `oci:DIR[:TAG]`.
+#[derive(Debug, PartialEq)]
+pub struct OciRef {
+    pub dir: PathBuf,
+    pub tag: Option<String>,
+}
+
+impl OciRef {
+    pub fn parse(s: &str) -> Result<OciRef> {
+        let Some(rest) = s.strip_prefix("oci:") else {
+            bail!("{s:?}: only OCI layouts (oci:DIR[:TAG]) are supported so far");
+        };
+        ensure!(!rest.is_empty(), "{s:?}: missing directory");
+        // A tag never contains '/', so "oci:a:b/c" is the directory "a:b/c".
+        match rest.rsplit_once(':') {
+            Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => {
+                ensure!(valid_tag(tag), "{s:?}: invalid tag {tag:?}");
+                Ok(OciRef {
+                    dir: dir.into(),
+                    tag: Some(tag.to_string()),
+                })
+            }
+            _ => Ok(OciRef {
+                dir: rest.into(),
+                tag: None,
+            }),
+        }
+    }
+}
+
+/// The OCI distribution spec's tag grammar: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn valid_tag(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 128
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !t.starts_with(['.', '-'])
+}
+
 pub struct Layout {
     pub dir: PathBuf,
 }
@@ -139,32 +250,8 @@ impl Layout {
     /// The descriptor tagged `tag` in index.json, or the only one if `tag`
     /// is `None`.
     pub fn resolve(&self, tag: Option<&str>) -> Result<Descriptor> {
-        let idx = self.index()?;
-        let ms: Vec<Descriptor> = serde_json::from_value(idx["manifests"].clone())
-            .context("index.json: bad manifests list")?;
-        match tag {
-            Some(t) => {
-                let mut hits = ms
-                    .into_iter()
-                    .filter(|m| m.annotations.get(REF_NAME).map(String::as_str) == Some(t));
-                let d = hits
-                    .next()
-                    .with_context(|| format!("no image tagged {t:?} in {}", self.dir.display()))?;
-                ensure!(
-                    hits.next().is_none(),
-                    "tag {t:?} names two images in index.json"
-                );
-                Ok(d)
-            }
-            None => match ms.len() {
-                1 => Ok(ms.into_iter().next().unwrap()),
-                0 => bail!("{} holds no image", self.dir.display()),
-                n => bail!(
-                    "{} holds {n} images: name one with oci:DIR:TAG",
-                    self.dir.display()
-                ),
-            },
-        }
+        select_tag(parse_index(&self.index()?)?, tag)
+            .with_context(|| format!("in {}", self.dir.display()))
     }
 
     /// A small blob (manifest, index, config), read whole and verified.
@@ -222,6 +309,7 @@ impl Layout {
     /// Point `tag` at `desc` in index.json (other entries are kept).
     pub fn set_tag(&self, tag: &str, mut desc: Descriptor) -> Result<()> {
         let mut idx = self.index()?;
+        ensure!(idx.is_object(), "index.json is not an object");
         let ms = idx["manifests"]
             .as_array_mut()
             .context("index.json: manifests is not a list")?;

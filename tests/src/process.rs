@@ -11,11 +11,17 @@ pub struct Service {
 impl Service {
     /// Spawn `cmd` with stdout/stderr appended to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: &std::path::Path) -> std::io::Result<Service> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd.spawn()?;
-        Ok(Service { name: name.to_string(), child: Some(child) })
+        Ok(Service {
+            name: name.to_string(),
+            child: Some(child),
+        })
     }
 
     pub fn pid(&self) -> u32 {

@@ -61,7 +61,11 @@ impl Registry {
         let ok = wait_until(Duration::from_secs(15), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        assert!(ok, "docker-registry did not listen on {port}; see {}", dir.display());
+        assert!(
+            ok,
+            "docker-registry did not listen on {port}; see {}",
+            dir.display()
+        );
         Registry { port, dir, service }
     }
 

@@ -37,7 +37,12 @@ impl CountingProxy {
                 }
             }
         });
-        CountingProxy { port, down, stop, accept: Some(accept) }
+        CountingProxy {
+            port,
+            down,
+            stop,
+            accept: Some(accept),
+        }
     }
 
     pub fn host(&self) -> String {

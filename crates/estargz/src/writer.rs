@@ -47,6 +47,9 @@ pub struct WriterOptions {
     pub prioritized_files: Vec<String>,
     /// Uncompressed bytes compressed at once (memory bound is ~2x this).
     pub batch_bytes: u64,
+    /// Where `convert` spools the uncompressed tar; `None`: the system's
+    /// temp dir (often tmpfs: pick a disk for big layers).
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for WriterOptions {
@@ -56,6 +59,7 @@ impl Default for WriterOptions {
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             prioritized_files: Vec::new(),
             batch_bytes: 32 << 20,
+            spool_dir: None,
         }
     }
 }
@@ -84,7 +88,10 @@ pub struct WriteReport {
 pub fn convert<R: Read, W: Write>(input: R, out: W, opts: &WriterOptions) -> Result<WriteReport> {
     let mut input = BufReader::with_capacity(1 << 20, input);
     let gz = input.fill_buf()?.starts_with(&[0x1f, 0x8b]);
-    let mut spool = tempfile::tempfile()?;
+    let mut spool = match &opts.spool_dir {
+        Some(dir) => tempfile::tempfile_in(dir)?,
+        None => tempfile::tempfile()?,
+    };
     let len = if gz {
         io::copy(&mut flate2::bufread::MultiGzDecoder::new(input), &mut spool)
             .map_err(|e| Error::Gzip(e.to_string()))?

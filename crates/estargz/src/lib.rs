@@ -5,10 +5,15 @@
 //! - `footer`: the 51-byte eStargz footer and the 47-byte legacy stargz footer.
 //! - `toc`: the `stargz.index.json` JSON types, exactly as the spec names them.
 //! - `index`: a validated TOC as an inode-like tree with per-file chunk lists.
+//! - `tarfmt` (private): tar header and PAX parsing, the reference's ustar header.
 //! - `reader`: `ReadAt`, opening a blob in at most two reads, TOC digest
-//!   verification, verified chunk and file-range reads.
+//!   verification, verified chunk and file-range reads; a sans-IO path
+//!   (`parse_footer`, `toc_region`, `parse_toc_member`, `decompress_chunk`)
+//!   for callers that fetch ranges themselves.
 //! - `writer`: tar / tar.gz -> eStargz, parallel compression, deterministic.
 //!
+//! Nothing is served unverified: the TOC is checked against its digest
+//! annotation and every chunk against its `chunkDigest`.
 //! No HTTP, no FUSE, no async runtime here.
 
 pub mod error;

@@ -19,6 +19,8 @@ pub const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MT_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MT_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+pub const UNCOMPRESSED: &str = "io.containers.estargz.uncompressed-size";
 
 /// Fixed mtime so that the same builder always yields the same bytes.
 pub const MTIME: u64 = 1_700_000_000;
@@ -371,6 +373,46 @@ pub fn rsnap_ok(args: &[&str]) -> String {
     let (ok, out, err) = rsnap(args);
     assert!(ok, "rsnap {args:?} failed:\n{err}");
     out
+}
+
+/// Every layer of `tag` in `dir`: eStargz media type and annotations, a blob
+/// that real gzip+tar accept, diff ID and uncompressed size that match, and
+/// a TOC whose chunks all verify. Returns the TOC of each layer.
+pub fn check_estargz_layout(dir: &Path, tag: Option<&str>) -> Vec<Value> {
+    let lay = OciLayout::open(dir);
+    let m = lay.manifest(tag);
+    let c = lay.config(tag);
+    let mut tocs = Vec::new();
+    for (i, l) in m["layers"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        let digest = l["digest"].as_str().unwrap();
+        let blob = lay.blob(digest);
+        assert_eq!(l["size"].as_u64().unwrap(), blob.len() as u64);
+        let tar = gunzip(&blob);
+        assert_eq!(
+            c["rootfs"]["diff_ids"][i],
+            sha256_digest(&tar),
+            "diff ID of layer {i}"
+        );
+        let ann = &l["annotations"];
+        assert_eq!(ann[UNCOMPRESSED].as_str().unwrap(), tar.len().to_string());
+        let path = lay.blob_path(digest);
+        // Real tools accept the blob as an ordinary tar.gz.
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("gunzip -c {} | tar t >/dev/null", path.display()))
+            .status()
+            .unwrap();
+        assert!(st.success(), "gunzip | tar t rejected layer {i}");
+        let toc_digest = ann[TOC_DIGEST].as_str().expect("toc.digest annotation");
+        let p = path.to_str().unwrap();
+        let toc = rsnap_ok(&["toc", "--verify", "--toc-digest", toc_digest, p]);
+        tocs.push(serde_json::from_str(&toc).expect("TOC JSON"));
+    }
+    tocs
 }
 
 /// What [`write_oci_layout`] wrote.

@@ -14,8 +14,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
-const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
-const UNCOMPRESSED: &str = "io.containers.estargz.uncompressed-size";
+use e2e::image::{check_estargz_layout, TOC_DIGEST, UNCOMPRESSED};
 
 /// Two layers: busybox plus a few files, then a layer with a multi-chunk
 /// file, links, owners, an xattr, a whiteout and an opaque directory.
@@ -54,46 +53,6 @@ fn hex_of(d: &str) -> &str {
     d.trim_start_matches("sha256:")
 }
 
-/// Every layer of `tag` in `dir`: eStargz media type and annotations, a blob
-/// that real gzip+tar accept, diff ID and uncompressed size that match, and
-/// a TOC whose chunks all verify. Returns the TOC of each layer.
-fn check_estargz_image(dir: &Path, tag: Option<&str>) -> Vec<Value> {
-    let lay = OciLayout::open(dir);
-    let m = lay.manifest(tag);
-    let c = lay.config(tag);
-    let mut tocs = Vec::new();
-    for (i, l) in m["layers"].as_array().unwrap().iter().enumerate() {
-        assert_eq!(
-            l["mediaType"],
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        );
-        let digest = l["digest"].as_str().unwrap();
-        let blob = lay.blob(digest);
-        assert_eq!(l["size"].as_u64().unwrap(), blob.len() as u64);
-        let tar = gunzip(&blob);
-        assert_eq!(
-            c["rootfs"]["diff_ids"][i],
-            sha256_digest(&tar),
-            "diff ID of layer {i}"
-        );
-        let ann = &l["annotations"];
-        assert_eq!(ann[UNCOMPRESSED].as_str().unwrap(), tar.len().to_string());
-        let path = lay.blob_path(digest);
-        // Real tools accept the blob as an ordinary tar.gz.
-        let st = Command::new("sh")
-            .arg("-c")
-            .arg(format!("gunzip -c {} | tar t >/dev/null", path.display()))
-            .status()
-            .unwrap();
-        assert!(st.success(), "gunzip | tar t rejected layer {i}");
-        let toc_digest = ann[TOC_DIGEST].as_str().expect("toc.digest annotation");
-        let p = path.to_str().unwrap();
-        let toc = rsnap_ok(&["toc", "--verify", "--toc-digest", toc_digest, p]);
-        tocs.push(serde_json::from_str(&toc).expect("TOC JSON"));
-    }
-    tocs
-}
-
 fn toc_names(toc: &Value, kind: &str) -> Vec<String> {
     toc["entries"]
         .as_array()
@@ -126,7 +85,7 @@ fn converted_image_runs_on_stock_containerd() {
     let out = rsnap_ok(&["convert", "--chunk-size", "1048576", &src_s, &dst_s]);
     assert!(out.contains("converted"), "{out}");
 
-    let tocs = check_estargz_image(&dst, Some("v1-esgz"));
+    let tocs = check_estargz_layout(&dst, Some("v1-esgz"));
     assert_eq!(tocs.len(), 2);
     let chunks: Vec<String> = toc_names(&tocs[1], "chunk");
     assert_eq!(
@@ -223,7 +182,7 @@ fn reads_and_passes_through_go_reference_output() {
         go_convert(&ctrd, scratch.path(), &src, &go);
     }
     // Our reader opens and verifies every blob the reference wrote.
-    let tocs = check_estargz_image(&go, None);
+    let tocs = check_estargz_layout(&go, None);
     assert_eq!(
         toc_names(&tocs[1], "chunk")
             .iter()
@@ -277,8 +236,8 @@ fn go_reference_and_rsnap_agree_on_contents() {
         &format!("oci:{}:v1", src.display()),
         &format!("oci:{}:v1", ours.display()),
     ]);
-    let go_tocs = check_estargz_image(&go, None);
-    let our_tocs = check_estargz_image(&ours, Some("v1"));
+    let go_tocs = check_estargz_layout(&go, None);
+    let our_tocs = check_estargz_layout(&ours, Some("v1"));
     // Same files, same chunking, same chunk digests, in the same order.
     let key = |t: &Value| -> Vec<(String, String, String)> {
         t["entries"]
@@ -410,7 +369,7 @@ fn docker_media_types_tar_layers_and_prioritized_files() {
         om["config"]["mediaType"],
         "application/vnd.oci.image.config.v1+json"
     );
-    let tocs = check_estargz_image(&dst, Some("docker"));
+    let tocs = check_estargz_layout(&dst, Some("docker"));
     // Prioritized files come first in their layer, then the landmark.
     let names = |t: &Value| -> Vec<String> {
         t["entries"]

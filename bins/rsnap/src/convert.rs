@@ -1,4 +1,5 @@
-//! `rsnap convert oci:SRC[:TAG] oci:DST[:TAG]`: an image to eStargz.
+//! `rsnap convert SRC DST`: an image to eStargz, between OCI layouts and
+//! registries in any mix (`convert_io`).
 //!
 //! Reads the tagged manifest (OCI or Docker schema 2; from an index, the
 //! host's platform or all of them), converts every distinct layer in
@@ -7,8 +8,9 @@
 //! files and renamed to their digest, so an interrupted run leaves the
 //! destination's existing images intact.
 
+use crate::convert_io::{Dest, Source};
 use crate::convert_layer::{convert_layer, Action, Converted, LayerOptions};
-use crate::oci_layout::{self as oci, Descriptor, Layout, OciRef};
+use crate::oci_layout::{self as oci, Descriptor, Layout};
 use anyhow::{ensure, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
@@ -19,10 +21,11 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Source image: oci:DIR[:TAG] (an OCI image layout).
+    /// Source image: oci:DIR[:TAG] (an OCI image layout) or a registry
+    /// reference HOST/REPO[:TAG|@DIGEST].
     pub src: String,
     /// Destination image: oci:DIR[:TAG] (created if missing; TAG defaults to
-    /// the source tag).
+    /// the source tag) or a registry reference HOST/REPO[:TAG].
     pub dst: String,
     /// File listing paths to prioritize (one per line, in access order);
     /// they go first in their layer, followed by the prefetch landmark.
@@ -43,19 +46,27 @@ pub struct Args {
     /// From an index, convert every platform.
     #[arg(long, conflicts_with = "platform")]
     pub all_platforms: bool,
+    /// Talk plain HTTP to every registry (loopback registries get it anyway).
+    #[arg(long)]
+    pub plain_http: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let src_ref = OciRef::parse(&args.src)?;
-    let dst_ref = OciRef::parse(&args.dst)?;
-    let tag = dst_ref
-        .tag
-        .clone()
-        .or_else(|| src_ref.tag.clone())
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let cfg = registry::ClientConfig {
+        plain_http: args.plain_http,
+        ..Default::default()
+    };
+    let src = Source::open(&args.src, &cfg, rt.handle())?;
+    let dst = Dest::open(&args.dst, &src, &cfg, rt.handle())?;
+    let tag = dst
+        .tag()
+        .or_else(|| src.tag())
         .unwrap_or_else(|| "latest".to_string());
-    let src = Layout::open(&src_ref.dir)?;
-    let dst = Layout::create(&dst_ref.dir)?;
     let opts = LayerOptions {
         chunk_size: args.chunk_size,
         compression_level: args.compression_level,
@@ -64,14 +75,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             None => Vec::new(),
         },
     };
-    let root = src.resolve(src_ref.tag.as_deref())?;
+    let root = src.root()?;
     let select = Select {
         platform: args.platform.clone(),
         all: args.all_platforms,
     };
     let images = collect_images(&src, &root, &select)?;
 
-    // Every distinct layer once, in parallel.
+    // Every distinct layer once, in parallel: download (registry source),
+    // convert, upload (registry destination), each layer on its own.
     let mut todo: Vec<(Descriptor, String)> = Vec::new();
     for img in &images {
         for (l, id) in img.layers.iter().zip(&img.diff_ids) {
@@ -100,7 +112,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|(d, id)| {
                 let bar = mp.add(ProgressBar::new(d.size).with_style(style.clone()));
                 bar.set_prefix(short(&d.digest).to_string());
-                let r = convert_layer(&src, &dst, d, id, &opts, &bar)
+                let r = src
+                    .fetch_layer(d, &bar)
+                    .and_then(|()| convert_layer(src.layout(), dst.layout(), d, id, &opts, &bar))
+                    .and_then(|c| {
+                        bar.set_message("uploading");
+                        dst.push_blob(&c.desc)?;
+                        Ok(c)
+                    })
                     .with_context(|| format!("layer {}", d.digest));
                 bar.finish_with_message(match &r {
                     Ok(c) => format!("{:?}", c.action),
@@ -118,14 +137,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut out_manifests = Vec::new();
     for img in &images {
-        out_manifests.push(write_image(&dst, img, &done)?);
+        let (config, manifest) = write_image(dst.layout(), img, &done)?;
+        dst.push_blob(&config)?;
+        out_manifests.push(manifest);
     }
     let out = if root.is_index() {
-        write_index(&src, &dst, &root, out_manifests)?
+        for m in &out_manifests {
+            dst.push_manifest(m, None)?;
+        }
+        write_index(&src, dst.layout(), &root, out_manifests)?
     } else {
         out_manifests.pop().context("no image converted")?
     };
-    dst.set_tag(&tag, out.clone())?;
+    dst.push_manifest(&out, Some(&tag))?;
 
     for (d, _) in &todo {
         let c = &done[&d.digest];
@@ -146,9 +170,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (a + d.size, b + done[&d.digest].desc.size)
     });
     println!(
-        "{} -> oci:{}:{tag} {} ({} layers, {before} -> {after} bytes, {:.2}s)",
+        "{} -> {} {} ({} layers, {before} -> {after} bytes, {:.2}s)",
         args.src,
-        dst_ref.dir.display(),
+        dst.describe(&tag),
         out.digest,
         todo.len(),
         started.elapsed().as_secs_f64()
@@ -206,7 +230,7 @@ fn platform_matches(p: &Value, want: &str) -> bool {
         && variant.is_none_or(|v| p["variant"].as_str() == Some(v))
 }
 
-fn collect_images(src: &Layout, root: &Descriptor, sel: &Select) -> Result<Vec<Image>> {
+fn collect_images(src: &Source, root: &Descriptor, sel: &Select) -> Result<Vec<Image>> {
     if !root.is_index() {
         return Ok(vec![read_image(src, root)?]);
     }
@@ -239,7 +263,7 @@ fn collect_images(src: &Layout, root: &Descriptor, sel: &Select) -> Result<Vec<I
     chosen.into_iter().map(|d| read_image(src, d)).collect()
 }
 
-fn read_image(src: &Layout, desc: &Descriptor) -> Result<Image> {
+fn read_image(src: &Source, desc: &Descriptor) -> Result<Image> {
     ensure!(
         desc.media_type == oci::MT_OCI_MANIFEST || desc.media_type == oci::MT_DOCKER_MANIFEST,
         "unsupported manifest media type {:?}",
@@ -262,8 +286,12 @@ fn read_image(src: &Layout, desc: &Descriptor) -> Result<Image> {
     })
 }
 
-/// Write the converted config and manifest; returns the manifest descriptor.
-fn write_image(dst: &Layout, img: &Image, done: &HashMap<String, Converted>) -> Result<Descriptor> {
+/// Write the converted config and manifest; returns both descriptors.
+fn write_image(
+    dst: &Layout,
+    img: &Image,
+    done: &HashMap<String, Converted>,
+) -> Result<(Descriptor, Descriptor)> {
     let conv: Vec<&Converted> = img.layers.iter().map(|l| &done[&l.digest]).collect();
     let mut config = img.config.clone();
     config["rootfs"]["diff_ids"] = conv
@@ -285,11 +313,11 @@ fn write_image(dst: &Layout, img: &Image, done: &HashMap<String, Converted>) -> 
     manifest["layers"] = serde_json::to_value(conv.iter().map(|c| &c.desc).collect::<Vec<_>>())?;
     let mut desc = dst.put_blob(oci::MT_OCI_MANIFEST, &serde_json::to_vec(&manifest)?)?;
     desc.platform = img.desc.platform.clone();
-    Ok(desc)
+    Ok((config_desc, desc))
 }
 
 fn write_index(
-    src: &Layout,
+    src: &Source,
     dst: &Layout,
     root: &Descriptor,
     manifests: Vec<Descriptor>,
@@ -303,6 +331,7 @@ fn write_index(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci_layout::OciRef;
 
     #[test]
     fn parses_oci_refs() {

@@ -2,6 +2,7 @@
 //! each owns its clap `Args` and a `run` function. Logic lives in the crates.
 
 mod convert;
+mod convert_io;
 mod convert_layer;
 mod ctrd;
 mod image;

@@ -7,14 +7,15 @@
 //!    the landmark, then the rest) and cuts the output tar stream into gzip
 //!    members: each chunk of a non-empty regular file starts a member, the
 //!    tar headers that precede it sit in the member before.
-//! 3. Members are compressed in parallel in batches of bounded size, then
-//!    written in order while offsets, digests and the diff ID are filled in.
+//! 3. Members are compressed on every core (`pipeline`) under a budget of
+//!    bytes in flight, and written in order while offsets, digests and the diff ID are filled in.
 //!    The TOC member and the footer close the blob.
 //!
 //! Headers are copied byte for byte (PAX records, long names, xattrs,
 //! devices, whiteouts all survive). Output is deterministic.
 
 mod input;
+mod pipeline;
 
 use crate::error::{Error, Result};
 use crate::footer::write_footer;
@@ -26,7 +27,6 @@ use crate::toc::{
     TOC_TAR_NAME,
 };
 use input::{InEntry, Kind};
-use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
@@ -45,7 +45,7 @@ pub struct WriterOptions {
     /// Paths to put first, in this order; then `.prefetch.landmark`.
     /// Empty: `.no.prefetch.landmark` first.
     pub prioritized_files: Vec<String>,
-    /// Uncompressed bytes compressed at once (memory bound is ~2x this).
+    /// Uncompressed bytes being compressed at once (memory stays near 2x this).
     pub batch_bytes: u64,
     /// Where `convert` spools the uncompressed tar; `None`: the system's
     /// temp dir (often tmpfs: pick a disk for big layers).
@@ -499,19 +499,12 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
     let mut uncompressed = 0u64;
     // Whole-file digests of multi-chunk files, by their `reg` entry.
     let mut file_hash: HashMap<usize, Sha256> = HashMap::new();
-    let mut start = 0;
-    while start < members.len() {
-        let mut end = start;
-        let mut pending = 0u64;
-        while end < members.len() && (end == start || pending < opts.batch_bytes) {
-            pending += members[end].len();
-            end += 1;
-        }
-        let done: Vec<Compressed> = members[start..end]
-            .par_iter()
-            .map(|m| compress(src, m, opts.compression_level))
-            .collect::<io::Result<_>>()?;
-        for (m, c) in members[start..end].iter().zip(done) {
+    pipeline::run(
+        src,
+        &members,
+        opts.compression_level,
+        opts.batch_bytes,
+        |m, c| {
             if let Some((idx, n)) = m.chunk {
                 let te = &mut toc.entries[idx];
                 te.offset = out.n as i64;
@@ -527,9 +520,9 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
             out.put(&c.gz)?;
             diff.update(&c.raw);
             uncompressed += c.raw.len() as u64;
-        }
-        start = end;
-    }
+            Ok(())
+        },
+    )?;
     for (reg, h) in file_hash {
         toc.entries[reg].digest = format!("sha256:{}", hex::encode(h.finalize()));
     }

@@ -69,7 +69,10 @@ struct Request {
 
 impl Request {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     fn remove(&mut self, name: &str) {
         self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
@@ -95,15 +98,26 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
         let (k, v) = h.split_once(':')?;
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
-    let mut req = Request { method, target, headers, body: Vec::new() };
-    let len: usize = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut req = Request {
+        method,
+        target,
+        headers,
+        body: Vec::new(),
+    };
+    let len: usize = req
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     req.body.resize(len, 0);
     r.read_exact(&mut req.body).ok()?;
     Some(req)
 }
 
 fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
-    let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -180,7 +194,9 @@ impl Front {
                     status: status_of(&resp),
                 });
                 let whole = req.header("range").is_none();
-                let stall = opts.stall_blobs.or(opts.stall_whole_blobs.filter(|_| whole));
+                let stall = opts
+                    .stall_blobs
+                    .or(opts.stall_whole_blobs.filter(|_| whole));
                 match stall {
                     Some(pause) if is_blob_get(&req) && resp.len() > 1 => {
                         let mut w = &c;
@@ -194,7 +210,12 @@ impl Front {
             }
         });
         let (port, stop, t) = serve(handler);
-        Front { port, seen, stop, thread: Some(t) }
+        Front {
+            port,
+            seen,
+            stop,
+            thread: Some(t),
+        }
     }
 
     pub fn host(&self) -> String {
@@ -225,13 +246,26 @@ fn is_blob_get(req: &Request) -> bool {
     req.method == "GET" && req.target.contains("/blobs/sha256:")
 }
 
-fn handle_front(mut req: Request, upstream: u16, o: &FrontOptions, failed: &AtomicUsize) -> Vec<u8> {
+fn handle_front(
+    mut req: Request,
+    upstream: u16,
+    o: &FrontOptions,
+    failed: &AtomicUsize,
+) -> Vec<u8> {
     let n = failed.fetch_add(1, Ordering::SeqCst);
     if n < o.fail_first {
-        return response("503 Service Unavailable", &[("Retry-After", "0".into())], b"try later");
+        return response(
+            "503 Service Unavailable",
+            &[("Retry-After", "0".into())],
+            b"try later",
+        );
     }
     if n < o.throttle_first {
-        return response("429 Too Many Requests", &[("Retry-After", "1".into())], b"slow down");
+        return response(
+            "429 Too Many Requests",
+            &[("Retry-After", "1".into())],
+            b"slow down",
+        );
     }
     if let (Some(port), true) = (o.redirect_blobs_to, is_blob_get(&req)) {
         let loc = format!("http://127.0.0.1:{port}{}", req.target);
@@ -253,7 +287,11 @@ fn handle_front(mut req: Request, upstream: u16, o: &FrontOptions, failed: &Atom
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("Connection: close\r\n\r\n");
-    if up.write_all(head.as_bytes()).and_then(|_| up.write_all(&req.body)).is_err() {
+    if up
+        .write_all(head.as_bytes())
+        .and_then(|_| up.write_all(&req.body))
+        .is_err()
+    {
         return response("502 Bad Gateway", &[], b"");
     }
     let mut resp = Vec::new();
@@ -263,7 +301,10 @@ fn handle_front(mut req: Request, upstream: u16, o: &FrontOptions, failed: &Atom
         resp = shift_range(resp);
     }
     if o.corrupt_blobs && is_blob_get(&req) && (status == 200 || status == 206) {
-        let body_start = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        let body_start = resp
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4);
         if body_start.is_some_and(|b| b < resp.len()) {
             let last = resp.len() - 1;
             resp[last] ^= 0xff;
@@ -273,16 +314,24 @@ fn handle_front(mut req: Request, upstream: u16, o: &FrontOptions, failed: &Atom
 }
 
 fn shift_range(resp: Vec<u8>) -> Vec<u8> {
-    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else { return resp };
+    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return resp;
+    };
     let head = String::from_utf8_lossy(&resp[..end]).to_string();
     let head: Vec<String> = head
         .split("\r\n")
         .map(|l| {
-            let Some(v) = l.strip_prefix("Content-Range: bytes ") else { return l.to_string() };
+            let Some(v) = l.strip_prefix("Content-Range: bytes ") else {
+                return l.to_string();
+            };
             let parse = || -> Option<String> {
                 let (r, t) = v.split_once('/')?;
                 let (a, b) = r.split_once('-')?;
-                Some(format!("Content-Range: bytes {}-{}/{t}", a.parse::<u64>().ok()? + 1, b.parse::<u64>().ok()? + 1))
+                Some(format!(
+                    "Content-Range: bytes {}-{}/{t}",
+                    a.parse::<u64>().ok()? + 1,
+                    b.parse::<u64>().ok()? + 1
+                ))
             };
             parse().unwrap_or_else(|| l.to_string())
         })
@@ -315,10 +364,17 @@ pub struct TokenRequest {
 
 impl TokenRequest {
     pub fn param(&self, k: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
     }
     pub fn scopes(&self) -> Vec<String> {
-        self.params.iter().filter(|(n, _)| n == "scope").map(|(_, v)| v.clone()).collect()
+        self.params
+            .iter()
+            .filter(|(n, _)| n == "scope")
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 }
 
@@ -338,12 +394,19 @@ impl TokenServer {
         let log = seen.clone();
         let handler = Arc::new(move |c: TcpStream| {
             let Some(req) = read_request(&c) else { return };
-            let mut tr = TokenRequest { method: req.method.clone(), ..Default::default() };
+            let mut tr = TokenRequest {
+                method: req.method.clone(),
+                ..Default::default()
+            };
             if let Some((_, q)) = req.target.split_once('?') {
                 tr.params.extend(parse_form(q));
             }
-            if req.header("content-type").is_some_and(|t| t.starts_with("application/x-www-form-urlencoded")) {
-                tr.params.extend(parse_form(&String::from_utf8_lossy(&req.body)));
+            if req
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"))
+            {
+                tr.params
+                    .extend(parse_form(&String::from_utf8_lossy(&req.body)));
             }
             tr.authorization = req.header("authorization").map(str::to_string);
             tr.basic = tr.authorization.as_deref().and_then(decode_basic);
@@ -351,13 +414,23 @@ impl TokenServer {
             match issuer(&tr) {
                 Ok((token, expires_in)) => {
                     let body = serde_json::json!({"token": token, "access_token": token, "expires_in": expires_in});
-                    respond(&c, "200 OK", &[("Content-Type", "application/json".into())], body.to_string().as_bytes());
+                    respond(
+                        &c,
+                        "200 OK",
+                        &[("Content-Type", "application/json".into())],
+                        body.to_string().as_bytes(),
+                    );
                 }
                 Err(code) => respond(&c, &format!("{code} Denied"), &[], b"{}"),
             }
         });
         let (port, stop, t) = serve(handler);
-        TokenServer { port, seen, stop, thread: Some(t) }
+        TokenServer {
+            port,
+            seen,
+            stop,
+            thread: Some(t),
+        }
     }
 
     pub fn realm(&self) -> String {

@@ -59,21 +59,28 @@ tar -C "$S/oci" -cf "$S/img.tar" .
 ctrd images import --no-unpack --base-name bench/src "$S/img.tar" >/dev/null
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# timed CMD... -> prints "WALL CPU" (CPU = user + sys of the command and its
+# children); CPU time is less sensitive than wall time to other load.
+timed() {
+  local TIMEFORMAT='%R %U %S' t
+  t="$( { time "$@" >/dev/null; } 2>&1 | tail -n 1)"
+  awk '{printf "%.2f %.2f\n", $1, $2 + $3}' <<<"$t"
+}
 
-go_times=(); rs_times=()
+load="$(cut -d' ' -f1-3 /proc/loadavg)"
+go_times=(); rs_times=(); go_cpu=(); rs_cpu=()
 for i in $(seq "$RUNS"); do
   log "run $i/$RUNS: ctr-remote"
   ctrd images rm --sync "bench/go:$i" >/dev/null 2>&1 || true
-  t0=$(now)
-  ctr-remote -a "$CTRD_SOCK" -n demo image convert --estargz --oci \
-    --estargz-compression-level "$LEVEL" --estargz-chunk-size "$CHUNK" bench/src:v1 "bench/go:$i" >/dev/null
-  go_times+=("$(secs "$t0" "$(now)")")
+  read -r w c < <(timed ctr-remote -a "$CTRD_SOCK" -n demo image convert --estargz --oci \
+    --estargz-compression-level "$LEVEL" --estargz-chunk-size "$CHUNK" bench/src:v1 "bench/go:$i")
+  go_times+=("$w"); go_cpu+=("$c")
 
   log "run $i/$RUNS: rsnap"
   rm -rf "$S/out"
-  t0=$(now)
-  "$rsnap" convert --compression-level "$LEVEL" --chunk-size "$CHUNK" "oci:$S/oci:v1" "oci:$S/out:v1" >/dev/null
-  rs_times+=("$(secs "$t0" "$(now)")")
+  read -r w c < <(timed "$rsnap" convert --compression-level "$LEVEL" --chunk-size "$CHUNK" \
+    "oci:$S/oci:v1" "oci:$S/out:v1")
+  rs_times+=("$w"); rs_cpu+=("$c")
 done
 
 go_manifest="$(ctrd images ls "name==bench/go:1" | awk 'NR==2 {print $3}')"
@@ -83,18 +90,20 @@ rs_size="$(jq '.layers[0].size' "$S/out/blobs/sha256/${rs_manifest#sha256:}")"
 
 go_med="$(printf '%s\n' "${go_times[@]}" | median)"
 rs_med="$(printf '%s\n' "${rs_times[@]}" | median)"
+go_cpu_med="$(printf '%s\n' "${go_cpu[@]}" | median)"
+rs_cpu_med="$(printf '%s\n' "${rs_cpu[@]}" | median)"
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 
 cat <<MD
 
-Date: $(date -u +%Y-%m-%d), machine: $(nproc) CPUs, $cpu, $(uname -r)
+Date: $(date -u +%Y-%m-%d), machine: $(nproc) CPUs, $cpu, $(uname -r), load average before: $load
 Input: debootstrap --variant=minbase bookworm, one layer, $unpacked bytes unpacked, $in_size bytes gzip -6.
 Settings: gzip level $LEVEL, chunk size $CHUNK, $RUNS runs (median; all runs in brackets).
 
-| converter | time (s) | output layer (bytes) | vs input |
-|---|---|---|---|
-| ctr-remote 0.12 (Go) | $go_med [${go_times[*]}] | $go_size | $(awk -v a="$go_size" -v b="$in_size" 'BEGIN {printf "%+.2f%%", (a / b - 1) * 100}') |
-| rsnap convert | $rs_med [${rs_times[*]}] | $rs_size | $(awk -v a="$rs_size" -v b="$in_size" 'BEGIN {printf "%+.2f%%", (a / b - 1) * 100}') |
+| converter | wall time (s) | CPU time (s) | output layer (bytes) | vs input |
+|---|---|---|---|---|
+| ctr-remote 0.12 (Go) | $go_med [${go_times[*]}] | $go_cpu_med [${go_cpu[*]}] | $go_size | $(awk -v a="$go_size" -v b="$in_size" 'BEGIN {printf "%+.2f%%", (a / b - 1) * 100}') |
+| rsnap convert | $rs_med [${rs_times[*]}] | $rs_cpu_med [${rs_cpu[*]}] | $rs_size | $(awk -v a="$rs_size" -v b="$in_size" 'BEGIN {printf "%+.2f%%", (a / b - 1) * 100}') |
 
-rsnap / Go: time $(awk -v a="$rs_med" -v b="$go_med" 'BEGIN {printf "%.2f", a / b}'), size $(awk -v a="$rs_size" -v b="$go_size" 'BEGIN {printf "%+.2f%%", (a / b - 1) * 100}')
+rsnap / Go: wall time $(awk -v a="$rs_med" -v b="$go_med" 'BEGIN {printf "%.2f", a / b}'), CPU time $(awk -v a="$rs_cpu_med" -v b="$go_cpu_med" 'BEGIN {printf "%.2f", a / b}'), size $(awk -v a="$rs_size" -v b="$go_size" 'BEGIN {printf "%+.2f%%", (a / b - 1) * 100}')
 MD

@@ -15,15 +15,18 @@ TEST_THREADS="${TEST_THREADS:-2}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
 start=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
+# Every step runs even if an earlier one failed, so one CI run shows every
+# problem; the script fails at the end if any step did.
+failed=()
+check() { # NAME CMD...
+  local name="$1"; shift
+  step "$name"
+  "$@" || { failed+=("$name"); echo "FAILED: $name" >&2; }
+}
 
-step "cargo fmt --check"
-cargo fmt --all --check
-
-step "cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-
-step "cargo test"
-cargo test --workspace --no-fail-fast -- --test-threads="$TEST_THREADS"
+check "cargo fmt --check" cargo fmt --all --check
+check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+check "cargo test" cargo test --workspace --no-fail-fast -- --test-threads="$TEST_THREADS"
 
 step "fuzz"
 if [ "$FUZZ_SECONDS" = 0 ]; then
@@ -33,7 +36,7 @@ elif [ ! -f fuzz/Cargo.toml ]; then
 elif ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   if [ "${CI:-}" = true ]; then
     echo "cargo-fuzz or the nightly toolchain is missing" >&2
-    exit 1
+    failed+=("fuzz (tools missing)")
   fi
   echo "skipped (cargo-fuzz or nightly missing: cargo install cargo-fuzz)"
 else
@@ -44,7 +47,7 @@ else
     if ! cargo +nightly fuzz run "$t" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 >"$log" 2>&1; then
       tail -n 60 "$log"
       echo "fuzz target $t failed; the reproducer is under fuzz/artifacts/$t" >&2
-      exit 1
+      failed+=("fuzz $t")
     fi
     tail -n 2 "$log"
     rm -f "$log"
@@ -55,7 +58,13 @@ step "leftovers"
 # Tests unmount what they mount (Drop guards); a FUSE mount left here is a bug.
 if grep -E '^[^ ]+ /tmp/[^ ]* fuse' /proc/mounts; then
   echo "FUSE mounts left under /tmp by the tests" >&2
+  failed+=("FUSE leftovers")
+else
+  echo "none"
+fi
+
+if [ "${#failed[@]}" -gt 0 ]; then
+  step "FAILED: ${failed[*]}"
   exit 1
 fi
-echo "none"
 step "all passed"

@@ -30,8 +30,11 @@ pub struct Config {
     pub background_request_bytes: u64,
     /// Chunks with less than this between them are fetched in one request.
     pub coalesce_gap_bytes: u64,
-    /// How far ahead of a sequential reader to fetch.
+    /// How far ahead of a sequential reader to fetch, within a file.
     pub readahead_bytes: u64,
+    /// How far ahead in the blob to fetch when reads walk the blob in order
+    /// (say, `cat dir/*` over files stored one after another).
+    pub blob_readahead_bytes: u64,
     /// Stop background fetch when the disk cache is this full (0..1), so it
     /// never evicts what readers use.
     pub background_max_cache_fill: f64,
@@ -61,6 +64,7 @@ impl Default for Config {
             background_request_bytes: 8 << 20,
             coalesce_gap_bytes: 64 << 10,
             readahead_bytes: 8 << 20,
+            blob_readahead_bytes: 8 << 20,
             background_max_cache_fill: 0.8,
             fuse_threads: 4,
             read_ahead_kb: 4096,

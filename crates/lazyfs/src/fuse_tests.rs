@@ -72,6 +72,8 @@ fn cfg() -> Config {
     Config {
         fetch_timeout_sec: 2,
         no_background_fetch: true,
+        // Each test controls what is fetched when.
+        blob_readahead_bytes: 0,
         ..Config::default()
     }
 }
@@ -246,7 +248,7 @@ fn a_slow_fetch_does_not_block_cached_readers() {
     let Some(m) = Mounted::new(
         &t,
         Config {
-            fetch_timeout_sec: 5,
+            fetch_timeout_sec: 2,
             fuse_threads: 1,
             ..cfg()
         },
@@ -272,8 +274,15 @@ fn a_slow_fetch_does_not_block_cached_readers() {
         "the stalled read fails at the timeout"
     );
     m.src.stall.store(false, SeqCst);
+    // Works again once requests still stalled in flight have timed out.
+    let t0 = Instant::now();
+    let mut r = std::fs::read(m.p("slow"));
+    while r.is_err() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        r = std::fs::read(m.p("slow"));
+    }
     assert_eq!(
-        std::fs::read(m.p("slow")).unwrap(),
+        r.unwrap(),
         data(10_000, 2),
         "and works once the source does"
     );
@@ -333,4 +342,49 @@ fn unmount_on_drop_and_busy_mounts_are_detached() {
     use std::io::Read;
     f.read_to_end(&mut buf).unwrap();
     assert_eq!(buf, data(100_000, 1));
+}
+
+#[test]
+fn dead_mounts_are_found_and_cleared() {
+    if !e2e::require_root_tools(&[]) {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    let dead = base.path().join("dead");
+    std::fs::create_dir(&dead).unwrap();
+    // A FUSE mount whose server is gone: mount, then close the device.
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .unwrap();
+    let data = format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0",
+        std::os::fd::AsRawFd::as_raw_fd(&dev)
+    );
+    let data = std::ffi::CString::new(data).unwrap();
+    rustix::mount::mount(
+        "test",
+        &dead,
+        "fuse.rsnap",
+        rustix::mount::MountFlags::RDONLY,
+        data.as_c_str(),
+    )
+    .unwrap();
+    drop(dev);
+    let err = std::fs::metadata(&dead).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
+    // A live one next to it is left alone.
+    let Some(live) = Mounted::new(&sample(), cfg()) else {
+        return;
+    };
+    let base_path = base.path().canonicalize().unwrap();
+    let cleared = crate::cleanup_dead_mounts(&base_path).unwrap();
+    assert_eq!(cleared, vec![base_path.join("dead")]);
+    assert!(!crate::mounts::is_fuse_mounted(&base_path.join("dead")));
+    assert!(std::fs::metadata(&dead).unwrap().is_dir());
+    assert!(crate::cleanup_dead_mounts(live.dir.path())
+        .unwrap()
+        .is_empty());
+    assert!(live.handle.as_ref().unwrap().is_alive());
 }

@@ -32,6 +32,12 @@ pub struct LazyLayer {
     cfg: Config,
     rt: Handle,
     background: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Every chunk in blob order: (member offset, node, chunk index).
+    blob_order: Vec<(u64, NodeId, u32)>,
+    /// End of the last read's members in the blob, and how far ahead of it
+    /// blob readahead has gone.
+    last_blob_end: AtomicU64,
+    blob_ahead_until: AtomicU64,
 }
 
 /// Per-open-file state: where a sequential reader is, how far ahead we fetched.
@@ -75,6 +81,17 @@ impl LazyLayer {
         members.sort_unstable();
         members.dedup();
         let needed: u64 = members.iter().map(|(s, e)| e.saturating_sub(*s)).sum();
+        let mut blob_order: Vec<(u64, NodeId, u32)> = nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(n, node)| {
+                node.chunks
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, c)| (c.blob_offset, n as NodeId, k as u32))
+            })
+            .collect();
+        blob_order.sort_unstable();
         Arc::new(LazyLayer {
             unneeded_bytes: blob_size.saturating_sub(needed),
             digest: layer_digest.to_string(),
@@ -86,6 +103,9 @@ impl LazyLayer {
             cfg: cfg.clone(),
             rt,
             background: Mutex::new(None),
+            blob_order,
+            last_blob_end: AtomicU64::new(0),
+            blob_ahead_until: AtomicU64::new(0),
         })
     }
 
@@ -206,9 +226,40 @@ impl LazyLayer {
         }
     }
 
-    /// Note a read of `off..off+len` through `file`; a sequential reader gets
-    /// the next `readahead_bytes` of the file fetched before asking.
+    /// Note a read of `off..off+len` through `file` and fetch ahead of it:
+    /// the next `readahead_bytes` of the file for a sequential reader, and
+    /// the next `blob_readahead_bytes` of the blob when reads walk the blob
+    /// in order across files. Never waits.
     pub fn readahead(self: &Arc<Self>, ino: u64, file: &OpenFile, off: u64, len: u64) {
+        let Some(node) = self.tree.regular(ino) else {
+            return;
+        };
+        let mut wanted: Vec<Chunk> = Vec::new();
+        self.file_readahead(node, file, off, len, &mut wanted);
+        if let (Some(first), Some(last)) = (
+            tree::chunks_for(node, off, len).first(),
+            tree::chunks_for(node, off, len).last(),
+        ) {
+            self.blob_readahead(first.blob_offset, last.blob_end, &mut wanted);
+        }
+        wanted.retain(|c| !self.fetcher.is_resident(c));
+        if wanted.is_empty() {
+            return;
+        }
+        let fetcher = self.fetcher.clone();
+        self.rt.spawn(async move {
+            fetcher.get_chunks(&wanted, FetchClass::OnDemand).await;
+        });
+    }
+
+    fn file_readahead(
+        &self,
+        node: &Node,
+        file: &OpenFile,
+        off: u64,
+        len: u64,
+        out: &mut Vec<Chunk>,
+    ) {
         let end = off.saturating_add(len);
         let last = file.last_end.swap(end, Relaxed);
         let window = self.cfg.readahead_bytes;
@@ -220,27 +271,39 @@ impl LazyLayer {
         if end + window / 2 < until {
             return;
         }
-        let Some(node) = self.tree.regular(ino) else {
-            return;
-        };
         let from = end.max(until);
         let target = end.saturating_add(window).min(node.size);
         if from >= target {
             return;
         }
         file.ahead_until.store(target, Relaxed);
-        let wanted: Vec<Chunk> = tree::chunks_for(node, from, target - from)
-            .iter()
-            .filter(|c| !self.fetcher.is_resident(c))
-            .cloned()
-            .collect();
-        if wanted.is_empty() {
+        out.extend(tree::chunks_for(node, from, target - from).iter().cloned());
+    }
+
+    /// Reads whose members follow the previous read's in the blob (within
+    /// the coalescing gap) are a reader walking the blob: fetch ahead.
+    fn blob_readahead(&self, start: u64, end: u64, out: &mut Vec<Chunk>) {
+        let window = self.cfg.blob_readahead_bytes;
+        let prev = self.last_blob_end.swap(end, Relaxed);
+        let forward = end > prev && start <= prev.saturating_add(self.cfg.coalesce_gap_bytes);
+        if window == 0 || !forward {
             return;
         }
-        let fetcher = self.fetcher.clone();
-        self.rt.spawn(async move {
-            fetcher.get_chunks(&wanted, FetchClass::OnDemand).await;
-        });
+        let until = self.blob_ahead_until.load(Relaxed);
+        if end + window / 2 < until {
+            return;
+        }
+        let from = end.max(until);
+        let target = end.saturating_add(window);
+        self.blob_ahead_until.store(target, Relaxed);
+        let nodes = self.tree.nodes();
+        let i = self.blob_order.partition_point(|e| e.0 < from);
+        out.extend(
+            self.blob_order[i..]
+                .iter()
+                .take_while(|e| e.0 < target)
+                .map(|&(_, n, k)| nodes[n as usize].chunks[k as usize].clone()),
+        );
     }
 
     /// Distinct chunks of the layer in blob order (one per gzip member and

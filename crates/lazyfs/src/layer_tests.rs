@@ -325,6 +325,7 @@ async fn sequential_reader_gets_readahead() {
     t.file("seq", &data(20_000, 9), 0o644);
     let c = Config {
         readahead_bytes: 8000,
+        blob_readahead_bytes: 0,
         ..cfg()
     };
     let f = fixture(t, c, Arc::new(ChunkCache::memory_only(1 << 20)));
@@ -389,4 +390,48 @@ fn special_files_are_not_readable() {
         f.layer.read_cached(ino(&f.t, "dev/null"), 0, 1),
         Some(Err(Error::NotAFile))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_files_in_blob_order_fetches_ahead_across_files() {
+    let mut t = TestLayer::new(1000);
+    for k in 0..30u8 {
+        t.file(&format!("f{k:02}"), &data(1000, k), 0o644);
+    }
+    let c = Config {
+        blob_readahead_bytes: 5000,
+        coalesce_gap_bytes: 100,
+        ..cfg()
+    };
+    let f = fixture(t, c, Arc::new(ChunkCache::memory_only(1 << 20)));
+    let of = crate::layer::OpenFile::default();
+    let wait_cached = |name: &str| {
+        let i = ino(&f.t, name);
+        let l = f.layer.clone();
+        async move {
+            let t0 = Instant::now();
+            while l.read_cached(i, 0, 1000).is_none() && t0.elapsed() < Duration::from_secs(2) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            l.read_cached(i, 0, 1000).is_some()
+        }
+    };
+    // f00 then f01: the second read follows the first in the blob.
+    for name in ["f00", "f01"] {
+        f.layer.readahead(ino(&f.t, name), &of, 0, 1000);
+        f.layer.read(ino(&f.t, name), 0, 1000).await.unwrap();
+    }
+    assert!(wait_cached("f03").await, "files after f01 fetched ahead");
+    let members: u64 = f.t.nodes[f.t.id("f02") as usize].chunks[0].blob_end
+        - f.t.nodes[f.t.id("f02") as usize].chunks[0].blob_offset;
+    assert!(5000 / members >= 2);
+    assert!(
+        f.layer.read_cached(ino(&f.t, "f20"), 0, 1000).is_none(),
+        "bounded by the window"
+    );
+    // A jump elsewhere is not a walk: nothing more is fetched.
+    let before = f.src.requests();
+    f.layer.readahead(ino(&f.t, "f25"), &of, 0, 1000);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(f.src.requests(), before);
 }

@@ -106,7 +106,13 @@ fn prioritized_files_are_prefetched_in_one_request() {
     let blob = to_estargz(&l, 64 << 10, &["data/f7-300000", "etc/hostname"]);
     let src = file_source(tmp.path(), &blob);
     let cache = Arc::new(ChunkCache::memory_only(64 << 20));
-    let m = mount_source(&rt, src, &blob, &cfg(), cache);
+    // No readahead: what is read must come from the prefetch alone.
+    let c = Config {
+        blob_readahead_bytes: 0,
+        readahead_bytes: 0,
+        ..cfg()
+    };
+    let m = mount_source(&rt, src, &blob, &c, cache);
     let rep = rt.block_on(m.layer.prefetch()).unwrap();
     assert!(rep.chunks >= 6, "{rep:?}");
     let s = m.layer.stats().snapshot();

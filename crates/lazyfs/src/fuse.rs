@@ -113,11 +113,28 @@ impl LayerFs {
         }
     }
 
-    fn dir_entries(&self, ino: u64) -> Option<Vec<(String, u64)>> {
+    /// Call `add(next offset, name, inode)` for `.`, `..` and the entries
+    /// from `offset` on until it says the reply is full. `false`: not a dir.
+    fn each_entry(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &str, u64) -> bool,
+    ) -> bool {
         let tree = self.layer.tree();
-        let mut out = vec![(".".to_string(), ino), ("..".to_string(), tree.parent(ino))];
-        out.extend(tree.entries(ino)?.iter().cloned());
-        Some(out)
+        let Some(entries) = tree.entries(ino) else {
+            return false;
+        };
+        let dots = [(".", ino), ("..", tree.parent(ino))];
+        let all = dots
+            .into_iter()
+            .chain(entries.iter().map(|(n, i)| (n.as_str(), *i)));
+        for (k, (name, child)) in all.enumerate().skip(offset as usize) {
+            if add(k as u64 + 1, name, child) {
+                break;
+            }
+        }
+        true
     }
 }
 
@@ -262,17 +279,15 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(entries) = self.dir_entries(ino.0) else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        for (i, (name, child)) in entries.iter().enumerate().skip(offset as usize) {
+        let is_dir = self.each_entry(ino.0, offset, |next, name, child| {
             let kind = self
                 .layer
-                .attr(*child)
+                .attr(child)
                 .map_or(FileType::RegularFile, |a| file_type(a.kind));
-            if reply.add(INodeNo(*child), i as u64 + 1, kind, name) {
-                break;
-            }
+            reply.add(INodeNo(child), next, kind, name)
+        });
+        if !is_dir {
+            return reply.error(Errno::ENOTDIR);
         }
         reply.ok();
     }
@@ -285,23 +300,21 @@ impl Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(entries) = self.dir_entries(ino.0) else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        for (i, (name, child)) in entries.iter().enumerate().skip(offset as usize) {
-            let Some(a) = self.layer.attr(*child) else {
-                continue;
+        let is_dir = self.each_entry(ino.0, offset, |next, name, child| {
+            let Some(a) = self.layer.attr(child) else {
+                return false;
             };
-            if reply.add(
-                INodeNo(*child),
-                i as u64 + 1,
+            reply.add(
+                INodeNo(child),
+                next,
                 name,
-                &self.ttl(*child),
+                &self.ttl(child),
                 &fuse_attr(&a),
                 Generation(0),
-            ) {
-                break;
-            }
+            )
+        });
+        if !is_dir {
+            return reply.error(Errno::ENOTDIR);
         }
         reply.ok();
     }

@@ -388,3 +388,29 @@ fn dead_mounts_are_found_and_cleared() {
         .is_empty());
     assert!(live.handle.as_ref().unwrap().is_alive());
 }
+
+#[test]
+fn big_directories_list_completely() {
+    let mut t = TestLayer::new(4096);
+    for k in 0..5000 {
+        t.file(&format!("many/file-with-a-longish-name-{k:05}"), b"", 0o644);
+    }
+    let Some(m) = Mounted::new(&t, cfg()) else {
+        return;
+    };
+    let mut names: Vec<String> = std::fs::read_dir(m.p("many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let want: Vec<String> = (0..5000)
+        .map(|k| format!("file-with-a-longish-name-{k:05}"))
+        .collect();
+    assert_eq!(names, want);
+    // And `find`-style stat of each (lookups, or attributes from readdirplus).
+    for n in names.iter().step_by(97) {
+        assert!(std::fs::symlink_metadata(m.p("many").join(n))
+            .unwrap()
+            .is_file());
+    }
+}

@@ -160,7 +160,11 @@ impl LazyLayer {
     }
 
     pub fn attr(&self, ino: u64) -> Option<Attr> {
-        self.tree.attr(ino, self.state_json().len() as u64)
+        let state_size = match self.tree.inode(ino) {
+            Some(crate::tree::Inode::StateFile) => self.state_json().len() as u64,
+            _ => 0,
+        };
+        self.tree.attr(ino, state_size)
     }
 
     /// Bytes of a file from the cache only; `None` if some part is not

@@ -4,7 +4,8 @@
 //! Two tiers, both with a byte cap and least-recently-used eviction:
 //! - memory: decompressed chunks as `Bytes`, so the many small kernel reads
 //!   that make up one chunk do not each go to disk;
-//! - disk: `<root>/cache/chunks/<sha256 hex>`, written to a temporary name and
+//! - disk: `<dir>/chunks/<sha256 hex>` (the daemon's `dir` is
+//!   `<state root>/cache`), written to a temporary name and
 //!   renamed, so a crash leaves either nothing or a whole file.
 //!
 //! Every read from disk is hashed again before it is served: a file damaged
@@ -24,8 +25,8 @@ use tracing::warn;
 /// Sizes and place of the cache.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
-    /// State root; chunks go to `<root>/cache/chunks`. `None`: memory only.
-    pub root: Option<PathBuf>,
+    /// Cache directory; chunks go to `<dir>/chunks`. `None`: memory only.
+    pub dir: Option<PathBuf>,
     /// Cap of the disk tier in bytes.
     pub disk_cap_bytes: u64,
     /// Cap of the memory tier in bytes.
@@ -35,7 +36,7 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            root: None,
+            dir: None,
             disk_cap_bytes: 10 << 30,
             memory_cap_bytes: 128 << 20,
         }
@@ -83,9 +84,9 @@ fn sha256_hex(data: &[u8]) -> String {
 impl ChunkCache {
     /// Open (and index) the disk tier, removing leftovers of interrupted writes.
     pub fn new(cfg: &CacheConfig) -> std::io::Result<ChunkCache> {
-        let dir = match &cfg.root {
-            Some(root) => {
-                let d = root.join("cache").join("chunks");
+        let dir = match &cfg.dir {
+            Some(dir) => {
+                let d = dir.join("chunks");
                 std::fs::create_dir_all(&d)?;
                 Some(d)
             }
@@ -110,11 +111,11 @@ impl ChunkCache {
     /// A cache without a disk tier.
     pub fn memory_only(memory_cap_bytes: u64) -> ChunkCache {
         ChunkCache::new(&CacheConfig {
-            root: None,
+            dir: None,
             disk_cap_bytes: 0,
             memory_cap_bytes,
         })
-        .expect("no I/O without a root")
+        .expect("no I/O without a directory")
     }
 
     fn scan(&self, dir: &Path) -> std::io::Result<()> {
@@ -319,7 +320,7 @@ mod tests {
 
     fn disk_cache(root: &Path, disk_cap: u64, mem_cap: u64) -> ChunkCache {
         ChunkCache::new(&CacheConfig {
-            root: Some(root.to_path_buf()),
+            dir: Some(root.to_path_buf()),
             disk_cap_bytes: disk_cap,
             memory_cap_bytes: mem_cap,
         })
@@ -346,7 +347,7 @@ mod tests {
             assert_eq!(c.get(&d).unwrap(), data);
         }
         // Leftover temp file from a crash is cleaned up.
-        let chunks = tmp.path().join("cache/chunks");
+        let chunks = tmp.path().join("chunks");
         std::fs::write(chunks.join(".tmp-partial"), b"junk").unwrap();
         let c = disk_cache(tmp.path(), 1 << 20, 0);
         assert!(!chunks.join(".tmp-partial").exists());
@@ -372,7 +373,7 @@ mod tests {
         assert_eq!(c.disk_entries(), 3);
         assert!(!tmp
             .path()
-            .join("cache/chunks")
+            .join("chunks")
             .join(digest_hex(&ds[1]).unwrap())
             .exists());
         assert_eq!(c.stats.disk_evictions.load(Relaxed), 1);
@@ -381,7 +382,7 @@ mod tests {
         drop(c);
         let c = disk_cache(tmp.path(), 1500, 0);
         assert_eq!(c.disk_entries(), 1);
-        let n = std::fs::read_dir(tmp.path().join("cache/chunks"))
+        let n = std::fs::read_dir(tmp.path().join("chunks"))
             .unwrap()
             .count();
         assert_eq!(n, 1);
@@ -422,10 +423,7 @@ mod tests {
             let c = disk_cache(tmp.path(), 1 << 20, 0);
             c.insert(&d, b.clone());
         }
-        let path = tmp
-            .path()
-            .join("cache/chunks")
-            .join(digest_hex(&d).unwrap());
+        let path = tmp.path().join("chunks").join(digest_hex(&d).unwrap());
         let mut bad = std::fs::read(&path).unwrap();
         bad[100] ^= 1;
         std::fs::write(&path, bad).unwrap();

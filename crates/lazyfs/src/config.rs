@@ -45,7 +45,7 @@ pub struct Config {
     /// Mount the FUSE filesystem `nosuid,nodev`. Containers are unaffected:
     /// the overlayfs mount above decides setuid and device access for them.
     pub nosuid_nodev: bool,
-    /// State root for the chunk cache (`<dir>/cache/chunks`); none: memory only.
+    /// Chunk cache directory (chunks in `<dir>/chunks`); none: memory only.
     pub cache_dir: Option<PathBuf>,
     pub cache_max_bytes: u64,
     pub memory_cache_bytes: u64,
@@ -98,7 +98,7 @@ impl Config {
 
     pub fn cache_config(&self) -> CacheConfig {
         CacheConfig {
-            root: self.cache_dir.clone(),
+            dir: self.cache_dir.clone(),
             disk_cap_bytes: self.cache_max_bytes,
             memory_cap_bytes: self.memory_cache_bytes,
         }

@@ -354,7 +354,7 @@ async fn sequential_reader_gets_readahead() {
 async fn disk_tier_serves_after_restart_without_network() {
     let tmp = tempfile::tempdir().unwrap();
     let cc = crate::CacheConfig {
-        root: Some(tmp.path().into()),
+        dir: Some(tmp.path().into()),
         ..Default::default()
     };
     {

@@ -123,7 +123,7 @@ fn registry_outage_cached_reads_go_on_uncached_fail_then_recover() {
     let cache_root = tmp.path().join("state");
     let cache = Arc::new(
         ChunkCache::new(&lazyfs::CacheConfig {
-            root: Some(cache_root),
+            dir: Some(cache_root),
             ..Default::default()
         })
         .unwrap(),

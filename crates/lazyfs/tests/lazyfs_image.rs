@@ -170,3 +170,62 @@ fn background_fetch_completes_the_layer() {
         "everything was cached"
     );
 }
+
+/// The FUSE mounts are `nosuid,nodev`, yet through the overlayfs above them
+/// (mounted without those flags, as containerd does) a setuid binary runs
+/// setuid and a device node opens: the overlay's mount flags govern.
+#[test]
+fn overlay_flags_govern_setuid_and_devices() {
+    if !e2e::require_root_tools(&["setpriv"]) {
+        return;
+    }
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lo = e2e::image::LayerBuilder::new();
+    lo.file("bin/id", std::fs::read("/usr/bin/id").unwrap(), 0o4755);
+    lo.entry(
+        "dev/null",
+        e2e::image::Kind::CharDevice(1, 3),
+        e2e::image::Meta::mode(0o666),
+    );
+    let mut up = e2e::image::LayerBuilder::new();
+    up.file("etc/marker", "up", 0o644);
+    let (lb, ub) = (
+        to_estargz(&lo, 64 << 10, &[]),
+        to_estargz(&up, 64 << 10, &[]),
+    );
+    let cache = Arc::new(ChunkCache::memory_only(64 << 20));
+    let (ld, ud) = (tmp.path().join("l"), tmp.path().join("u"));
+    std::fs::create_dir_all(&ld).unwrap();
+    std::fs::create_dir_all(&ud).unwrap();
+    let lm = mount_source(&rt, file_source(&ld, &lb), &lb, &cfg(), cache.clone());
+    let um = mount_source(&rt, file_source(&ud, &ub), &ub, &cfg(), cache);
+    let as_nobody = |bin: &std::path::Path| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin)
+            .arg("-u")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Directly on the FUSE mount: nosuid, nodev.
+    assert_eq!(as_nobody(&lm.path().join("bin/id")), "65534");
+    let err = std::fs::File::open(lm.path().join("dev/null")).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EACCES),
+        "nodev on the FUSE mount"
+    );
+    {
+        let ov = Overlay::mount(&[um.path(), lm.path()]);
+        assert_eq!(
+            as_nobody(&ov.dir.path().join("bin/id")),
+            "0",
+            "setuid honoured through overlay"
+        );
+        std::fs::File::open(ov.dir.path().join("dev/null")).expect("device opens through overlay");
+    }
+    drop(um);
+    drop(lm);
+}

@@ -1,3 +1,4 @@
+#![cfg(feature = "registry")]
 //! Layers served by a real docker-registry on 127.0.0.1: mounted and
 //! compared with their tar, and the registry really stopped and restarted
 //! under a mount.

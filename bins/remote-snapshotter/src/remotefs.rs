@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+use estargz::toc::TOC_DIGEST_ANNOTATION as TOC_DIGEST;
 const REF_KEYS: [&str; 2] = [
     "containerd.io/snapshot/remote/stargz.reference",
     "containerd.io/snapshot/cri.image-ref",

@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use indicatif::ProgressBar;
 use std::io::{BufReader, Write};
 
-pub const ANN_TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+pub use estargz::toc::TOC_DIGEST_ANNOTATION as ANN_TOC_DIGEST;
 pub const ANN_UNCOMPRESSED_SIZE: &str = "io.containers.estargz.uncompressed-size";
 
 #[derive(Clone, Debug, Default)]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Annotation with the TOC digest that makes a layer verifiable.
-const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+use estargz::toc::TOC_DIGEST_ANNOTATION;
 
 #[derive(clap::Args)]
 pub struct Args {

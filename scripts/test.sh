@@ -26,6 +26,10 @@ check() { # NAME CMD...
 
 check "cargo fmt --check" cargo fmt --all --check
 check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+# The e2e tests run the workspace's binaries (rsnap, remote-snapshotter);
+# cargo only builds a package's binaries for that package's own tests, so a
+# clean target dir needs them built first.
+check "cargo build (bins)" cargo build --workspace --bins
 check "cargo test" cargo test --workspace --no-fail-fast -- --test-threads="$TEST_THREADS"
 
 step "fuzz"

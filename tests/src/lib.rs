@@ -8,6 +8,7 @@ pub mod image;
 pub mod process;
 pub mod registry;
 pub mod tcpproxy;
+pub mod tls;
 
 use std::net::TcpListener;
 

@@ -22,6 +22,8 @@ pub struct RegistryOptions {
     pub data_dir: Option<PathBuf>,
     /// Listen on this port (to restart on the same address).
     pub port: Option<u16>,
+    /// Serve HTTPS with this (certificate, key) PEM pair (see `crate::tls`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Registry {
@@ -48,8 +50,16 @@ impl Registry {
                 bundle.display()
             );
         }
+        let mut tls = String::new();
+        if let Some((cert, key)) = &opts.tls {
+            tls = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+        }
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
             data.display()
         );
         let cfg = dir.join("config.yml");

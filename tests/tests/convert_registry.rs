@@ -212,3 +212,37 @@ fn all_platforms_through_the_registry() {
         check_estargz_layout(&dir, Some("x"));
     }
 }
+
+/// `--insecure`: a registry with a self-signed certificate is refused by
+/// default (TLS is verified) and converted with the flag, over HTTPS.
+#[test]
+fn insecure_skips_verification_only_when_asked() {
+    if !e2e::require_root_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let src = scratch.path().join("src");
+    sample(&src);
+    let ca = e2e::tls::TestCa::create(&scratch.path().join("tls"));
+    let reg = Registry::start_with(
+        scratch.path(),
+        e2e::registry::RegistryOptions {
+            tls: Some((ca.cert.clone(), ca.key.clone())),
+            ..Default::default()
+        },
+    );
+    let host = reg.host();
+    skopeo_push(&src, "v1", &format!("{host}/t:v1"));
+    let (s, d) = (format!("{host}/t:v1"), format!("{host}/t:v1-esgz"));
+
+    // Without the flag a loopback registry gets plain HTTP, which a TLS
+    // registry refuses; --insecure asks for HTTPS without verification.
+    let (ok, _, err) = rsnap(&["convert", &s, &d]);
+    assert!(!ok, "plain HTTP to a TLS registry must fail");
+    assert!(!err.is_empty());
+    let out = rsnap_ok(&["convert", "--insecure", &s, &d]);
+    assert_eq!(out.matches(" converted").count(), 2, "{out}");
+    let back = scratch.path().join("back");
+    skopeo_pull(&d, &back, "x");
+    check_estargz_layout(&back, Some("x"));
+}

@@ -46,9 +46,8 @@ pub struct Args {
     /// From an index, convert every platform.
     #[arg(long, conflicts_with = "platform")]
     pub all_platforms: bool,
-    /// Talk plain HTTP to every registry (loopback registries get it anyway).
-    #[arg(long)]
-    pub plain_http: bool,
+    #[command(flatten)]
+    pub net: crate::net::NetFlags,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -57,10 +56,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let cfg = registry::ClientConfig {
-        plain_http: args.plain_http,
-        ..Default::default()
-    };
+    // Flags apply to the registries of SRC and DST (not `oci:` layouts).
+    let named: Vec<String> = [&args.src, &args.dst]
+        .into_iter()
+        .filter(|s| !s.starts_with("oci:"))
+        .filter_map(|s| registry::Reference::parse(s).ok())
+        .map(|r| r.registry().to_string())
+        .collect();
+    let cfg = args.net.client_config(named.iter().map(String::as_str));
     let src = Source::open(&args.src, &cfg, rt.handle())?;
     let dst = Dest::open(&args.dst, &src, &cfg, rt.handle())?;
     let tag = dst

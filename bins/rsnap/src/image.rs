@@ -64,14 +64,11 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 /// Resolve `reference`, choose the platform, and fetch manifest and config.
 pub async fn fetch_image(
     reference: &str,
-    plain_http: bool,
+    net: &crate::net::NetFlags,
     platform: Option<&str>,
 ) -> Result<ImageParts> {
     let reference = registry::Reference::parse(reference).context("parsing the image reference")?;
-    let mut cfg = registry::ClientConfig::default();
-    if plain_http {
-        cfg.plain_http_hosts.push(reference.registry().to_string());
-    }
+    let cfg = net.client_config([reference.registry()]);
     let client = registry::Client::new(cfg).context("creating the registry client")?;
     let platform = match platform {
         Some(p) => registry::Platform::parse(p).context("parsing --platform")?,

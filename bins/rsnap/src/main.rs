@@ -7,6 +7,7 @@ mod convert_layer;
 mod ctrd;
 mod image;
 mod mount;
+mod net;
 mod oci_layout;
 mod pull;
 mod toc;

@@ -35,9 +35,8 @@ pub struct Args {
     /// Chunk cache directory (default: memory only).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Talk plain HTTP to the registry of REF.
-    #[arg(long)]
-    plain_http: bool,
+    #[command(flatten)]
+    net: crate::net::NetFlags,
     /// From an index, mount this platform (os/arch[/variant]).
     #[arg(long)]
     platform: Option<String>,
@@ -179,10 +178,7 @@ fn blob_source(file: &Path) -> Result<Source> {
 
 async fn registry_sources(args: &Args, reference: &str) -> Result<Vec<Source>> {
     let r: registry::Reference = reference.parse().context("image reference")?;
-    let mut ccfg = registry::ClientConfig::default();
-    if args.plain_http {
-        ccfg.plain_http_hosts.push(r.registry().to_string());
-    }
+    let ccfg = args.net.client_config([r.registry()]);
     let client = registry::Client::new(ccfg)?;
     let manifest = match &args.platform {
         Some(p) => {

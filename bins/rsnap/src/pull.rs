@@ -36,9 +36,8 @@ pub struct Args {
     /// Snapshotter to unpack into (the proxy plugin name in containerd's config)
     #[arg(long, default_value = "remote")]
     pub snapshotter: String,
-    /// Use plain HTTP for this registry (loopback registries get it automatically)
-    #[arg(long)]
-    pub plain_http: bool,
+    #[command(flatten)]
+    pub net: crate::net::NetFlags,
     /// Platform for multi-platform images (os/arch[/variant]); default: this host
     #[arg(long)]
     pub platform: Option<String>,
@@ -61,7 +60,7 @@ const MAX_LAYERS_LABEL: usize = 4000;
 
 async fn pull(args: Args) -> Result<()> {
     let started = Instant::now();
-    let img = fetch_image(&args.reference, args.plain_http, args.platform.as_deref()).await?;
+    let img = fetch_image(&args.reference, &args.net, args.platform.as_deref()).await?;
     let mut ctr = Containerd::connect(&args.address, &args.namespace).await?;
     ctr.begin_lease().await?;
     let result = unpack(&ctr, &args, &img).await;

@@ -43,6 +43,10 @@ pub struct HostConfig {
     pub header: BTreeMap<String, String>,
     #[serde(default)]
     pub ca: OneOrMany,
+    /// HTTPS without verifying the certificate (containerd's hosts.toml
+    /// name). Unlike `insecure`, traffic stays encrypted.
+    #[serde(default)]
+    pub skip_verify: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -57,6 +61,8 @@ pub struct MirrorConfig {
     pub header: BTreeMap<String, String>,
     #[serde(default)]
     pub ca: OneOrMany,
+    #[serde(default)]
+    pub skip_verify: bool,
 }
 
 /// `ca = "a.pem"` or `ca = ["a.pem", "b.pem"]`.
@@ -88,6 +94,8 @@ pub struct EndpointSpec {
     pub request_timeout: Option<Duration>,
     pub headers: Vec<(String, String)>,
     pub ca: Vec<PathBuf>,
+    /// Accept any server certificate (configured per host, never by default).
+    pub skip_verify: bool,
     pub is_mirror: bool,
 }
 
@@ -130,12 +138,17 @@ impl HostsConfig {
             if authority.is_empty() {
                 continue;
             }
-            let auto = is_loopback(&authority) && scheme.is_none() && m.ca.paths().is_empty();
+            // A loopback host with TLS settings wants HTTPS, not the automatic HTTP.
+            let auto = is_loopback(&authority)
+                && scheme.is_none()
+                && m.ca.paths().is_empty()
+                && !m.skip_verify;
             out.push(EndpointSpec {
                 plain_http: plain_http || m.insecure || scheme == Some(Scheme::Http) || auto,
                 request_timeout: m.request_timeout_sec.map(Duration::from_secs),
                 headers: m.header.clone().into_iter().collect(),
                 ca: m.ca.paths(),
+                skip_verify: m.skip_verify,
                 is_mirror: true,
                 authority,
             });
@@ -144,10 +157,11 @@ impl HostsConfig {
         out.push(EndpointSpec {
             plain_http: plain_http
                 || hc.insecure
-                || (is_loopback(&authority) && hc.ca.paths().is_empty()),
+                || (is_loopback(&authority) && hc.ca.paths().is_empty() && !hc.skip_verify),
             request_timeout: hc.request_timeout_sec.map(Duration::from_secs),
             headers: hc.header.into_iter().collect(),
             ca: hc.ca.paths(),
+            skip_verify: hc.skip_verify,
             is_mirror: false,
             authority,
         });
@@ -210,6 +224,17 @@ ca = ["/a.pem", "/b.pem"]
         let eps = cfg.resolver.endpoints("reg.example", false);
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].ca.len(), 2);
+    }
+
+    #[test]
+    fn skip_verify_is_per_host_and_means_https() {
+        let h: HostsConfig = toml::from_str(
+            "[host.\"127.0.0.1:5000\"]\nskip_verify = true\n[[host.\"127.0.0.1:5000\".mirrors]]\nhost = \"127.0.0.1:6000\"\nskip_verify = true\n",
+        )
+        .unwrap();
+        let eps = h.endpoints("127.0.0.1:5000", false);
+        assert!(eps.iter().all(|e| e.skip_verify && !e.plain_http));
+        assert!(!h.endpoints("127.0.0.1:7000", false)[0].skip_verify);
     }
 
     #[test]

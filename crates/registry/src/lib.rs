@@ -52,6 +52,10 @@ pub struct ClientConfig {
     pub plain_http: bool,
     /// Plain HTTP for these registry names only.
     pub plain_http_hosts: Vec<String>,
+    /// HTTPS without certificate verification for these registry names
+    /// (`rsnap convert --insecure`); hosts config `skip_verify` does the
+    /// same per host. TLS is verified everywhere else.
+    pub skip_verify_hosts: Vec<String>,
     /// Where `config.json` is; default `$DOCKER_CONFIG` or `~/.docker`.
     pub docker_config_dir: Option<PathBuf>,
     /// Credentials by host, taking precedence over config.json.
@@ -76,6 +80,7 @@ impl Default for ClientConfig {
             hosts: HostsConfig::default(),
             plain_http: false,
             plain_http_hosts: Vec::new(),
+            skip_verify_hosts: Vec::new(),
             docker_config_dir: None,
             credentials: HashMap::new(),
             connect_timeout: Duration::from_secs(10),
@@ -103,7 +108,8 @@ pub(crate) struct Inner {
     pub auth: auth::Auth,
     pub sem: Arc<tokio::sync::Semaphore>,
     http_default: reqwest::Client,
-    http_by_ca: Mutex<HashMap<Vec<PathBuf>, reqwest::Client>>,
+    /// Clients with non-default TLS settings, by (extra CAs, skip_verify).
+    http_by_tls: Mutex<HashMap<(Vec<PathBuf>, bool), reqwest::Client>>,
     endpoints: Mutex<HashMap<String, Arc<Vec<Endpoint>>>>,
     pub caps: Mutex<HashMap<String, HostCaps>>,
 }
@@ -121,7 +127,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn build_http(cfg: &ClientConfig, ca: &[PathBuf]) -> Result<reqwest::Client> {
+fn build_http(cfg: &ClientConfig, ca: &[PathBuf], skip_verify: bool) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(cfg.connect_timeout)
@@ -149,6 +155,9 @@ fn build_http(cfg: &ClientConfig, ca: &[PathBuf]) -> Result<reqwest::Client> {
     if !certs.is_empty() {
         b = b.tls_certs_merge(certs);
     }
+    if skip_verify {
+        b = b.tls_danger_accept_invalid_certs(true);
+    }
     b.build()
         .map_err(|e| Error::Config(format!("HTTP client: {e}")))
 }
@@ -159,14 +168,14 @@ impl Client {
             cfg.docker_config_dir.as_deref(),
             cfg.credentials.clone(),
         )?;
-        let http_default = build_http(&cfg, &[])?;
+        let http_default = build_http(&cfg, &[], false)?;
         let sem = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrency.max(1)));
         Ok(Client {
             inner: Arc::new(Inner {
                 auth: auth::Auth::new(creds),
                 sem,
                 http_default,
-                http_by_ca: Mutex::new(HashMap::new()),
+                http_by_tls: Mutex::new(HashMap::new()),
                 endpoints: Mutex::new(HashMap::new()),
                 caps: Mutex::new(HashMap::new()),
                 cfg,
@@ -186,16 +195,23 @@ impl Client {
         let cfg = &self.inner.cfg;
         let plain = cfg.plain_http || cfg.plain_http_hosts.iter().any(|h| h == registry);
         let mut out = Vec::new();
-        for spec in cfg.hosts.endpoints(registry, plain) {
-            let http = if spec.ca.is_empty() {
+        let skip = cfg.skip_verify_hosts.iter().any(|h| h == registry);
+        for mut spec in cfg.hosts.endpoints(registry, plain) {
+            if skip && !spec.is_mirror {
+                spec.skip_verify = true;
+                // Asked for TLS without verification: HTTPS, even on loopback.
+                spec.plain_http = plain;
+            }
+            let http = if spec.ca.is_empty() && !spec.skip_verify {
                 self.inner.http_default.clone()
             } else {
-                let mut map = self.inner.http_by_ca.lock();
-                match map.get(&spec.ca) {
+                let key = (spec.ca.clone(), spec.skip_verify);
+                let mut map = self.inner.http_by_tls.lock();
+                match map.get(&key) {
                     Some(c) => c.clone(),
                     None => {
-                        let c = build_http(cfg, &spec.ca)?;
-                        map.insert(spec.ca.clone(), c.clone());
+                        let c = build_http(cfg, &spec.ca, spec.skip_verify)?;
+                        map.insert(key, c.clone());
                         c
                     }
                 }

@@ -1026,23 +1026,7 @@ async fn tls_with_host_ca_speaks_http2() {
     }
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path();
-    // A private CA and a server certificate for 127.0.0.1 signed by it.
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test CA");
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let ca = e2e::tls::TestCa::create(dir);
     let port = e2e::free_port();
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let cfg = format!(
@@ -1063,14 +1047,7 @@ async fn tls_with_host_ca_speaks_http2() {
     let blob = data(300_000, 9);
     let d = Digest::sha256_of(&blob);
     // With another CA: the certificate is not trusted, so Unreachable.
-    let other_key = rcgen::KeyPair::generate().unwrap();
-    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    std::fs::write(
-        dir.join("other-ca.pem"),
-        other.self_signed(&other_key).unwrap().pem(),
-    )
-    .unwrap();
+    e2e::tls::TestCa::unrelated_ca(dir);
     let hosts_with = |ca: &str| -> registry::HostsConfig {
         toml::from_str(&format!(
             "[host.\"{host}\"]\nca = \"{}\"\n",
@@ -1097,6 +1074,22 @@ async fn tls_with_host_ca_speaks_http2() {
         BlobPush::Uploaded
     );
     check_reads(&c, &r, &blob).await;
+    // skip_verify (per host in the hosts config, or asked for by name):
+    // HTTPS that accepts the unknown certificate.
+    let skip: registry::HostsConfig =
+        toml::from_str(&format!("[host.\"{host}\"]\nskip_verify = true\n")).unwrap();
+    for cfg in [
+        ClientConfig {
+            hosts: skip,
+            ..config()
+        },
+        ClientConfig {
+            skip_verify_hosts: vec![host.clone()],
+            ..config()
+        },
+    ] {
+        check_reads(&Client::new(cfg).unwrap(), &r, &blob).await;
+    }
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
         log.contains("HTTP/2.0"),

@@ -60,26 +60,26 @@ pub struct Seen {
     pub status: u16,
 }
 
-struct Request {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
-    fn remove(&mut self, name: &str) {
+    pub(crate) fn remove(&mut self, name: &str) {
         self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
     }
 }
 
-fn read_request(stream: &TcpStream) -> Option<Request> {
+pub(crate) fn read_request(stream: &TcpStream) -> Option<Request> {
     let mut r = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
     r.read_line(&mut line).ok()?;
@@ -113,7 +113,7 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
     Some(req)
 }
 
-fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+pub(crate) fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -127,7 +127,7 @@ fn response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn send(mut s: &TcpStream, bytes: &[u8]) {
+pub(crate) fn send(mut s: &TcpStream, bytes: &[u8]) {
     let _ = s.write_all(bytes);
     let _ = s.flush();
     let _ = s.shutdown(Shutdown::Both);
@@ -137,7 +137,7 @@ fn respond(s: &TcpStream, status: &str, headers: &[(&str, String)], body: &[u8])
     send(s, &response(status, headers, body));
 }
 
-fn status_of(resp: &[u8]) -> u16 {
+pub(crate) fn status_of(resp: &[u8]) -> u16 {
     std::str::from_utf8(&resp[..resp.len().min(32)])
         .ok()
         .and_then(|s| s.split_whitespace().nth(1))
@@ -146,7 +146,7 @@ fn status_of(resp: &[u8]) -> u16 {
 }
 
 /// Accept loop shared by both servers: one thread per connection.
-fn serve(
+pub(crate) fn serve(
     handler: Arc<dyn Fn(TcpStream) + Send + Sync>,
 ) -> (u16, Arc<AtomicBool>, thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -242,7 +242,7 @@ impl Request {
     }
 }
 
-fn is_blob_get(req: &Request) -> bool {
+pub(crate) fn is_blob_get(req: &Request) -> bool {
     req.method == "GET" && req.target.contains("/blobs/sha256:")
 }
 
@@ -278,6 +278,25 @@ fn handle_front(
     if o.ignore_range || (multi && o.multi_range == MultiRange::Whole) {
         req.remove("range");
     }
+    let mut resp = forward(&mut req, upstream);
+    let status = status_of(&resp);
+    if o.shift_content_range && status == 206 {
+        resp = shift_range(resp);
+    }
+    if o.corrupt_blobs
+        && is_blob_get(&req)
+        && (status == 200 || status == 206)
+        && body_start(&resp).is_some_and(|b| b < resp.len())
+    {
+        let last = resp.len() - 1;
+        resp[last] ^= 0xff;
+    }
+    resp
+}
+
+/// Send `req` to the upstream on 127.0.0.1 (one request, `Connection:
+/// close`) and return its whole answer; 502 when the upstream is down.
+pub(crate) fn forward(req: &mut Request, upstream: u16) -> Vec<u8> {
     req.remove("connection");
     let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
         return response("502 Bad Gateway", &[], b"");
@@ -296,21 +315,14 @@ fn handle_front(
     }
     let mut resp = Vec::new();
     let _ = up.read_to_end(&mut resp);
-    let status = status_of(&resp);
-    if o.shift_content_range && status == 206 {
-        resp = shift_range(resp);
-    }
-    if o.corrupt_blobs && is_blob_get(&req) && (status == 200 || status == 206) {
-        let body_start = resp
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|p| p + 4);
-        if body_start.is_some_and(|b| b < resp.len()) {
-            let last = resp.len() - 1;
-            resp[last] ^= 0xff;
-        }
-    }
     resp
+}
+
+/// Where the body of a raw HTTP answer starts.
+pub(crate) fn body_start(resp: &[u8]) -> Option<usize> {
+    resp.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
 }
 
 fn shift_range(resp: Vec<u8>) -> Vec<u8> {

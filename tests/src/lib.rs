@@ -4,6 +4,7 @@
 
 pub mod authfront;
 pub mod containerd;
+pub mod faultproxy;
 pub mod image;
 pub mod process;
 pub mod registry;

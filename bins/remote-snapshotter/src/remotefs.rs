@@ -14,14 +14,7 @@ use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use estargz::toc::TOC_DIGEST_ANNOTATION as TOC_DIGEST;
-const REF_KEYS: [&str; 2] = [
-    "containerd.io/snapshot/remote/stargz.reference",
-    "containerd.io/snapshot/cri.image-ref",
-];
-const DIGEST_KEYS: [&str; 2] = [
-    "containerd.io/snapshot/remote/stargz.digest",
-    "containerd.io/snapshot/cri.layer-digest",
-];
+use snapshotter::remote::labels::{DIGEST_KEYS, REF_KEYS};
 
 /// Builds the remote filesystem from the config; `root` is the daemon's
 /// state directory (the chunk cache lives under it).

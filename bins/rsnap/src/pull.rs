@@ -48,13 +48,10 @@ pub fn run(args: Args) -> Result<()> {
     rt.block_on(pull(args))
 }
 
-const REF_LABEL: &str = "containerd.io/snapshot.ref";
-const STARGZ_REF: &str = "containerd.io/snapshot/remote/stargz.reference";
-const STARGZ_DIGEST: &str = "containerd.io/snapshot/remote/stargz.digest";
-const STARGZ_LAYERS: &str = "containerd.io/snapshot/remote/stargz.layers";
-const CRI_REF: &str = "containerd.io/snapshot/cri.image-ref";
-const CRI_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-const CRI_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
+use snapshotter::remote::labels::{
+    CRI_DIGEST, CRI_LAYERS, CRI_REF, STARGZ_DIGEST, STARGZ_LAYERS, STARGZ_REF,
+};
+use snapshotter::remote::LABEL_TARGET_REF as REF_LABEL;
 /// containerd caps a label at 4096 bytes (key + value); the layer list is only a hint.
 const MAX_LAYERS_LABEL: usize = 4000;
 

@@ -1030,7 +1030,9 @@ async fn tls_with_host_ca_speaks_http2() {
     let port = e2e::free_port();
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let cfg = format!(
-        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {d}/cert.pem\n    key: {d}/key.pem\n",
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\nhttp:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {}\n    key: {}\n",
+        ca.cert.display(),
+        ca.key.display(),
         d = dir.display()
     );
     std::fs::write(dir.join("config.yml"), cfg).unwrap();

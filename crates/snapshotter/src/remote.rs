@@ -16,6 +16,22 @@ pub const LABEL_TARGET_REF: &str = "containerd.io/snapshot.ref";
 /// key and value as stargz-snapshotter, so tools that look for it work).
 pub const LABEL_REMOTE: &str = "containerd.io/snapshot/remote";
 pub const LABEL_REMOTE_VALUE: &str = "remote snapshot";
+/// The image facts of a layer, as ctr-remote's rpull (`remote/stargz.*`)
+/// and CRI/nerdctl (`cri.*`) spell them. Clients set both spellings;
+/// the daemon accepts either.
+pub mod labels {
+    pub const STARGZ_REF: &str = "containerd.io/snapshot/remote/stargz.reference";
+    pub const STARGZ_DIGEST: &str = "containerd.io/snapshot/remote/stargz.digest";
+    pub const STARGZ_LAYERS: &str = "containerd.io/snapshot/remote/stargz.layers";
+    pub const CRI_REF: &str = "containerd.io/snapshot/cri.image-ref";
+    pub const CRI_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
+    pub const CRI_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
+    /// Where the image reference may be, in order of preference.
+    pub const REF_KEYS: [&str; 2] = [STARGZ_REF, CRI_REF];
+    /// Where the layer digest may be, in order of preference.
+    pub const DIGEST_KEYS: [&str; 2] = [STARGZ_DIGEST, CRI_DIGEST];
+}
+
 /// Label prefixes that carry image facts a remote mount needs: CRI/nerdctl
 /// and ctr-remote spellings.
 pub const REMOTE_LABEL_PREFIXES: [&str; 2] = [

@@ -19,36 +19,16 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 LEVEL="${LEVEL:-9}"
 RUNS="${RUNS:-3}"
 CHUNK="${CHUNK:-4194304}"
-CACHE="${BENCH_CACHE:-/var/tmp/rsnap-bench}"
-
 EXTRA_PACKAGES=debootstrap "$repo/scripts/install-deps.sh"
-# RSNAP=/path/to/rsnap skips the build.
-if [ -z "${RSNAP:-}" ]; then
-  (cd "$repo" && cargo build --release -q -p rsnap)
-fi
-rsnap="${RSNAP:-${CARGO_TARGET_DIR:-$repo/target}/release/rsnap}"
-
-# The Debian mirror this machine already uses (debootstrap needs one).
-mirror() {
-  local m
-  m="$(grep -hoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-        /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | grep debian | head -n1)"
-  echo "${m:-http://deb.debian.org/debian}"
-}
-
-if [ ! -f "$CACHE/rootfs/.done" ]; then
-  log "debootstrap --variant=minbase bookworm ($(mirror))"
-  rm -rf "$CACHE/rootfs"
-  mkdir -p "$CACHE"
-  debootstrap --variant=minbase bookworm "$CACHE/rootfs" "$(mirror)" >"$CACHE/debootstrap.log" 2>&1 ||
-    { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
-  touch "$CACHE/rootfs/.done"
-fi
+# shellcheck source=bench/common.sh
+. "$repo/bench/common.sh"
+rsnap="$(bench_rsnap)"
+rootfs="$(bench_rootfs)"
 
 lib_init
 S="$LIB_SCRATCH"
 log "input image (gzip -6 layer)"
-GZIP_LEVEL=6 "$repo/scripts/oci-from-dir.sh" "$S/oci" v1 '["/bin/bash"]' "$CACHE/rootfs" >/dev/null
+GZIP_LEVEL=6 "$repo/scripts/oci-from-dir.sh" "$S/oci" v1 '["/bin/bash"]' "$rootfs" >/dev/null
 in_layer="$(jq -r '.manifests[0].digest' "$S/oci/index.json" | cut -d: -f2)"
 in_layer="$(jq -r '.layers[0].digest' "$S/oci/blobs/sha256/$in_layer")"
 in_size="$(stat -c %s "$S/oci/blobs/sha256/${in_layer#sha256:}")"
@@ -57,15 +37,6 @@ unpacked="$(gzip -dc "$S/oci/blobs/sha256/${in_layer#sha256:}" | wc -c)"
 start_containerd "$S/containerd"
 tar -C "$S/oci" -cf "$S/img.tar" .
 ctrd images import --no-unpack --base-name bench/src "$S/img.tar" >/dev/null
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# timed CMD... -> prints "WALL CPU" (CPU = user + sys of the command and its
-# children); CPU time is less sensitive than wall time to other load.
-timed() {
-  local TIMEFORMAT='%R %U %S' t
-  t="$( { time "$@" >/dev/null; } 2>&1 | tail -n 1)"
-  awk '{printf "%.2f %.2f\n", $1, $2 + $3}' <<<"$t"
-}
 
 load="$(cut -d' ' -f1-3 /proc/loadavg)"
 go_times=(); rs_times=(); go_cpu=(); rs_cpu=()
@@ -92,7 +63,7 @@ go_med="$(printf '%s\n' "${go_times[@]}" | median)"
 rs_med="$(printf '%s\n' "${rs_times[@]}" | median)"
 go_cpu_med="$(printf '%s\n' "${go_cpu[@]}" | median)"
 rs_cpu_med="$(printf '%s\n' "${rs_cpu[@]}" | median)"
-cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+cpu="$(cpu_model)"
 
 cat <<MD
 

@@ -103,3 +103,24 @@ pub fn skopeo_push(oci_dir: &Path, tag: &str, dest: &str) {
         .expect("run skopeo");
     assert!(st.success(), "skopeo copy to {dest} failed");
 }
+
+/// An htpasswd file with one user (bcrypt, low cost: tests only), for
+/// `RegistryOptions::htpasswd`.
+pub fn htpasswd(dir: &Path, user: &str, password: &str) -> PathBuf {
+    let p = dir.join("htpasswd");
+    let hash = bcrypt::hash(password, 4).expect("bcrypt");
+    std::fs::write(&p, format!("{user}:{hash}\n")).unwrap();
+    p
+}
+
+/// A docker config directory (for `DOCKER_CONFIG`) whose config.json logs
+/// `user` into `host` the way `docker login` writes it.
+pub fn docker_config(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
+    use base64::Engine;
+    let d = dir.join("docker-config");
+    std::fs::create_dir_all(&d).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let json = serde_json::json!({ "auths": { host: { "auth": auth } } });
+    std::fs::write(d.join("config.json"), json.to_string()).unwrap();
+    d
+}

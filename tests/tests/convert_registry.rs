@@ -246,3 +246,62 @@ fn insecure_skips_verification_only_when_asked() {
     skopeo_pull(&d, &back, "x");
     check_estargz_layout(&back, Some("x"));
 }
+
+/// Registry to registry behind htpasswd basic auth, with the credentials
+/// where users keep them (`$DOCKER_CONFIG/config.json`); without them the
+/// error says unauthorized.
+#[test]
+fn convert_with_basic_auth_from_docker_config() {
+    if !e2e::require_root_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let src = scratch.path().join("src");
+    sample(&src);
+    let reg = Registry::start_with(
+        scratch.path(),
+        e2e::registry::RegistryOptions {
+            htpasswd: Some(e2e::registry::htpasswd(scratch.path(), "bob", "hunter2")),
+            ..Default::default()
+        },
+    );
+    let host = reg.host();
+    let st = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .args(["--dest-creds", "bob:hunter2"])
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(format!("docker://{host}/private/a:v1"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "skopeo push with credentials");
+    let convert = |docker_config: &Path| {
+        Command::new(e2e::image::rsnap_bin())
+            .env("DOCKER_CONFIG", docker_config)
+            .args(["convert", &format!("{host}/private/a:v1")])
+            .arg(format!("{host}/private/a:v1-esgz"))
+            .output()
+            .unwrap()
+    };
+    let empty = scratch.path().join("no-creds");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = convert(&empty);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.to_lowercase().contains("unauthorized"), "{err}");
+
+    let cfg = e2e::registry::docker_config(scratch.path(), &host, "bob", "hunter2");
+    let out = convert(&cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("hunter2"), "password in the output: {err}");
+    let back = scratch.path().join("back");
+    let st = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .args(["--src-creds", "bob:hunter2"])
+        .arg(format!("docker://{host}/private/a:v1-esgz"))
+        .arg(format!("oci:{}:x", back.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    check_estargz_layout(&back, Some("x"));
+}

@@ -563,16 +563,6 @@ async fn mirrors_are_tried_first_then_origin() {
     assert!(!fo.seen().is_empty());
 }
 
-fn htpasswd(dir: &std::path::Path) -> std::path::PathBuf {
-    let p = dir.join("htpasswd");
-    std::fs::write(
-        &p,
-        format!("alice:{}\n", bcrypt::hash("secret", 4).unwrap()),
-    )
-    .unwrap();
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_and_redirects() {
     if !e2e::require_root_tools(&["docker-registry"]) {
@@ -583,7 +573,7 @@ async fn basic_auth_and_redirects() {
     let reg = Registry::start_with(
         scratch.path(),
         RegistryOptions {
-            htpasswd: Some(htpasswd(scratch.path())),
+            htpasswd: Some(e2e::registry::htpasswd(scratch.path(), "alice", "secret")),
             data_dir: Some(data_dir.clone()),
             ..Default::default()
         },

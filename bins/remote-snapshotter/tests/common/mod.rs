@@ -56,3 +56,80 @@ pub fn stop(mut d: Daemon, sig: i32) {
     );
     assert!(!d.sock.exists(), "socket removed on exit");
 }
+
+/// Start the daemon with its metrics endpoint on a free 127.0.0.1 port;
+/// returns the daemon and the endpoint's address.
+pub fn start_with_metrics(scratch: &Path, extra: &[&str]) -> (Daemon, String) {
+    let addr = format!("127.0.0.1:{}", e2e::free_port());
+    let mut flags = vec!["--metrics-address", addr.as_str()];
+    flags.extend_from_slice(extra);
+    (start(scratch, &flags), addr)
+}
+
+/// The Prometheus text of the daemon's metrics endpoint at `addr`.
+pub fn metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of counter `name` (without the `remote_snapshotter_` prefix
+/// and `_total` suffix) in a metrics text, if present.
+pub fn counter(text: &str, name: &str) -> Option<u64> {
+    let key = format!("remote_snapshotter_{name}_total ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Like [`start`], with extra environment for the daemon (e.g. DOCKER_CONFIG).
+pub fn start_with_env(scratch: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Daemon {
+    let sock = scratch.join("run/rs.sock");
+    let cfg = scratch.join("config.toml");
+    if !cfg.exists() {
+        std::fs::write(&cfg, "noprefetch = true\n[blob]\nmax_retries = 2\n").unwrap();
+    }
+    let mut cmd = Command::new(bin());
+    cmd.arg("--address")
+        .arg(&sock)
+        .arg("--root")
+        .arg(scratch.join("root"))
+        .arg("--config")
+        .arg(&cfg);
+    cmd.args(["--log-level", "debug"]).args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut svc = Service::spawn("remote-snapshotter", cmd, &scratch.join("daemon.log")).unwrap();
+    let up = wait_until(Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok() || !svc.is_running()
+    });
+    let log = || std::fs::read_to_string(scratch.join("daemon.log")).unwrap_or_default();
+    assert!(up && svc.is_running(), "daemon did not come up:\n{}", log());
+    Daemon { svc, sock }
+}
+
+/// `ctr ARGS`, retried while containerd's client to a restarted daemon
+/// still answers "connection refused" (it backs off for a few seconds);
+/// any other failure, or 30 s of it, is returned as is.
+pub fn ctr_when_reconnected(
+    ctrd: &e2e::containerd::Containerd,
+    args: &[&str],
+) -> std::process::Output {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = ctrd.ctr(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success()
+            || !err.contains("connection refused")
+            || std::time::Instant::now() > deadline
+        {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -10,6 +10,7 @@ pub mod process;
 pub mod registry;
 pub mod tcpproxy;
 pub mod tls;
+pub mod wanproxy;
 
 use std::net::TcpListener;
 

@@ -102,6 +102,24 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.service.pid()
     }
 
+    /// SIGKILL this containerd (shims and containers keep running) and
+    /// start it again on the same config, root, state and sockets.
+    pub fn restart(&mut self) {
+        self.service.kill();
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(self.dir.join("config.toml"));
+        self.service = Service::spawn("containerd", cmd, &self.dir.join("containerd.log"))
+            .expect("spawn containerd");
+        let up = wait_until(Duration::from_secs(20), || {
+            self.ctr(&["version"]).status.success()
+        });
+        assert!(
+            up,
+            "containerd did not come back; log:\n{}",
+            self.log_tail()
+        );
+    }
+
     /// Run `ctr -a SOCK -n e2e ARGS...`.
     pub fn ctr(&self, args: &[&str]) -> Output {
         Command::new("ctr")

@@ -36,6 +36,10 @@ pub fn build_remote_fs(cfg: &Config, root: &Path) -> anyhow::Result<Arc<dyn Remo
     if let Some(r) = cfg.blob.max_retries {
         ccfg.retries = r;
     }
+    // stargz's first backoff; the registry client doubles it per retry.
+    if let Some(ms) = cfg.blob.min_wait_msec {
+        ccfg.retry_base = std::time::Duration::from_millis(ms);
+    }
     if let Some(n) = cfg.max_concurrency {
         ccfg.max_concurrency = (n as usize).max(1) * 4;
     }

@@ -195,11 +195,13 @@ impl Client {
                 d.to_string()
             }
             None => {
-                let d = Digest::sha256_of(&bytes);
-                if let Some(sd) = server_digest.filter(|s| s.starts_with("sha256:") && *s != d) {
-                    tracing::warn!(reference = %r, server = %sd, computed = %d, "registry's digest differs; using the computed one");
+                // The registry's Docker-Content-Digest names what the tag
+                // points at (containerd fetches by it and checks the bytes):
+                // bytes that do not hash to it are corrupt or forged.
+                if let Some(sd) = server_digest.filter(|s| s.starts_with("sha256:")) {
+                    verify(&sd, &bytes)?;
                 }
-                d
+                Digest::sha256_of(&bytes)
             }
         };
         let media_type = media_type_of(ct.as_deref(), &bytes);

@@ -40,6 +40,14 @@ pub fn build_remote_fs(cfg: &Config, root: &Path) -> anyhow::Result<Arc<dyn Remo
     if let Some(ms) = cfg.blob.min_wait_msec {
         ccfg.retry_base = std::time::Duration::from_millis(ms);
     }
+    // Nothing may wait on one request longer than a read may wait in all:
+    // a registry that accepts and never answers must not hold a mount (or
+    // a containerd call) for the 30 s default per attempt.
+    if let Some(t) = cfg.blob.fetching_timeout_sec {
+        let t = std::time::Duration::from_secs(t.max(1));
+        ccfg.request_timeout = ccfg.request_timeout.min(t);
+        ccfg.stall_timeout = ccfg.stall_timeout.min(t);
+    }
     if let Some(n) = cfg.max_concurrency {
         ccfg.max_concurrency = (n as usize).max(1) * 4;
     }

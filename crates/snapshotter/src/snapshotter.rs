@@ -37,6 +37,9 @@ enum LayerState {
 
 type StateCell = Arc<tokio::sync::Mutex<LayerState>>;
 
+/// Longest time `open` spends restoring remote layers before it returns.
+const RESTORE_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Snapshotter {
     core: Arc<Core>,
     remote: Arc<dyn RemoteFs>,
@@ -70,13 +73,27 @@ impl Snapshotter {
             metrics: Arc::new(Metrics::default()),
             layers: Default::default(),
         };
-        for (name, rec) in s.run(|c| c.all()).await? {
-            if rec.remote.is_some() {
-                s.cell(rec.id, LayerState::NeedsMount("restoring".into()));
-                if let Err(e) = s.ensure_layer(&name, &rec).await {
+        let remote: Vec<_> = s
+            .run(|c| c.all())
+            .await?
+            .into_iter()
+            .filter(|(_, rec)| rec.remote.is_some())
+            .collect();
+        for (_, rec) in &remote {
+            s.cell(rec.id, LayerState::NeedsMount("restoring".into()));
+        }
+        // A registry that accepts connections and never answers would hold
+        // the socket back for retries x request timeout per layer; what is
+        // not restored within the budget is mounted on first use instead.
+        let restore = async {
+            for (name, rec) in &remote {
+                if let Err(e) = s.ensure_layer(name, rec).await {
                     tracing::warn!(snapshot = %name, error = %e, "remote layer not restored; will retry on use");
                 }
             }
+        };
+        if tokio::time::timeout(RESTORE_BUDGET, restore).await.is_err() {
+            tracing::warn!(budget = ?RESTORE_BUDGET, "restoring remote layers takes too long; the rest are mounted on first use");
         }
         Ok(s)
     }

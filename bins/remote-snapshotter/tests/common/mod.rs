@@ -114,7 +114,8 @@ pub fn start_with_env(scratch: &Path, extra: &[&str], env: &[(&str, &Path)]) -> 
 }
 
 /// `ctr ARGS`, retried while containerd's client to a restarted daemon
-/// still answers "connection refused" (it backs off for a few seconds);
+/// still answers "connection refused" (it backs off for a few seconds) or
+/// "connection closed" (the first call on the old connection);
 /// any other failure, or 30 s of it, is returned as is.
 pub fn ctr_when_reconnected(
     ctrd: &e2e::containerd::Containerd,
@@ -125,7 +126,7 @@ pub fn ctr_when_reconnected(
         let out = ctrd.ctr(args);
         let err = String::from_utf8_lossy(&out.stderr);
         if out.status.success()
-            || !err.contains("connection refused")
+            || !(err.contains("connection refused") || err.contains("connection closed"))
             || std::time::Instant::now() > deadline
         {
             return out;

@@ -78,6 +78,8 @@ pub enum TocError {
         offset: u64,
         toc_offset: u64,
     },
+    #[error("file {name:?}: a chunk of {size} bytes is over the cap of {cap}")]
+    ChunkTooLarge { name: String, size: u64, cap: u64 },
 }
 
 /// Why a tar stream given to the writer cannot be converted.

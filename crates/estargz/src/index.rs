@@ -18,6 +18,11 @@ pub const ROOT: NodeId = 0;
 
 /// Most TOC entries we accept (the TOC JSON itself is capped at 64 MiB).
 pub const MAX_ENTRIES: usize = 4 << 20;
+/// Largest chunk we accept. A chunk is decompressed and verified whole, so
+/// its size is an allocation: without a cap a gzip bomb of a few MB could
+/// claim a GiB chunk. Writers use 4 MiB (the Go reference's default); a
+/// layer with larger chunks is not served lazily.
+pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
 /// Prefix of an OCI whiteout name.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// Name of the OCI opaque-directory marker.
@@ -515,6 +520,13 @@ impl Builder {
                 };
                 if c.file_offset != pos || end <= pos || end > size {
                     return Err(TocError::ChunkLayout(name()));
+                }
+                if end - pos > MAX_CHUNK_SIZE {
+                    return Err(TocError::ChunkTooLarge {
+                        name: name(),
+                        size: end - pos,
+                        cap: MAX_CHUNK_SIZE,
+                    });
                 }
                 if c.blob_offset >= toc_offset {
                     return Err(TocError::ChunkOutOfRange {

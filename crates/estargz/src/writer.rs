@@ -113,6 +113,10 @@ pub fn convert_tar_at<S: ReadAt + Sync + ?Sized, W: Write>(
     if opts.chunk_size == 0 {
         return Err(Error::BadOption("chunk_size must be > 0"));
     }
+    if opts.chunk_size > crate::index::MAX_CHUNK_SIZE {
+        // Readers (ours included) refuse larger chunks.
+        return Err(Error::BadOption("chunk_size must be at most 64 MiB"));
+    }
     if opts.compression_level > 9 {
         return Err(Error::BadOption("compression_level must be 0-9"));
     }

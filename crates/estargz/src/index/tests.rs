@@ -240,6 +240,14 @@ fn rejects_bad_tocs() {
         bad(vec![reg("x", 3, 10_000)]),
         TocError::ChunkOutOfRange { .. }
     ));
+    // A whole-file chunk over the cap (a gzip bomb could back it), and the
+    // cap itself, which is accepted.
+    let cap = crate::index::MAX_CHUNK_SIZE as i64;
+    assert!(matches!(
+        bad(vec![reg("x", cap + 1, 5)]),
+        TocError::ChunkTooLarge { .. }
+    ));
+    build(vec![reg("x", cap, 5)]).unwrap();
     let mut nd = reg("x", 3, 5);
     nd.chunk_digest = "md5:abc".into();
     assert!(matches!(bad(vec![nd]), TocError::MissingChunkDigest(_)));

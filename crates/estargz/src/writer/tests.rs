@@ -87,3 +87,16 @@ fn order_moves_parents_and_link_targets_first() {
     assert_eq!(items[0], Item::Landmark(NO_PREFETCH_LANDMARK));
     assert_eq!(items.len(), v.len() + 1);
 }
+
+#[test]
+fn chunk_size_must_be_one_readers_accept() {
+    let tar = [0u8; 1024];
+    for bad in [0, crate::index::MAX_CHUNK_SIZE + 1] {
+        let opts = WriterOptions {
+            chunk_size: bad,
+            ..WriterOptions::default()
+        };
+        let e = convert_tar_at(&tar[..], 1024, Vec::new(), &opts).unwrap_err();
+        assert!(matches!(e, Error::BadOption(_)), "{bad}: {e}");
+    }
+}

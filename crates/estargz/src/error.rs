@@ -78,7 +78,9 @@ pub enum TocError {
         offset: u64,
         toc_offset: u64,
     },
-    #[error("file {name:?}: a chunk of {size} bytes is over the cap of {cap}")]
+    #[error(
+        "file {name:?}: a chunk of {size} bytes (with its inner offset) is over the cap of {cap}"
+    )]
     ChunkTooLarge { name: String, size: u64, cap: u64 },
 }
 

@@ -521,10 +521,13 @@ impl Builder {
                 if c.file_offset != pos || end <= pos || end > size {
                     return Err(TocError::ChunkLayout(name()));
                 }
-                if end - pos > MAX_CHUNK_SIZE {
+                // The bytes skipped before the chunk are decompressed too, so
+                // they count (members packing small files stay far below).
+                let decompressed = c.inner_offset.saturating_add(end - pos);
+                if decompressed > MAX_CHUNK_SIZE {
                     return Err(TocError::ChunkTooLarge {
                         name: name(),
-                        size: end - pos,
+                        size: decompressed,
                         cap: MAX_CHUNK_SIZE,
                     });
                 }

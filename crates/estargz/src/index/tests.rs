@@ -248,6 +248,9 @@ fn rejects_bad_tocs() {
         TocError::ChunkTooLarge { .. }
     ));
     build(vec![reg("x", cap, 5)]).unwrap();
+    let mut skip = reg("x", 3, 5);
+    skip.inner_offset = cap;
+    assert!(matches!(bad(vec![skip]), TocError::ChunkTooLarge { .. }));
     let mut nd = reg("x", 3, 5);
     nd.chunk_digest = "md5:abc".into();
     assert!(matches!(bad(vec![nd]), TocError::MissingChunkDigest(_)));

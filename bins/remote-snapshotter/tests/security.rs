@@ -223,10 +223,13 @@ async fn tls_is_verified_with_the_configured_ca() {
         .to_string();
     let image = format!("{}/tls/app:v1", reg.host());
 
-    // (case, CA file in the hosts config, mounted remotely?)
-    for (name, ca_path, remote) in [
-        ("unrelated CA", &other_ca, false),
-        ("registry CA", &ca.ca, true),
+    // (case, the host's hosts-config lines, mounted remotely?)
+    let with_ca = |p: &Path| format!("ca = \"{}\"", p.display());
+    for (name, host_cfg, remote) in [
+        ("unrelated CA", with_ca(&other_ca), false),
+        ("registry CA", with_ca(&ca.ca), true),
+        // Explicitly insecure: HTTPS without verification, for this host only.
+        ("skip_verify", "skip_verify = true".to_string(), true),
     ] {
         let dir = scratch.path().join(name.replace(' ', "-"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -234,9 +237,8 @@ async fn tls_is_verified_with_the_configured_ca() {
             dir.join("config.toml"),
             format!(
                 "noprefetch = true\nno_background_fetch = true\n[blob]\nmax_retries = 0\n\
-                 [resolver.host.\"{}\"]\nca = \"{}\"\n",
+                 [resolver.host.\"{}\"]\n{host_cfg}\n",
                 reg.host(),
-                ca_path.display()
             ),
         )
         .unwrap();

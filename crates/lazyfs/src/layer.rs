@@ -38,7 +38,17 @@ pub struct LazyLayer {
     /// blob readahead has gone.
     last_blob_end: AtomicU64,
     blob_ahead_until: AtomicU64,
+    /// Files whose last read failed only after waiting (a silent registry),
+    /// and when. The kernel retries a failed page read at once (readahead,
+    /// then the page alone); without this each retry waits the whole fetch
+    /// timeout again and one read(2) takes several timeouts.
+    slow_failures: Mutex<std::collections::HashMap<u64, Instant>>,
 }
+
+/// How long a slow failure of a file is answered at once: long enough for
+/// the kernel's immediate retries, short enough that a reader trying again
+/// after a recovery does not notice.
+const SLOW_FAILURE_MEMORY: Duration = Duration::from_millis(250);
 
 /// Per-open-file state: where a sequential reader is, how far ahead we fetched.
 #[derive(Debug, Default)]
@@ -106,6 +116,7 @@ impl LazyLayer {
             blob_order,
             last_blob_end: AtomicU64::new(0),
             blob_ahead_until: AtomicU64::new(0),
+            slow_failures: Mutex::new(Default::default()),
         })
     }
 
@@ -198,17 +209,33 @@ impl LazyLayer {
             return Ok(Bytes::new());
         }
         let timeout = self.cfg.fetch_timeout();
+        let memory = SLOW_FAILURE_MEMORY.min(timeout / 2);
+        let recent = self.slow_failures.lock().get(&ino).copied();
+        if recent.is_some_and(|t| t.elapsed() < memory) {
+            return Err(self.read_error(ino, FetchError::Timeout(timeout)));
+        }
+        let started = Instant::now();
         let got = tokio::time::timeout(
             timeout,
             self.fetcher.get_chunks(chunks, FetchClass::OnDemand),
         )
         .await
-        .map_err(|_| self.read_error(ino, FetchError::Timeout(timeout)))?;
-        let mut parts = Vec::with_capacity(got.len());
-        for r in got {
-            parts.push(r.map_err(|e| self.read_error(ino, e))?);
+        .map_err(|_| FetchError::Timeout(timeout))
+        .and_then(|got| got.into_iter().collect::<Result<Vec<_>, _>>());
+        match got {
+            Ok(parts) => {
+                if recent.is_some() {
+                    self.slow_failures.lock().remove(&ino);
+                }
+                Ok(assemble(chunks, parts, off, len.min(node.size - off)))
+            }
+            Err(e) => {
+                if !e.is_corrupt() && started.elapsed() >= timeout / 2 {
+                    self.slow_failures.lock().insert(ino, Instant::now());
+                }
+                Err(self.read_error(ino, e))
+            }
         }
-        Ok(assemble(chunks, parts, off, len.min(node.size - off)))
     }
 
     fn read_error(&self, ino: u64, e: FetchError) -> Error {

@@ -209,6 +209,34 @@ async fn stalled_source_times_out_and_recovers() {
     assert!(f.layer.read(i, 0, 10).await.is_ok());
 }
 
+/// The kernel retries a failed page read at once; a retry right after a
+/// slow failure must not wait the whole timeout again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_right_after_a_slow_failure_fails_at_once_then_reads_again() {
+    let f = fixture(sample(), cfg(), Arc::new(ChunkCache::memory_only(1 << 20)));
+    let i = ino(&f.t, "big");
+    f.src.stall.store(true, SeqCst);
+    let t0 = Instant::now();
+    assert!(f.layer.read(i, 0, 10).await.is_err());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    let t1 = Instant::now();
+    let err = f.layer.read(i, 0, 10).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(
+        t1.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t1.elapsed()
+    );
+    // Remembered briefly (250 ms): then the next read asks again.
+    f.src.stall.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(f.layer.read(i, 0, 10).await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_fetches_the_prioritized_range_in_one_request() {
     let mut t = TestLayer::new(1000);

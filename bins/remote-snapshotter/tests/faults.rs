@@ -707,6 +707,10 @@ fn daemon_sigkill_and_containerd_restart_under_running_containers() {
             .collect::<Vec<_>>()
     );
     assert!(
+        daemon_log(s).contains("cleaned a dead mount"),
+        "the restarted daemon did not find the dead mounts"
+    );
+    assert!(
         dead_mounts(s).is_empty(),
         "dead mounts left: {:?}",
         dead_mounts(s)

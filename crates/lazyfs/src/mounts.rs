@@ -79,13 +79,19 @@ pub fn is_fuse_mounted(path: &Path) -> bool {
     })
 }
 
-/// `stat` in a helper thread so a hung FUSE server cannot hang the caller.
+/// `statfs` in a helper thread so a hung FUSE server cannot hang the caller.
+/// statfs, not stat: the kernel answers stat of a mount root from cached
+/// attributes even after the server died; statfs always asks the server.
 /// `None`: no answer in time.
-fn stat_with_timeout(path: &Path, t: Duration) -> Option<std::io::Result<std::fs::Metadata>> {
+fn stat_with_timeout(path: &Path, t: Duration) -> Option<std::io::Result<()>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let p = path.to_path_buf();
     std::thread::spawn(move || {
-        let _ = tx.send(std::fs::metadata(&p));
+        let _ = tx.send(
+            rustix::fs::statfs(&p)
+                .map(|_| ())
+                .map_err(std::io::Error::from),
+        );
     });
     rx.recv_timeout(t).ok()
 }

@@ -15,6 +15,9 @@
 #   lazy        `rsnap pull` of the eStargz image + `ctr run --snapshotter=remote`
 #               (daemon defaults: background fetch on)
 #   lazy-nobg   the same with no_background_fetch = true
+#   opt-nobg    lazy-nobg on the optimized image (rsnap convert --prioritized-files
+#               with the files the command opens, traced with strace; prefetched
+#               before each layer is reported mounted)
 # Cold before every case: image removed with `ctr images rm --sync`, our daemon
 # restarted on an empty root (cache), page cache dropped.
 # Daemon RSS (VmRSS, VmHWM) idle, after pull, after run, and after the
@@ -28,7 +31,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 RUNS="${1:-3}"
 DELAY_MS="${DELAY_MS:-15}"
 MBIT="${MBIT:-200}"
-CASES="${CASES:-overlayfs lazy lazy-nobg}"
+CASES="${CASES:-overlayfs lazy lazy-nobg opt-nobg}"
 NETS="${NETS:-loopback wan}"
 
 if [ -z "${RSNAP:-}" ]; then
@@ -61,6 +64,24 @@ if [ ! -f "$OCI.done" ]; then
   "$RSNAP" convert "oci:$OCI:v1" "oci:$OCI:v1-esgz" >/dev/null 2>&1
   touch "$OCI.done"
 fi
+# The optimized variant: the files the command opens (strace in a chroot of
+# the merged layers) go first in their layers, before .prefetch.landmark.
+if [ ! -f "$OCI.opt.done" ]; then
+  log "optimized variant: trace the command, rsnap convert --prioritized-files"
+  m="$BENCH_CACHE/trace.merged"; mkdir -p "$m"
+  mount -t overlay overlay -o "lowerdir=$APP:$BENCH_CACHE/python3:$BENCH_CACHE/rootfs" "$m"
+  rc=0
+  strace -f -qq -e trace=open,openat,execve -o "$BENCH_CACHE/trace.log" chroot "$m" python3 /app/run.py >/dev/null || rc=$?
+  # successful opens and execs, resolved inside the image, regular files only, first-use order
+  grep -v ' = -1 ' "$BENCH_CACHE/trace.log" | grep -oE '(open|openat|execve)\([^"]*"[^"]+"' |
+    sed -E 's/.*"([^"]+)"$/\1/' | grep '^/' | awk '!seen[$0]++' |
+    chroot "$m" xargs -r readlink -f 2>/dev/null | awk '!seen[$0]++' |
+    while read -r f; do [ -f "$m$f" ] && [ ! -L "$m$f" ] && echo "$f"; done >"$BENCH_CACHE/prioritized.txt" || true
+  umount "$m"; rmdir "$m"
+  [ "$rc" = 0 ] || { echo "tracing the command failed" >&2; exit 1; }
+  "$RSNAP" convert --prioritized-files "$BENCH_CACHE/prioritized.txt" "oci:$OCI:v1" "oci:$OCI:v1-opt" >/dev/null 2>&1
+  touch "$OCI.opt.done"
+fi
 want="$(sha256sum "$APP/app/data/042.bin" | cut -d' ' -f1)"
 layers_of() { # TAG -> total compressed layer bytes
   local m; m="$(jq -r --arg t "$1" '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == $t) | .digest' "$OCI/index.json")"
@@ -73,7 +94,7 @@ UNPACKED="$(du -sb "$BENCH_CACHE/rootfs" "$BENCH_CACHE/python3" "$APP" | awk '{s
 lib_init
 S="$LIB_SCRATCH"
 start_registry "$S/registry"
-for tag in v1 v1-esgz; do
+for tag in v1 v1-esgz v1-opt; do
   skopeo copy --quiet --dest-tls-verify=false "oci:$OCI:$tag" "docker://$REGISTRY/bench/py:$tag"
 done
 start_wanproxy "${REGISTRY##*:}" 0 0 "$S/lo.stats"; LO="$WAN"
@@ -117,11 +138,15 @@ id=0
 for r in $(seq "$RUNS"); do
   for net in $NETS; do
     for c in $CASES; do
-      cfg=""; [ "$c" = lazy-nobg ] && cfg="no_background_fetch = true"
+      cfg=""; case "$c" in *-nobg) cfg="no_background_fetch = true" ;; esac
       cold "$cfg"
       l="$(loadavg)"; loads+=("$l")
       log "run $r/$RUNS $net $c (load $l)"
-      ref="${HOST[$net]}/bench/py:v1-esgz"; [ "$c" = overlayfs ] && ref="${HOST[$net]}/bench/py:v1"
+      case "$c" in
+        overlayfs) ref="${HOST[$net]}/bench/py:v1" ;;
+        opt*) ref="${HOST[$net]}/bench/py:v1-opt" ;;
+        *) ref="${HOST[$net]}/bench/py:v1-esgz" ;;
+      esac
       b0="$(wan_down "${STATS[$net]}")"
       idle="$(rss "$DAEMON_PID")"
       t0="$(now)"

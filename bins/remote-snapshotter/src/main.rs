@@ -65,6 +65,7 @@ fn init_logging(a: &Args) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tune_allocator();
     let args = Args::parse();
     init_logging(&args)?;
     let cfg = config::Config::load(&args.config, args.config.as_os_str() == DEFAULT_CONFIG)?;
@@ -121,4 +122,20 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// glibc malloc keeps freed memory per thread arena: with many runtime and
+/// FUSE threads passing multi-megabyte fetch buffers around, RSS grew to
+/// several times the live data (benchmarks: 370-400 MiB after a background
+/// fetch, ~190 MiB with these settings). Few arenas, and big buffers from
+/// mmap so that freeing them returns the memory at once.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before the
+    // daemon starts its own work.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 20);
+    }
 }

@@ -35,6 +35,10 @@ pub struct Config {
     /// How far ahead in the blob to fetch when reads walk the blob in order
     /// (say, `cat dir/*` over files stored one after another).
     pub blob_readahead_bytes: u64,
+    /// Background fetch waits until no layer of this process has had an
+    /// on-demand request for this long (also right after mounting), so a
+    /// pull and a starting container get the link to themselves.
+    pub background_quiet_ms: u64,
     /// Stop background fetch when the disk cache is this full (0..1), so it
     /// never evicts what readers use.
     pub background_max_cache_fill: f64,
@@ -65,6 +69,7 @@ impl Default for Config {
             coalesce_gap_bytes: 64 << 10,
             readahead_bytes: 8 << 20,
             blob_readahead_bytes: 8 << 20,
+            background_quiet_ms: 2000,
             background_max_cache_fill: 0.8,
             fuse_threads: 4,
             read_ahead_kb: 4096,

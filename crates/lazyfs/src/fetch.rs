@@ -56,6 +56,7 @@ pub struct FetchSettings {
     pub max_request_bytes: u64,
     pub background_request_bytes: u64,
     pub coalesce_gap_bytes: u64,
+    pub background_quiet: Duration,
 }
 
 impl FetchSettings {
@@ -67,6 +68,7 @@ impl FetchSettings {
             max_request_bytes: c.max_request_bytes.max(1),
             background_request_bytes: c.background_request_bytes.max(1),
             coalesce_gap_bytes: c.coalesce_gap_bytes,
+            background_quiet: Duration::from_millis(c.background_quiet_ms),
         }
     }
 }
@@ -133,11 +135,31 @@ pub(crate) fn plan_spans(ranges: &[(u64, u64)], gap: u64, max: u64) -> Vec<(u64,
     out
 }
 
+/// When any layer of this process last had an on-demand request running
+/// (ms since the first call): background fetch of every layer yields to
+/// reads of every layer, not just its own.
+static LAST_FOREGROUND_MS: AtomicU64 = AtomicU64::new(0);
+
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// Note on-demand activity now (also used to hold background fetch back
+/// right after a mount).
+pub(crate) fn note_foreground() {
+    LAST_FOREGROUND_MS.fetch_max(clock_ms(), Relaxed);
+}
+
 /// Counts a running on-demand request; wakes background fetch when none is left.
 struct Foreground<'a>(&'a Fetcher);
 
 impl Drop for Foreground<'_> {
     fn drop(&mut self) {
+        note_foreground();
         if self.0.fg_active.fetch_sub(1, Relaxed) == 1 {
             self.0.fg_idle.notify_waiters();
         }
@@ -317,6 +339,7 @@ impl Fetcher {
                 if class == FetchClass::OnDemand {
                     // Counted before the task starts so background fetch yields at once.
                     self.fg_active.fetch_add(1, Relaxed);
+                    note_foreground();
                 }
                 tokio::spawn(async move { me.run_span(Span { start, end, chunks }, class).await });
             }
@@ -336,11 +359,21 @@ impl Fetcher {
         results.into_iter().map(|r| r.expect("filled")).collect()
     }
 
+    /// Wait until this layer has no on-demand request running and no layer
+    /// has had one for `background_quiet`.
     async fn wait_foreground_idle(&self) {
-        while self.foreground_busy() {
-            let notified = self.fg_idle.notified();
-            // notify_waiters only wakes registered waiters: poll as a fallback.
-            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        let quiet = self.cfg.background_quiet.as_millis() as u64;
+        loop {
+            while self.foreground_busy() {
+                let notified = self.fg_idle.notified();
+                // notify_waiters only wakes registered waiters: poll as a fallback.
+                let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+            }
+            let idle = clock_ms().saturating_sub(LAST_FOREGROUND_MS.load(Relaxed));
+            if idle >= quiet {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(quiet - idle)).await;
         }
     }
 

@@ -419,6 +419,9 @@ impl LazyLayer {
         if slot.is_some() {
             return;
         }
+        // A fresh mount means a pull or a container start is under way:
+        // background fetch waits for its quiet period from now.
+        crate::fetch::note_foreground();
         let weak = Arc::downgrade(self);
         *slot = Some(self.rt.spawn(background_fetch(weak)));
     }

@@ -25,6 +25,9 @@ fn cfg() -> Config {
         fetch_timeout_sec: 1,
         no_background_fetch: true,
         readahead_bytes: 0,
+        // Tests in this process read in parallel; the quiet period is
+        // process-wide, so only the test of it turns it on.
+        background_quiet_ms: 0,
         ..Config::default()
     }
 }
@@ -318,6 +321,37 @@ async fn background_fetch_gets_everything_in_large_requests() {
     assert_eq!(json["fetchedPercent"], 100.0);
     assert_eq!(json["size"], f.layer.blob_size());
     assert_eq!(json["digest"], "sha256:layer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_fetch_waits_for_a_quiet_period_after_mount() {
+    let mut t = TestLayer::new(1000);
+    for k in 0..4u8 {
+        t.file(&format!("f{k}"), &data(3000, k), 0o644);
+    }
+    let c = Config {
+        no_background_fetch: false,
+        background_quiet_ms: 400,
+        ..cfg()
+    };
+    let f = fixture(t, c, Arc::new(ChunkCache::memory_only(1 << 20)));
+    let t0 = Instant::now();
+    f.layer.start_background_fetch();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        f.layer.stats().snapshot().background_bytes,
+        0,
+        "background fetch started before the quiet period"
+    );
+    while f.layer.background_running() && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.layer.fetched_bytes(), f.layer.blob_size());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

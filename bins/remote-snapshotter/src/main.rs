@@ -8,6 +8,7 @@
 
 mod config;
 mod metrics;
+mod preopen;
 mod remotefs;
 
 use anyhow::Context;

@@ -11,7 +11,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::runtime::Handle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+use crate::preopen::{self, Preopened};
+use futures::FutureExt;
 
 use estargz::toc::TOC_DIGEST_ANNOTATION as TOC_DIGEST;
 use snapshotter::remote::labels::{DIGEST_KEYS, REF_KEYS};
@@ -53,10 +56,13 @@ pub fn build_remote_fs(cfg: &Config, root: &Path) -> anyhow::Result<Arc<dyn Remo
     }
     let client = registry::Client::new(ccfg)?;
     Ok(Arc::new(LazyRemoteFs {
-        client,
-        cfg: lcfg,
-        cache,
-        rt: Handle::current(),
+        opener: Opener {
+            client,
+            cfg: lcfg,
+            cache,
+            rt: Handle::current(),
+        },
+        preopened: Arc::new(Preopened::default()),
         mounts: tokio::sync::Mutex::new(HashMap::new()),
     }))
 }
@@ -83,11 +89,18 @@ fn lazy_config(cfg: &Config, root: &Path) -> lazyfs::Config {
     l
 }
 
-struct LazyRemoteFs {
+/// What opening a layer needs; cheap to clone into a spawned task.
+#[derive(Clone)]
+struct Opener {
     client: registry::Client,
     cfg: lazyfs::Config,
     cache: Arc<ChunkCache>,
     rt: Handle,
+}
+
+struct LazyRemoteFs {
+    opener: Opener,
+    preopened: Arc<Preopened>,
     mounts: tokio::sync::Mutex<HashMap<PathBuf, MountHandle>>,
 }
 
@@ -107,59 +120,48 @@ fn registry_err(e: registry::Error) -> RemoteFsError {
     }
 }
 
-impl LazyRemoteFs {
-    /// The layer's size and TOC digest from the image manifest, for callers
-    /// (CRI, containerd's unpacker without annotations) that did not pass them.
+impl Opener {
+    /// Size and TOC digest of every layer of the image manifest, for
+    /// callers (CRI, containerd's unpacker without annotations) that did not
+    /// pass them, and for pre-opening the other layers.
     async fn layer_facts(
         &self,
         image: &Reference,
-        digest: &str,
-    ) -> Result<(Option<u64>, Option<String>), RemoteFsError> {
+    ) -> Result<HashMap<String, (u64, Option<String>)>, RemoteFsError> {
         let m = self
             .client
             .fetch_manifest(image)
             .await
             .map_err(registry_err)?;
-        let layer = m
-            .manifest
+        Ok(m.manifest
             .layers()
             .iter()
-            .find(|l| l.digest().to_string() == digest);
-        Ok(match layer {
-            Some(l) => (
-                Some(l.size()),
-                l.annotations()
+            .map(|l| {
+                let toc = l
+                    .annotations()
                     .as_ref()
                     .and_then(|a| a.get(TOC_DIGEST))
-                    .cloned(),
-            ),
-            None => (None, None),
-        })
+                    .cloned();
+                (l.digest().to_string(), (l.size(), toc))
+            })
+            .collect())
     }
 
-    async fn open_layer(&self, labels: &Labels) -> Result<Arc<LazyLayer>, RemoteFsError> {
-        let image = first(labels, &REF_KEYS)
-            .ok_or_else(|| RemoteFsError::NotRemote("no image reference label".into()))?;
-        let digest = first(labels, &DIGEST_KEYS)
-            .ok_or_else(|| RemoteFsError::NotRemote("no layer digest label".into()))?;
-        let image = Reference::parse(image).map_err(|e| RemoteFsError::NotRemote(e.to_string()))?;
-        let (size, toc) = match labels.get(TOC_DIGEST) {
-            Some(t) => (None, Some(t.clone())),
-            None => self.layer_facts(&image, digest).await?,
-        };
-        // Without a TOC digest from the verified manifest the TOC cannot be
-        // trusted, so the layer is not served lazily.
-        let toc = toc.ok_or_else(|| {
-            RemoteFsError::NotRemote(format!("layer {digest} has no {TOC_DIGEST}"))
-        })?;
+    async fn open(
+        self,
+        image: Reference,
+        digest: String,
+        size: Option<u64>,
+        toc: String,
+    ) -> Result<Arc<LazyLayer>, RemoteFsError> {
         let reader = self
             .client
-            .blob_reader(&image, digest, size)
+            .blob_reader(&image, &digest, size)
             .await
             .map_err(registry_err)?;
         LazyLayer::open(
             Arc::new(reader),
-            digest,
+            &digest,
             Some(&toc),
             &self.cfg,
             self.cache.clone(),
@@ -173,6 +175,82 @@ impl LazyRemoteFs {
                 RemoteFsError::NotRemote(e.to_string())
             }
         })
+    }
+}
+
+impl LazyRemoteFs {
+    async fn open_layer(&self, labels: &Labels) -> Result<Arc<LazyLayer>, RemoteFsError> {
+        let image = first(labels, &REF_KEYS)
+            .ok_or_else(|| RemoteFsError::NotRemote("no image reference label".into()))?;
+        let digest = first(labels, &DIGEST_KEYS)
+            .ok_or_else(|| RemoteFsError::NotRemote("no layer digest label".into()))?;
+        let image = Reference::parse(image).map_err(|e| RemoteFsError::NotRemote(e.to_string()))?;
+        let (size, toc) = match labels.get(TOC_DIGEST) {
+            Some(t) => (None, Some(t.clone())),
+            None => self
+                .opener
+                .layer_facts(&image)
+                .await?
+                .remove(digest)
+                .map_or((None, None), |(s, t)| (Some(s), t)),
+        };
+        // Without a TOC digest from the verified manifest the TOC cannot be
+        // trusted, so the layer is not served lazily.
+        let toc = toc.ok_or_else(|| {
+            RemoteFsError::NotRemote(format!("layer {digest} has no {TOC_DIGEST}"))
+        })?;
+        self.preopen_others(&image, digest, labels);
+        if let Some(opening) = self.preopened.take(digest, &toc) {
+            if let Some(layer) = opening.await {
+                debug!(layer = %digest, "using the layer opened ahead");
+                return Ok(layer);
+            }
+        }
+        self.opener
+            .clone()
+            .open(image, digest.to_string(), size, toc)
+            .await
+    }
+
+    /// Start opening the other layers the labels list (verified TOC digests
+    /// from the manifest), once per image and minute.
+    fn preopen_others(&self, image: &Reference, current: &str, labels: &Labels) {
+        let listed = preopen::listed_layers(labels);
+        if listed.len() < 2 || !self.preopened.claim_image(&image.to_string()) {
+            return;
+        }
+        let (opener, pre, image, current) = (
+            self.opener.clone(),
+            self.preopened.clone(),
+            image.clone(),
+            current.to_string(),
+        );
+        self.opener.rt.spawn(async move {
+            let facts = match opener.layer_facts(&image).await {
+                Ok(f) => f,
+                Err(e) => {
+                    debug!(image = %image, error = %e, "not opening layers ahead");
+                    return;
+                }
+            };
+            for d in listed.iter().filter(|d| **d != current) {
+                let Some((size, Some(toc))) = facts.get(d).cloned() else {
+                    continue;
+                };
+                if pre.contains(d, &toc) {
+                    continue;
+                }
+                let open = opener
+                    .clone()
+                    .open(image.clone(), d.clone(), Some(size), toc.clone());
+                let task = opener.rt.spawn(open);
+                pre.insert(
+                    d,
+                    &toc,
+                    async move { task.await.ok().and_then(Result::ok) }.boxed(),
+                );
+            }
+        });
     }
 }
 

@@ -69,7 +69,7 @@ impl Default for Config {
             coalesce_gap_bytes: 64 << 10,
             readahead_bytes: 8 << 20,
             blob_readahead_bytes: 8 << 20,
-            background_quiet_ms: 2000,
+            background_quiet_ms: 5000,
             background_max_cache_fill: 0.8,
             fuse_threads: 4,
             read_ahead_kb: 4096,

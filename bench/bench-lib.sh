@@ -104,3 +104,23 @@ stop_pid() { # stop one process we started, by PID
 }
 # bytes delivered from the upstream so far, from a wanproxy stats file
 wan_down() { sleep 0.15; sed -n 's/^down=\([0-9]*\).*/\1/p' "$1"; }
+
+# The release rsnap (RSNAP=/path skips the build); needs $repo.
+bench_rsnap() {
+  if [ -z "${RSNAP:-}" ]; then
+    (cd "$repo" && cargo build --release -q -p rsnap)
+  fi
+  echo "${RSNAP:-${CARGO_TARGET_DIR:-$repo/target}/release/rsnap}"
+}
+
+# timed CMD... -> prints "WALL CPU" (CPU = user + sys of the command and its
+# children); CPU time is less sensitive than wall time to other load.
+timed() {
+  local TIMEFORMAT='%R %U %S' t
+  t="$( { time "$@" >/dev/null; } 2>&1 | tail -n 1)"
+  awk '{printf "%.2f %.2f\n", $1, $2 + $3}' <<<"$t"
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.2f%%", (a / b - 1) * 100}'; }
+cpu_model() { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'; }

@@ -20,10 +20,11 @@ LEVEL="${LEVEL:-9}"
 RUNS="${RUNS:-3}"
 CHUNK="${CHUNK:-4194304}"
 EXTRA_PACKAGES=debootstrap "$repo/scripts/install-deps.sh"
-# shellcheck source=bench/common.sh
-. "$repo/bench/common.sh"
+# shellcheck source=bench/bench-lib.sh
+. "$repo/bench/bench-lib.sh"
 rsnap="$(bench_rsnap)"
-rootfs="$(bench_rootfs)"
+ensure_minbase
+rootfs="$BENCH_CACHE/rootfs"
 
 lib_init
 S="$LIB_SCRATCH"
@@ -38,7 +39,7 @@ start_containerd "$S/containerd"
 tar -C "$S/oci" -cf "$S/img.tar" .
 ctrd images import --no-unpack --base-name bench/src "$S/img.tar" >/dev/null
 
-load="$(cut -d' ' -f1-3 /proc/loadavg)"
+load="$(loadavg)"
 go_times=(); rs_times=(); go_cpu=(); rs_cpu=()
 for i in $(seq "$RUNS"); do
   log "run $i/$RUNS: ctr-remote"

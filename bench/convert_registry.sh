@@ -19,10 +19,11 @@ LEVEL="${LEVEL:-9}"
 RUNS="${RUNS:-3}"
 CHUNK="${CHUNK:-4194304}"
 EXTRA_PACKAGES="debootstrap curl" "$repo/scripts/install-deps.sh"
-# shellcheck source=bench/common.sh
-. "$repo/bench/common.sh"
+# shellcheck source=bench/bench-lib.sh
+. "$repo/bench/bench-lib.sh"
 rsnap="$(bench_rsnap)"
-rootfs="$(bench_rootfs)"
+ensure_minbase
+rootfs="$BENCH_CACHE/rootfs"
 
 lib_init
 S="$LIB_SCRATCH"
@@ -50,7 +51,7 @@ layer_size() { # REPO
     "http://$REGISTRY/v2/$1/manifests/v1" | jq '[.layers[].size] | add'
 }
 
-load="$(cut -d' ' -f1-3 /proc/loadavg)"
+load="$(loadavg)"
 go_times=(); rs_times=(); go_cpu=(); rs_cpu=()
 for i in $(seq "$RUNS"); do
   log "run $i/$RUNS: ctr-remote pull + convert + push"

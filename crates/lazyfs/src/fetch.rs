@@ -359,16 +359,22 @@ impl Fetcher {
         results.into_iter().map(|r| r.expect("filled")).collect()
     }
 
-    /// Wait until this layer has no on-demand request running and no layer
-    /// has had one for `background_quiet`.
     async fn wait_foreground_idle(&self) {
+        while self.foreground_busy() {
+            let notified = self.fg_idle.notified();
+            // notify_waiters only wakes registered waiters: poll as a fallback.
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+
+    /// Wait until this layer has no on-demand request running and no layer
+    /// has had one for `background_quiet`. Background fetch calls this
+    /// before it claims a batch: a reader that wants a chunk of a claimed
+    /// batch joins that fetch, so the wait must not come after the claim.
+    pub async fn wait_quiet(&self) {
         let quiet = self.cfg.background_quiet.as_millis() as u64;
         loop {
-            while self.foreground_busy() {
-                let notified = self.fg_idle.notified();
-                // notify_waiters only wakes registered waiters: poll as a fallback.
-                let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
-            }
+            self.wait_foreground_idle().await;
             let idle = clock_ms().saturating_sub(LAST_FOREGROUND_MS.load(Relaxed));
             if idle >= quiet {
                 return;

@@ -477,6 +477,11 @@ async fn background_fetch(weak: Weak<LazyLayer>) {
             let Some(batch) = retry.take().or_else(|| queue.next()) else {
                 break;
             };
+            let Some(fetcher) = weak.upgrade().map(|l| l.fetcher.clone()) else {
+                return;
+            };
+            fetcher.wait_quiet().await;
+            drop(fetcher);
             let Some(layer) = weak.upgrade() else { return };
             let cache = layer.fetcher.cache();
             if cache.has_disk() && cache.disk_fill() >= max_fill {

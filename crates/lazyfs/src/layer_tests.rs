@@ -355,6 +355,31 @@ async fn background_fetch_waits_for_a_quiet_period_after_mount() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_never_waits_for_the_background_quiet_period() {
+    let mut t = TestLayer::new(1000);
+    for k in 0..8u8 {
+        t.file(&format!("f{k}"), &data(3000, k), 0o644);
+    }
+    let c = Config {
+        no_background_fetch: false,
+        background_quiet_ms: 3000,
+        ..cfg()
+    };
+    let f = fixture(t, c, Arc::new(ChunkCache::memory_only(1 << 20)));
+    f.layer.start_background_fetch();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Background fetch is holding back; a reader must fetch for itself,
+    // not join a batch background fetch claimed and then parked.
+    let t0 = Instant::now();
+    f.layer.read(ino(&f.t, "f0"), 0, 3000).await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_fetch_yields_to_readers() {
     let mut t = TestLayer::new(1000);
     for k in 0..40u8 {

@@ -42,7 +42,15 @@ fn mounted_layer_matches_its_tar() {
     // And again from the page cache / chunk cache.
     compare(&l, m.path());
     let s = m.layer.stats().snapshot();
-    assert!(s.on_demand_bytes > 0 && s.on_demand_bytes <= blob.bytes.len() as u64);
+    // A request may span a small gap holding a member another request is
+    // already fetching (coalescing), so a few bytes can come twice; a
+    // layer's worth twice would be a bug.
+    let size = blob.bytes.len() as u64;
+    assert!(
+        s.on_demand_bytes > 0 && s.on_demand_bytes <= size + size / 20,
+        "{s:?}, blob {}",
+        blob.bytes.len()
+    );
 }
 
 #[test]

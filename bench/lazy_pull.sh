@@ -176,10 +176,12 @@ for r in $(seq "$RUNS"); do
         rss_rows+=("| $net, $c, run $r | ${idle/ //} | ${pulled/ //} | ${ran/ //} |")
       fi
       if [ "$r" = 1 ] && [ "$net" = loopback ] && [ "$c" = lazy ]; then
-        # Wait for the background fetch to finish (registry bytes stop growing).
+        # Wait for the background fetch to finish: it starts after 5 s
+        # without on-demand reads, then registry bytes grow until done.
+        sleep 7
         last=-1; cur="$(wan_down "${STATS[$net]}")"; waited=0
         while [ "$cur" != "$last" ] && [ "$waited" -lt 120 ]; do
-          sleep 2; waited=$((waited + 2)); last="$cur"; cur="$(wan_down "${STATS[$net]}")"
+          sleep 3; waited=$((waited + 3)); last="$cur"; cur="$(wan_down "${STATS[$net]}")"
         done
         BG_RSS="$(rss "$DAEMON_PID")"; BG_BYTES="$((cur - b0))"
       fi

@@ -72,6 +72,11 @@ fn lazy_config(cfg: &Config, root: &Path) -> lazyfs::Config {
         noprefetch: cfg.noprefetch,
         no_background_fetch: cfg.no_background_fetch,
         cache_dir: Some(root.join("cache")),
+        // The daemon has the disk tier and the kernel's page cache holds
+        // what containers read, so a small memory tier only saves a disk
+        // read of hot chunks: 16 MiB took its RSS after the python
+        // benchmark's run from 88 to 54 MiB at the same speed.
+        memory_cache_bytes: 16 << 20,
         ..lazyfs::Config::default()
     };
     if let Some(t) = cfg.prefetch_timeout_sec {

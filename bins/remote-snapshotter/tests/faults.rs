@@ -299,6 +299,41 @@ fn registry_killed_while_a_container_reads() {
     finish(s, ctrd, daemon);
 }
 
+/// What the proxied cases share: the image in a real registry, our fault
+/// proxy in front of it, the daemon (`retries`, 100 ms first backoff) and
+/// containerd, and the image pulled lazily through the proxy. Fields are
+/// in start order, so they drop (stop) in reverse.
+struct Proxied {
+    _reg: Registry,
+    proxy: FaultProxy,
+    daemon: common::Daemon,
+    ctrd: Containerd,
+    image: String,
+    files: Vec<Vec<u8>>,
+    layer: String,
+}
+
+fn proxied(s: &Path, retries: u32) -> Proxied {
+    let (layout, files, layer) = build_image(s);
+    let reg = Registry::start(s);
+    let proxy = FaultProxy::start(reg.port);
+    skopeo_push(&layout, "v1", &format!("{}/f/app:v1", reg.host()));
+    write_config(s, retries, 100);
+    let daemon = common::start(s, &[]);
+    let ctrd = Containerd::start(s, Some(&daemon.sock));
+    let image = format!("{}/f/app:v1", proxy.host());
+    pull(&ctrd, &image, &[]);
+    Proxied {
+        _reg: reg,
+        proxy,
+        daemon,
+        ctrd,
+        image,
+        files,
+        layer,
+    }
+}
+
 #[test]
 fn error_storms_and_whole_blob_answers() {
     if !e2e::require_root_tools(TOOLS) {
@@ -306,16 +341,16 @@ fn error_storms_and_whole_blob_answers() {
     }
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
-    let (layout, files, _) = build_image(s);
-    let reg = Registry::start(s);
-    let proxy = FaultProxy::start(reg.port);
-    skopeo_push(&layout, "v1", &format!("{}/f/app:v1", reg.host()));
     let retries = 3;
-    write_config(s, retries, 100);
-    let daemon = common::start(s, &[]);
-    let ctrd = Containerd::start(s, Some(&daemon.sock));
-    let image = format!("{}/f/app:v1", proxy.host());
-    pull(&ctrd, &image, &[]);
+    let Proxied {
+        _reg,
+        proxy,
+        daemon,
+        ctrd,
+        image,
+        files,
+        ..
+    } = proxied(s, retries);
     let id = start_sleeper(&ctrd, &image);
     let baseline = read_ok(&ctrd, &id, &files, 23);
 
@@ -392,15 +427,15 @@ fn stalled_bodies_and_corrupted_chunks() {
     }
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
-    let (layout, files, layer) = build_image(s);
-    let reg = Registry::start(s);
-    let proxy = FaultProxy::start(reg.port);
-    skopeo_push(&layout, "v1", &format!("{}/f/app:v1", reg.host()));
-    write_config(s, 2, 100);
-    let daemon = common::start(s, &[]);
-    let ctrd = Containerd::start(s, Some(&daemon.sock));
-    let image = format!("{}/f/app:v1", proxy.host());
-    pull(&ctrd, &image, &[]);
+    let Proxied {
+        _reg,
+        proxy,
+        daemon,
+        ctrd,
+        image,
+        files,
+        layer,
+    } = proxied(s, 2);
     let id = start_sleeper(&ctrd, &image);
     read_ok(&ctrd, &id, &files, 23);
 
@@ -802,15 +837,15 @@ fn daemon_restarts_while_the_registry_is_unreachable() {
     }
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();
-    let (layout, files, _) = build_image(s);
-    let reg = Registry::start(s);
-    let proxy = FaultProxy::start(reg.port);
-    skopeo_push(&layout, "v1", &format!("{}/f/app:v1", reg.host()));
-    write_config(s, 2, 100);
-    let daemon = common::start(s, &[]);
-    let ctrd = Containerd::start(s, Some(&daemon.sock));
-    let image = format!("{}/f/app:v1", proxy.host());
-    pull(&ctrd, &image, &[]);
+    let Proxied {
+        _reg,
+        proxy,
+        daemon,
+        ctrd,
+        image,
+        files,
+        ..
+    } = proxied(s, 2);
     let run_sums = |ids: &[usize]| -> std::process::Output {
         let cmd = ids
             .iter()

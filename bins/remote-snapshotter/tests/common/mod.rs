@@ -17,27 +17,7 @@ pub fn bin() -> &'static str {
 }
 
 pub fn start(scratch: &Path, extra: &[&str]) -> Daemon {
-    let sock = scratch.join("run/rs.sock");
-    let cfg = scratch.join("config.toml");
-    if !cfg.exists() {
-        std::fs::write(&cfg, "noprefetch = true\n[blob]\nmax_retries = 2\n").unwrap();
-    }
-    let mut cmd = Command::new(bin());
-    cmd.arg("--address")
-        .arg(&sock)
-        .arg("--root")
-        .arg(scratch.join("root"))
-        .arg("--config")
-        .arg(&cfg);
-    cmd.args(["--log-level", "debug"]).args(extra);
-    let mut svc = Service::spawn("remote-snapshotter", cmd, &scratch.join("daemon.log")).unwrap();
-    let up = wait_until(Duration::from_secs(20), || {
-        // Connectable, not merely present: a stale socket may be lying there.
-        std::os::unix::net::UnixStream::connect(&sock).is_ok() || !svc.is_running()
-    });
-    let log = || std::fs::read_to_string(scratch.join("daemon.log")).unwrap_or_default();
-    assert!(up && svc.is_running(), "daemon did not come up:\n{}", log());
-    Daemon { svc, sock }
+    start_with_env(scratch, extra, &[])
 }
 
 pub async fn api(d: &Daemon) -> GrpcApi {
@@ -86,7 +66,7 @@ pub fn counter(text: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Like [`start`], with extra environment for the daemon (e.g. DOCKER_CONFIG).
+/// Start the daemon with extra environment (e.g. DOCKER_CONFIG).
 pub fn start_with_env(scratch: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Daemon {
     let sock = scratch.join("run/rs.sock");
     let cfg = scratch.join("config.toml");
@@ -106,6 +86,7 @@ pub fn start_with_env(scratch: &Path, extra: &[&str], env: &[(&str, &Path)]) -> 
     }
     let mut svc = Service::spawn("remote-snapshotter", cmd, &scratch.join("daemon.log")).unwrap();
     let up = wait_until(Duration::from_secs(20), || {
+        // Connectable, not merely present: a stale socket may be lying there.
         std::os::unix::net::UnixStream::connect(&sock).is_ok() || !svc.is_running()
     });
     let log = || std::fs::read_to_string(scratch.join("daemon.log")).unwrap_or_default();

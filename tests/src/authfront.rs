@@ -529,3 +529,40 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     }
     Some(out)
 }
+
+/// A token-signing key as docker-registry's token auth trusts it: an EC
+/// key whose self-signed certificate is the registry's `rootcertbundle`,
+/// and tokens that carry that certificate in `x5c`.
+pub struct TokenKey {
+    /// PEM file for `RegistryOptions::token`'s rootcertbundle.
+    pub bundle: std::path::PathBuf,
+    x5c: String,
+    enc: jsonwebtoken::EncodingKey,
+}
+
+impl TokenKey {
+    /// Writes the bundle as `dir/token-bundle.pem`.
+    pub fn create(dir: &std::path::Path) -> TokenKey {
+        use base64::Engine;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["token-issuer".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let bundle = dir.join("token-bundle.pem");
+        std::fs::write(&bundle, cert.pem()).unwrap();
+        TokenKey {
+            bundle,
+            x5c: base64::engine::general_purpose::STANDARD.encode(cert.der()),
+            enc: jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+        }
+    }
+
+    /// A signed token with these claims; Err(500) if signing fails, as a
+    /// token server would answer.
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, u16> {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.x5c = Some(vec![self.x5c.clone()]);
+        jsonwebtoken::encode(&header, claims, &self.enc).map_err(|_| 500u16)
+    }
+}

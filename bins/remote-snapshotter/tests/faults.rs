@@ -508,15 +508,8 @@ mod tokens {
     pub fn start(dir: &std::path::Path) -> Tokens {
         let exp_in = Arc::new(AtomicI64::new(600));
         let expires_in = Arc::new(AtomicU64::new(300));
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["token-issuer".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let bundle = dir.join("token-bundle.pem");
-        std::fs::write(&bundle, cert.pem()).unwrap();
-        let x5c = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.der());
-        let enc = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+        let key = e2e::authfront::TokenKey::create(dir);
+        let bundle = key.bundle.clone();
         let (e1, e2) = (exp_in.clone(), expires_in.clone());
         let seq = AtomicU64::new(0);
         let issuer = move |req: &TokenRequest| -> Result<(String, u64), u16> {
@@ -543,10 +536,7 @@ mod tokens {
                 "exp": now + e1.load(SeqCst), "nbf": now - 1000, "iat": now - 1000,
                 "jti": format!("{now}-{}", seq.fetch_add(1, SeqCst)), "access": access,
             });
-            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-            header.x5c = Some(vec![x5c.clone()]);
-            let token = jsonwebtoken::encode(&header, &claims, &enc).map_err(|_| 500u16)?;
-            Ok((token, e2.load(SeqCst)))
+            Ok((key.sign(&claims)?, e2.load(SeqCst)))
         };
         Tokens {
             server: TokenServer::start(Arc::new(issuer)),
@@ -591,14 +581,9 @@ fn token_expiry_mid_run_refreshes_without_failed_reads() {
     );
     skopeo_push(&layout, "v1", &format!("{}/f/app:v1", open.host()));
     drop(open);
-    let docker = s.join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
+    let docker = e2e::registry::docker_config(s, &reg.host(), "alice", "secret");
+    // The credentials as config.json holds them, for the log check below.
     let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:secret");
-    std::fs::write(
-        docker.join("config.json"),
-        serde_json::json!({"auths": {reg.host(): {"auth": auth}}}).to_string(),
-    )
-    .unwrap();
     let env = [("DOCKER_CONFIG", docker.as_path())];
 
     // Tokens the registry stops accepting ~3 s after they are issued, while

@@ -613,17 +613,8 @@ async fn basic_auth_and_redirects() {
     assert_eq!(e.kind(), ErrorKind::Unauthorized);
 
     // Credentials from a docker config.json.
-    let dc = scratch.path().join("docker");
-    std::fs::create_dir_all(&dc).unwrap();
-    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:secret");
+    let dc = e2e::registry::docker_config(scratch.path(), &reg.host(), "alice", "secret");
     let fronted = |p: u16| format!("127.0.0.1:{p}");
-    let mut auths = serde_json::Map::new();
-    auths.insert(reg.host(), serde_json::json!({ "auth": auth }));
-    std::fs::write(
-        dc.join("config.json"),
-        serde_json::json!({ "auths": auths }).to_string(),
-    )
-    .unwrap();
     let c2 = Client::new(ClientConfig {
         docker_config_dir: Some(dc.clone()),
         ..config()
@@ -741,15 +732,8 @@ fn token_server(dir: &std::path::Path) -> Tokens {
         ..Default::default()
     });
     let ctl2 = ctl.clone();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["token-issuer".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let bundle = dir.join("token-bundle.pem");
-    std::fs::write(&bundle, cert.pem()).unwrap();
-    let x5c = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cert.der());
-    let enc = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    let key = e2e::authfront::TokenKey::create(dir);
+    let bundle = key.bundle.clone();
     let issuer = move |req: &TokenRequest| -> Result<(String, u64), u16> {
         let user = match (&req.basic, req.param("grant_type")) {
             (None, Some("refresh_token")) if req.method == "POST" => {
@@ -792,10 +776,7 @@ fn token_server(dir: &std::path::Path) -> Tokens {
             "exp": exp, "nbf": now - 1000, "iat": now, "jti": format!("{now}-{}", rand_id()),
             "access": access,
         });
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.x5c = Some(vec![x5c.clone()]);
-        let token = jsonwebtoken::encode(&header, &claims, &enc).map_err(|_| 500u16)?;
-        Ok((token, ctl2.expires_in.load(Ordering::SeqCst)))
+        Ok((key.sign(&claims)?, ctl2.expires_in.load(Ordering::SeqCst)))
     };
     Tokens {
         server: TokenServer::start(Arc::new(issuer)),

@@ -190,21 +190,24 @@ impl LazyRemoteFs {
         let digest = first(labels, &DIGEST_KEYS)
             .ok_or_else(|| RemoteFsError::NotRemote("no layer digest label".into()))?;
         let image = Reference::parse(image).map_err(|e| RemoteFsError::NotRemote(e.to_string()))?;
+        // The manifest, when the labels lack the TOC digest; opening the
+        // other layers ahead reuses it rather than fetching it again.
+        let mut facts = None;
         let (size, toc) = match labels.get(TOC_DIGEST) {
             Some(t) => (None, Some(t.clone())),
-            None => self
-                .opener
-                .layer_facts(&image)
-                .await?
-                .remove(digest)
-                .map_or((None, None), |(s, t)| (Some(s), t)),
+            None => {
+                let f = self.opener.layer_facts(&image).await?;
+                let own = f.get(digest).cloned();
+                facts = Some(f);
+                own.map_or((None, None), |(s, t)| (Some(s), t))
+            }
         };
         // Without a TOC digest from the verified manifest the TOC cannot be
         // trusted, so the layer is not served lazily.
         let toc = toc.ok_or_else(|| {
             RemoteFsError::NotRemote(format!("layer {digest} has no {TOC_DIGEST}"))
         })?;
-        self.preopen_others(&image, digest, labels);
+        self.preopen_others(&image, digest, labels, facts);
         if let Some(opening) = self.preopened.take(digest, &toc) {
             if let Some(layer) = opening.await {
                 debug!(layer = %digest, "using the layer opened ahead");
@@ -219,7 +222,13 @@ impl LazyRemoteFs {
 
     /// Start opening the other layers the labels list (verified TOC digests
     /// from the manifest), once per image and minute.
-    fn preopen_others(&self, image: &Reference, current: &str, labels: &Labels) {
+    fn preopen_others(
+        &self,
+        image: &Reference,
+        current: &str,
+        labels: &Labels,
+        facts: Option<HashMap<String, (u64, Option<String>)>>,
+    ) {
         let listed = preopen::listed_layers(labels);
         if listed.len() < 2 || !self.preopened.claim_image(&image.to_string()) {
             return;
@@ -231,12 +240,15 @@ impl LazyRemoteFs {
             current.to_string(),
         );
         self.opener.rt.spawn(async move {
-            let facts = match opener.layer_facts(&image).await {
-                Ok(f) => f,
-                Err(e) => {
-                    debug!(image = %image, error = %e, "not opening layers ahead");
-                    return;
-                }
+            let facts = match facts {
+                Some(f) => f,
+                None => match opener.layer_facts(&image).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        debug!(image = %image, error = %e, "not opening layers ahead");
+                        return;
+                    }
+                },
             };
             for d in listed.iter().filter(|d| **d != current) {
                 let Some((size, Some(toc))) = facts.get(d).cloned() else {

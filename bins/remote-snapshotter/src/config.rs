@@ -1,11 +1,15 @@
 //! The daemon's TOML config. Accepts the keys containerd-stargz-grpc users
-//! already have (so a deployment can switch by changing a socket path) and
-//! keeps them even where nothing reads them yet; unknown keys are kept and
-//! logged, never rejected.
+//! already have (so a deployment can switch by changing a socket path);
+//! [`keys::KEYS`] says for each whether it works here or has no effect, and
+//! [`Config::warnings`] names at start every key given that does nothing.
+//! Unknown keys are logged, never rejected; values of the wrong type are.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+
+mod keys;
+use keys::Support;
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
@@ -25,6 +29,9 @@ pub struct Config {
     pub resolver: Option<toml::Value>,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
+    /// Dotted names of the keys the file set (see [`present_keys`]).
+    #[serde(skip)]
+    pub present: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -75,7 +82,11 @@ pub struct CacheConfig {
 
 impl Config {
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        Ok(toml::from_str(text)?)
+        let mut c: Config = toml::from_str(text)?;
+        // Parsed a second time untyped: a bool that is set to its default
+        // and an absent one look the same in `Config`.
+        c.present = present_keys(&toml::from_str(text)?);
+        Ok(c)
     }
 
     /// Reads `path`; a missing file is the defaults only when `path` is the
@@ -90,19 +101,55 @@ impl Config {
         }
     }
 
-    /// Dotted names of keys nothing here knows, for a warning at start.
+    /// Dotted names of keys the file set that are in no [`keys::KEYS`] entry
+    /// (neither containerd-stargz-grpc's nor this daemon's own).
     pub fn unknown_keys(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.unknown.keys().cloned().collect();
-        for (sect, m) in [
-            ("blob", &self.blob.unknown),
-            ("directory_cache", &self.directory_cache.unknown),
-            ("fuse", &self.fuse.unknown),
-            ("cache", &self.cache.unknown),
-        ] {
-            out.extend(m.keys().map(|k| format!("{sect}.{k}")));
+        self.present
+            .iter()
+            .filter(|k| keys::lookup(k).is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// One line per key the file set that does nothing here, naming it,
+    /// and one for all unknown keys; the daemon logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .present
+            .iter()
+            .filter_map(|k| match keys::lookup(k)?.support {
+                Support::Works(_) => None,
+                Support::NoEffect(why) => Some(format!(
+                    "config key {k} is accepted for compatibility with \
+                     containerd-stargz-grpc but has no effect here: {why}"
+                )),
+            })
+            .collect();
+        let unknown = self.unknown_keys();
+        if !unknown.is_empty() {
+            out.push(format!(
+                "config keys not understood, ignored: {}",
+                unknown.join(", ")
+            ));
         }
         out
     }
+}
+
+/// Dotted names of the keys set in `doc`: `name` at the top level and
+/// `section.name` inside the sections [`keys::KEYS`] knows. `[resolver]` is one
+/// key: the registry crate parses it and refuses what it does not know.
+pub fn present_keys(doc: &toml::Table) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in doc {
+        match v {
+            toml::Value::Table(t) if k != "resolver" && keys::is_section(k) => {
+                out.extend(t.keys().map(|sub| format!("{k}.{sub}")));
+            }
+            _ => out.push(k.clone()),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -145,7 +192,156 @@ insecure = true
         assert_eq!(c.cache.max_size, Some(10 << 30));
         let mirrors = &c.resolver.as_ref().unwrap()["host"]["registry.example"]["mirrors"];
         assert_eq!(mirrors[0]["host"].as_str(), Some("mirror.example"));
-        assert_eq!(c.unknown_keys(), ["debug_address"]);
+        // debug_address is containerd-stargz-grpc's: known, but does nothing.
+        assert_eq!(c.unknown_keys(), Vec::<String>::new());
+        let w = c.warnings();
+        for k in [
+            "debug_address",
+            "blob.check_always",
+            "directory_cache.max_lru_cache_entry",
+            "directory_cache.direct",
+            "fuse.attr_timeout",
+        ] {
+            assert_eq!(
+                w.iter().filter(|l| l.contains(&format!("key {k} "))).count(),
+                1,
+                "{k} in {w:#?}"
+            );
+        }
+        assert_eq!(w.len(), 5, "{w:#?}");
+    }
+
+    /// `name = value` for a dotted key, in its section.
+    fn set(key: &str, value: &str) -> String {
+        match key.split_once('.') {
+            Some((sect, k)) => format!("[{sect}]\n{k} = {value}\n"),
+            None => format!("{key} = {value}\n"),
+        }
+    }
+
+    /// The config setting only `key`, with the first value of a type the
+    /// typed fields accept.
+    fn only(key: &str) -> Config {
+        ["1", "true", "\"x\""]
+            .iter()
+            .find_map(|v| Config::parse(&set(key, v)).ok())
+            .unwrap_or_else(|| panic!("no value parses for {key}"))
+    }
+
+    #[test]
+    fn every_key_without_effect_is_warned_about_by_name() {
+        let mut n = 0;
+        for k in keys::KEYS {
+            let Support::NoEffect(why) = k.support else {
+                continue;
+            };
+            n += 1;
+            let w = only(k.name).warnings();
+            assert_eq!(
+                w,
+                [format!(
+                    "config key {} is accepted for compatibility with \
+                     containerd-stargz-grpc but has no effect here: {why}",
+                    k.name
+                )],
+                "{}",
+                k.name
+            );
+        }
+        // The keys the issue names, among others.
+        assert!(n >= 30, "{n}");
+        for k in [
+            "fuse.passthrough",
+            "directory_cache.sync_add",
+            "blob.check_always",
+            "blob.valid_interval",
+            "blob.force_single_range_mode",
+            "blob.max_wait_msec",
+            "blob.chunk_size",
+        ] {
+            assert!(
+                matches!(keys::lookup(k), Some(keys::Key { support: Support::NoEffect(_), .. })),
+                "{k}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_that_work_are_not_warned_about() {
+        for k in keys::KEYS {
+            if matches!(k.support, Support::Works(_)) && !k.name.starts_with("resolver") {
+                assert_eq!(only(k.name).warnings(), Vec::<String>::new(), "{}", k.name);
+            }
+        }
+    }
+
+    /// Every `resolver.*` row is a key the registry client takes (it refuses
+    /// unknown ones), so the table cannot list one that does nothing.
+    #[test]
+    fn resolver_rows_are_keys_the_registry_client_takes() {
+        let value = |k: &str| match k {
+            "host" => "\"mirror.example\"",
+            "insecure" | "skip_verify" => "true",
+            "request_timeout_sec" => "5",
+            "header" => "{ X-Team = \"a\" }",
+            "ca" => "\"/etc/ssl/ca.pem\"",
+            other => panic!("no sample value for resolver key {other}"),
+        };
+        let (mut origin, mut mirror) = (String::new(), String::new());
+        for k in keys::KEYS {
+            if let Some(m) = k.name.strip_prefix("resolver.host.HOST.mirrors.") {
+                mirror += &format!("{m} = {}\n", value(m));
+            } else if let Some(o) = k.name.strip_prefix("resolver.host.HOST.") {
+                origin += &format!("{o} = {}\n", value(o));
+            }
+        }
+        let text = format!(
+            "[resolver.host.\"r.example\"]\n{origin}[[resolver.host.\"r.example\".mirrors]]\n{mirror}"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.warnings(), Vec::<String>::new());
+        let hosts: registry::HostsConfig = c.resolver.clone().unwrap().try_into().unwrap();
+        let h = &hosts.host["r.example"];
+        assert!(h.insecure && h.skip_verify && h.mirrors[0].insecure && h.mirrors[0].skip_verify);
+        assert_eq!(h.mirrors[0].request_timeout_sec, Some(5));
+
+        let bogus = Config::parse("[[resolver.host.\"r\".mirrors]]\nhost = \"m\"\nbogus = 1\n")
+            .unwrap()
+            .resolver
+            .unwrap()
+            .try_into::<registry::HostsConfig>();
+        assert!(bogus.unwrap_err().to_string().contains("bogus"));
+    }
+
+    #[test]
+    fn unknown_keys_are_warned_about_together() {
+        let c = Config::parse(
+            "not_a_stargz_key = 1\nnoprefetch = true\n[blob]\nbogus = 2\nmax_retries = 3\n\
+             [kubeconfig_keychain]\nbogus = 4\n[new_section]\nx = 5\n",
+        )
+        .unwrap();
+        let mut unknown = c.unknown_keys();
+        unknown.sort();
+        assert_eq!(
+            unknown,
+            ["blob.bogus", "kubeconfig_keychain.bogus", "new_section", "not_a_stargz_key"]
+        );
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(w[0].starts_with("config keys not understood, ignored: "));
+        assert!(unknown.iter().all(|k| w[0].contains(k.as_str())), "{w:#?}");
+    }
+
+    /// The README's table of config keys is the one [`keys::KEYS`] makes.
+    #[test]
+    fn readme_lists_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        let table = keys::markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's table of config keys differs from the code's; it should be:\n\n{table}"
+        );
     }
 
     #[test]

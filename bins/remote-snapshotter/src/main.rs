@@ -72,9 +72,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args)?;
     let cfg = config::Config::load(&args.config, args.config.as_os_str() == DEFAULT_CONFIG)?;
-    let unknown = cfg.unknown_keys();
-    if !unknown.is_empty() {
-        tracing::warn!(?unknown, "config keys not understood; ignored");
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
     }
 
     // Signals first so a SIGTERM during a slow restore is not lost.

@@ -1,0 +1,138 @@
+//! Every key of containerd-stargz-grpc's config (and this daemon's own few),
+//! with what this daemon does with it. One list for the start-up warnings
+//! and the README's table, so the two cannot drift apart.
+
+/// What the daemon does with a config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// Read and honoured; the text says how.
+    Works(&'static str),
+    /// Accepted so that a stargz config still loads, but nothing reads it;
+    /// the text says what happens instead. Warned about by name at start.
+    NoEffect(&'static str),
+}
+
+/// A dotted key name (`section.name`) and what it does here.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    pub name: &'static str,
+    pub support: Support,
+}
+
+const fn works(name: &'static str, how: &'static str) -> Key {
+    Key {
+        name,
+        support: Support::Works(how),
+    }
+}
+
+const fn no_effect(name: &'static str, instead: &'static str) -> Key {
+    Key {
+        name,
+        support: Support::NoEffect(instead),
+    }
+}
+
+const ONE_CACHE: &str = "one chunk cache serves every layer: a 16 MiB memory tier and a disk \
+                         tier under the state directory, bounded by `cache.max_size`";
+const KERNEL_TTL: &str = "the kernel caches attributes, names and missing names for 24 h \
+                          (layers never change)";
+const VERIFIED: &str = "every lazily read chunk is checked against the layer's TOC; a layer \
+                        without a TOC digest is pulled the ordinary way instead";
+const DOCKER_CREDS: &str =
+    "credentials come from the docker config.json (`auths`, `credsStore`, `credHelpers`)";
+const IN_PROCESS_FUSE: &str = "FUSE is served by the daemon itself; no separate FUSE manager";
+
+/// Top-level keys first, then by section; in each part what works first.
+#[rustfmt::skip]
+pub const KEYS: &[Key] = &[
+    works("noprefetch", "skips fetching a layer's prioritized files before its mount is handed out"),
+    works("no_background_fetch", "skips fetching the rest of a layer after mounting it"),
+    works("prefetch_timeout_sec", "longest wait for the prioritized files; the mount goes on without them"),
+    works("max_concurrency", "ranged requests in flight per layer; four times as many registry connections"),
+    works("metrics_address", "serves Prometheus metrics there (`--metrics-address` wins)"),
+    no_effect("allow_no_verification", VERIFIED),
+    no_effect("debug", "use `--log-level debug`"),
+    no_effect("debug_address", "there is no debug endpoint"),
+    no_effect("disable_verification", VERIFIED),
+    no_effect("filesystem_cache_type", ONE_CACHE),
+    no_effect("fusemanager_address", IN_PROCESS_FUSE),
+    no_effect("fusemanager_path", IN_PROCESS_FUSE),
+    no_effect("http_cache_chunk_ttl_sec", ONE_CACHE),
+    no_effect("http_cache_type", ONE_CACHE),
+    no_effect("ipfs", "layers come from OCI registries only"),
+    no_effect("log_file_access", "file accesses are not logged"),
+    no_effect("metadata_store", "state lives in one database under the state directory"),
+    no_effect("no_prometheus", "metrics are served only when `metrics_address` or `--metrics-address` is set"),
+    no_effect("prefetch_async_size", "prefetch is bounded by `prefetch_timeout_sec` only"),
+    no_effect("prefetch_size", "prefetch covers exactly the layer's prioritized files"),
+    no_effect("resolve_result_entry", "layers are not cached by resolve result"),
+    no_effect("resolve_result_entry_ttl_sec", "layers are not cached by resolve result"),
+    works("blob.fetching_timeout_sec", "bound on a read that needs the network, retries included (EIO after it), and on each request"),
+    works("blob.max_retries", "retries of a failed registry request"),
+    works("blob.min_wait_msec", "first wait before a retry; it doubles on each retry, up to 5 s"),
+    no_effect("blob.check_always", "a mounted layer is not re-checked against the registry; a failing read is retried, then fails"),
+    no_effect("blob.chunk_size", "requests follow the TOC's chunks, coalesced and read ahead"),
+    no_effect("blob.force_single_range_mode", "multi-range requests are dropped for a registry that answers them wrongly"),
+    no_effect("blob.max_wait_msec", "the wait between retries is capped at 5 s"),
+    no_effect("blob.prefetch_chunk_size", "prefetch requests are coalesced like on-demand ones"),
+    no_effect("blob.valid_interval", "a mounted layer is not re-checked against the registry; a failing read is retried, then fails"),
+    works("cache.max_size", "this daemon's own key: upper bound in bytes of the chunk cache on disk"),
+    no_effect("cri_keychain.enable_keychain", DOCKER_CREDS),
+    no_effect("cri_keychain.image_service_path", DOCKER_CREDS),
+    no_effect("cri_keychain.listen_path", DOCKER_CREDS),
+    no_effect("directory_cache.direct", ONE_CACHE),
+    no_effect("directory_cache.fadv_dontneed", ONE_CACHE),
+    no_effect("directory_cache.max_cache_fds", ONE_CACHE),
+    no_effect("directory_cache.max_lru_cache_entry", ONE_CACHE),
+    no_effect("directory_cache.sync_add", ONE_CACHE),
+    no_effect("fuse.attr_timeout", KERNEL_TTL),
+    no_effect("fuse.entry_timeout", KERNEL_TTL),
+    no_effect("fuse.merge_buffer_size", "no FUSE passthrough"),
+    no_effect("fuse.merge_worker_count", "no FUSE passthrough"),
+    no_effect("fuse.negative_timeout", KERNEL_TTL),
+    no_effect("fuse.passthrough", "no FUSE passthrough; the kernel's page cache keeps what was read"),
+    no_effect("fuse_manager.address", IN_PROCESS_FUSE),
+    no_effect("fuse_manager.enable", IN_PROCESS_FUSE),
+    no_effect("fuse_manager.path", IN_PROCESS_FUSE),
+    no_effect("kubeconfig_keychain.enable_keychain", DOCKER_CREDS),
+    no_effect("kubeconfig_keychain.kubeconfig_path", DOCKER_CREDS),
+    works("resolver", "registry hosts, as in the `resolver.*` rows; any other key under it is refused"),
+    works("resolver.host.HOST.header", "extra request headers for the registry itself"),
+    works("resolver.host.HOST.insecure", "plain HTTP to the registry itself"),
+    works("resolver.host.HOST.request_timeout_sec", "time to response headers from the registry itself"),
+    works("resolver.host.HOST.mirrors.header", "extra request headers for this mirror"),
+    works("resolver.host.HOST.mirrors.host", "a mirror, tried in order before the registry for pulls"),
+    works("resolver.host.HOST.mirrors.insecure", "plain HTTP to this mirror"),
+    works("resolver.host.HOST.mirrors.request_timeout_sec", "time to response headers from this mirror"),
+    works("resolver.host.HOST.ca", "this daemon's own key: extra CA certificates (PEM path or list) for the registry"),
+    works("resolver.host.HOST.skip_verify", "this daemon's own key: HTTPS to the registry without certificate checks"),
+    works("resolver.host.HOST.mirrors.ca", "this daemon's own key: extra CA certificates for this mirror"),
+    works("resolver.host.HOST.mirrors.skip_verify", "this daemon's own key: HTTPS to this mirror without certificate checks"),
+    no_effect("snapshotter.allow_invalid_mounts_on_restart", "always so here: a layer that cannot be mounted at start does not fail the start; it is mounted again on first use"),
+];
+
+/// The entry for a dotted key name as [`super::present_keys`] spells it.
+pub fn lookup(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// Whether `name` is a table whose keys [`KEYS`] lists one by one.
+pub fn is_section(name: &str) -> bool {
+    KEYS.iter()
+        .any(|k| k.name.strip_prefix(name).is_some_and(|r| r.starts_with('.')))
+}
+
+/// The README's table of config keys, generated from [`KEYS`].
+#[cfg(test)]
+pub fn markdown_table() -> String {
+    let mut out = String::from("| key | here | what it does, or what happens instead |\n|---|---|---|\n");
+    for k in KEYS {
+        let (here, text) = match k.support {
+            Support::Works(t) => ("works", t),
+            Support::NoEffect(t) => ("no effect", t),
+        };
+        out.push_str(&format!("| `{}` | {here} | {text} |\n", k.name));
+    }
+    out
+}

@@ -108,7 +108,13 @@ fn workspace_root() -> PathBuf {
 fn metadata(root: &Path) -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(root)
         .output()
         .expect("running cargo metadata");
@@ -177,9 +183,16 @@ fn crate_dependencies_point_one_way() {
         let p = pkgs.iter().find(|p| p.name == name);
         assert!(p.is_some_and(|p| p.under("crates")), "no crates/{name}");
     }
-    assert!(pkgs.iter().any(|p| p.under("bins")), "no package under bins/");
+    assert!(
+        pkgs.iter().any(|p| p.under("bins")),
+        "no package under bins/"
+    );
     let v = violations(&pkgs);
-    assert!(v.is_empty(), "dependency direction broken:\n{}", v.join("\n"));
+    assert!(
+        v.is_empty(),
+        "dependency direction broken:\n{}",
+        v.join("\n")
+    );
 }
 
 #[test]
@@ -192,7 +205,10 @@ fn every_package_under_crates_and_bins_is_a_member() {
         manifest_dirs(&root, &root.join(top), &mut dirs);
     }
     assert!(dirs.len() >= 6, "found only {dirs:?}");
-    let outside: Vec<&String> = dirs.iter().filter(|d| !members.contains(d.as_str())).collect();
+    let outside: Vec<&String> = dirs
+        .iter()
+        .filter(|d| !members.contains(d.as_str()))
+        .collect();
     assert!(
         outside.is_empty(),
         "not workspace members (add them to the root Cargo.toml): {outside:?}"
@@ -217,13 +233,37 @@ fn rules_catch_violations() {
     let pkgs = [
         pkg("tool", "bins/tool", &[("tonic", false), ("lazyfs", false)]),
         pkg("e2e", "tests", &[("tonic", false)]),
-        pkg("lazyfs", "crates/lazyfs", &[("snapshotter", false), ("tool", true)]),
-        pkg("snapshotter", "crates/snapshotter", &[("lazyfs", true), ("registry", false), ("tonic", false)]),
-        pkg("estargz", "crates/estargz", &[("stargzfs", false), ("registry", true)]),
+        pkg(
+            "lazyfs",
+            "crates/lazyfs",
+            &[("snapshotter", false), ("tool", true)],
+        ),
+        pkg(
+            "snapshotter",
+            "crates/snapshotter",
+            &[("lazyfs", true), ("registry", false), ("tonic", false)],
+        ),
+        pkg(
+            "estargz",
+            "crates/estargz",
+            &[("stargzfs", false), ("registry", true)],
+        ),
         pkg("registry", "crates/registry", &[("lazyfs", false)]),
-        pkg("stargzfs", "crates/stargzfs", &[("tonic", false), ("snapshotter", false)]),
-        pkg("mountinfo", "crates/mountinfo", &[("estargz", false), ("thiserror", false)]),
-        pkg("snapshot-labels", "crates/snapshot-labels", &[("tempfile", false)]),
+        pkg(
+            "stargzfs",
+            "crates/stargzfs",
+            &[("tonic", false), ("snapshotter", false)],
+        ),
+        pkg(
+            "mountinfo",
+            "crates/mountinfo",
+            &[("estargz", false), ("thiserror", false)],
+        ),
+        pkg(
+            "snapshot-labels",
+            "crates/snapshot-labels",
+            &[("tempfile", false)],
+        ),
     ];
     let v = violations(&pkgs);
     assert_eq!(

@@ -5,7 +5,6 @@
 //! Unknown keys are logged, never rejected; values of the wrong type are.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 mod keys;
@@ -27,11 +26,9 @@ pub struct Config {
     /// `[[resolver.host."HOST".mirrors]]` etc., passed through untouched:
     /// the registry crate owns its typed form.
     pub resolver: Option<toml::Value>,
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, toml::Value>,
     /// Dotted names of the keys the file set (see [`present_keys`]).
     #[serde(skip)]
-    pub present: Vec<String>,
+    present: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -45,8 +42,6 @@ pub struct BlobConfig {
     pub check_always: Option<bool>,
     pub fetching_timeout_sec: Option<u64>,
     pub force_single_range_mode: Option<bool>,
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -56,8 +51,6 @@ pub struct DirectoryCacheConfig {
     pub max_cache_fds: Option<u64>,
     pub sync_add: Option<bool>,
     pub direct: Option<bool>,
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -67,8 +60,6 @@ pub struct FuseConfig {
     pub entry_timeout: Option<i64>,
     pub negative_timeout: Option<i64>,
     pub passthrough: Option<bool>,
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -76,8 +67,6 @@ pub struct FuseConfig {
 pub struct CacheConfig {
     /// Upper bound of the chunk cache on disk, in bytes.
     pub max_size: Option<u64>,
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, toml::Value>,
 }
 
 impl Config {
@@ -139,7 +128,7 @@ impl Config {
 /// Dotted names of the keys set in `doc`: `name` at the top level and
 /// `section.name` inside the sections [`keys::KEYS`] knows. `[resolver]` is one
 /// key: the registry crate parses it and refuses what it does not know.
-pub fn present_keys(doc: &toml::Table) -> Vec<String> {
+fn present_keys(doc: &toml::Table) -> Vec<String> {
     let mut out = Vec::new();
     for (k, v) in doc {
         match v {
@@ -203,7 +192,9 @@ insecure = true
             "fuse.attr_timeout",
         ] {
             assert_eq!(
-                w.iter().filter(|l| l.contains(&format!("key {k} "))).count(),
+                w.iter()
+                    .filter(|l| l.contains(&format!("key {k} ")))
+                    .count(),
                 1,
                 "{k} in {w:#?}"
             );
@@ -260,7 +251,13 @@ insecure = true
             "blob.chunk_size",
         ] {
             assert!(
-                matches!(keys::lookup(k), Some(keys::Key { support: Support::NoEffect(_), .. })),
+                matches!(
+                    keys::lookup(k),
+                    Some(keys::Key {
+                        support: Support::NoEffect(_),
+                        ..
+                    })
+                ),
                 "{k}"
             );
         }
@@ -324,7 +321,12 @@ insecure = true
         unknown.sort();
         assert_eq!(
             unknown,
-            ["blob.bogus", "kubeconfig_keychain.bogus", "new_section", "not_a_stargz_key"]
+            [
+                "blob.bogus",
+                "kubeconfig_keychain.bogus",
+                "new_section",
+                "not_a_stargz_key"
+            ]
         );
         let w = c.warnings();
         assert_eq!(w.len(), 1, "{w:#?}");

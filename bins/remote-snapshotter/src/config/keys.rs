@@ -119,14 +119,18 @@ pub fn lookup(name: &str) -> Option<&'static Key> {
 
 /// Whether `name` is a table whose keys [`KEYS`] lists one by one.
 pub fn is_section(name: &str) -> bool {
-    KEYS.iter()
-        .any(|k| k.name.strip_prefix(name).is_some_and(|r| r.starts_with('.')))
+    KEYS.iter().any(|k| {
+        k.name
+            .strip_prefix(name)
+            .is_some_and(|r| r.starts_with('.'))
+    })
 }
 
 /// The README's table of config keys, generated from [`KEYS`].
 #[cfg(test)]
 pub fn markdown_table() -> String {
-    let mut out = String::from("| key | here | what it does, or what happens instead |\n|---|---|---|\n");
+    let mut out =
+        String::from("| key | here | what it does, or what happens instead |\n|---|---|---|\n");
     for k in KEYS {
         let (here, text) = match k.support {
             Support::Works(t) => ("works", t),

@@ -57,11 +57,17 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
 const LEAVES: &[&str] = &["snapshot-labels", "mountinfo"];
 
 /// Packages under crates/ that may depend on tonic directly: the
-/// snapshotter (its gRPC service), ctrd (a containerd client), and the
-/// snapshotter's conformance suite, a dev-only crate that drives that gRPC
-/// service and reads its status codes. Everything under bins/ and the
+/// snapshotter (its gRPC service), ctrd (a containerd client), the
+/// snapshotter's conformance suite (a dev-only crate that drives that gRPC
+/// service and reads its status codes) and cri-keychain (it serves the CRI
+/// image service the kubelet pulls through). Everything under bins/ and the
 /// tests package may too.
-const TONIC_USERS: &[&str] = &["snapshotter", "ctrd", "snapshotter-testsuite"];
+const TONIC_USERS: &[&str] = &[
+    "snapshotter",
+    "ctrd",
+    "snapshotter-testsuite",
+    "cri-keychain",
+];
 
 /// Every broken rule, one line each.
 fn violations(pkgs: &[Pkg]) -> Vec<String> {

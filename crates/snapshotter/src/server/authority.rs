@@ -250,8 +250,8 @@ fn encode_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
     out.push(v as u8);
 }
 
-/// A HEADERS frame (and CONTINUATIONs) carrying `block`: END_STREAM and
-/// PRIORITY kept from `flags`, no padding.
+/// A HEADERS frame (and CONTINUATIONs) carrying `block`: END_STREAM kept
+/// from `flags`, PRIORITY when `priority` is given, no padding.
 fn write_header_frames(
     out: &mut BytesMut,
     stream: u32,
@@ -262,7 +262,10 @@ fn write_header_frames(
     let prio_len = if priority.is_some() { 5 } else { 0 };
     let first_len = block.len().min(MAX_FRAME - prio_len);
     let (first, mut rest) = block.split_at(first_len);
-    let mut f = flags & (END_STREAM | PRIORITY);
+    let mut f = flags & END_STREAM;
+    if priority.is_some() {
+        f |= PRIORITY;
+    }
     if rest.is_empty() {
         f |= END_HEADERS;
     }

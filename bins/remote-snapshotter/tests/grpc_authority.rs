@@ -1,6 +1,6 @@
 //! gRPC clients that dial the daemon's socket by its path send that path as
 //! HTTP/2 `:authority` (grpc-go a plain path, grpc-java and Python grpc
-//! >= 1.57 a percent-encoded one). h2 alone refuses such a request with
+//! from 1.57 on a percent-encoded one). h2 alone refuses such a request with
 //! RST_STREAM(PROTOCOL_ERROR); the daemon must answer it like any other.
 //! A hand-written HTTP/2 client (`e2e::grpcraw`) sends exactly such requests
 //! to the real daemon.

@@ -11,12 +11,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 
+/// A pull as upstream saw it, with the keychain's entry at that moment.
+type SeenPull = (cri::PullImageRequest, Option<Credentials>);
+
 /// Upstream: knows one image; records what each pull carried and whether
 /// the keychain already had the credentials then.
 #[derive(Clone)]
 struct Upstream {
     keychain: Keychain,
-    pulls: Arc<Mutex<Vec<(cri::PullImageRequest, Option<Credentials>)>>>,
+    pulls: Arc<Mutex<Vec<SeenPull>>>,
 }
 
 #[tonic::async_trait]

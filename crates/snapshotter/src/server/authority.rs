@@ -421,8 +421,11 @@ mod tests {
         out
     }
 
-    /// Decoded header blocks of the frames after the preface, and the other frames.
-    fn headers_of(bytes: &[u8]) -> (Vec<Vec<(String, String)>>, Vec<(u8, Vec<u8>)>) {
+    type Fields = Vec<(String, String)>;
+
+    /// Decoded header blocks of the frames after the preface, and the other
+    /// frames (type, payload).
+    fn headers_of(bytes: &[u8]) -> (Vec<Fields>, Vec<(u8, Vec<u8>)>) {
         assert_eq!(&bytes[..PREFACE_LEN], PREFACE);
         let mut dec = loona_hpack::Decoder::new();
         let (mut blocks, mut others, mut block) = (Vec::new(), Vec::new(), Vec::new());

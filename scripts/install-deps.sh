@@ -7,6 +7,7 @@ set -euo pipefail
 PACKAGES=(
   containerd runc docker-registry skopeo stargz-snapshotter busybox-static
   fuse3 protobuf-compiler jq debootstrap ca-certificates gzip tar
+  containernetworking-plugins iproute2
 )
 # Extra packages for the benchmark/demo are requested with EXTRA_PACKAGES.
 read -r -a EXTRA <<<"${EXTRA_PACKAGES:-}"

@@ -43,16 +43,22 @@ YML
 }
 
 # start_containerd DIR [SNAPSHOTTER_SOCKET] -> sets CTRD_SOCK; use `ctrd ARGS`
+# The CRI plugin is off unless CRI_SANDBOX_IMAGE is set (a pause image on a
+# local registry): then it pulls with the snapshotter `remote`, passes the
+# cri.* snapshot labels, and reaches the hosts in CRI_PLAIN_HTTP (space
+# separated 127.0.0.1:PORT) over plain HTTP. Host-network pods only.
 start_containerd() {
-  local dir="$1" snap="${2:-}"
+  local dir="$1" snap="${2:-}" disabled h
   mkdir -p "$dir/root" "$dir/state"
   CTRD_SOCK="$dir/c.sock"
   CTRD_DIR="$dir"
+  disabled='disabled_plugins = ["io.containerd.grpc.v1.cri"]'
+  [ -z "${CRI_SANDBOX_IMAGE:-}" ] || disabled=""
   cat >"$dir/config.toml" <<TOML
 version = 2
 root = "$dir/root"
 state = "$dir/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+$disabled
 [grpc]
   address = "$CTRD_SOCK"
 [ttrpc]
@@ -64,6 +70,25 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 TOML
   if [ -n "$snap" ]; then
     printf '[proxy_plugins.remote]\n  type = "snapshot"\n  address = "%s"\n' "$snap" >>"$dir/config.toml"
+  fi
+  if [ -n "${CRI_SANDBOX_IMAGE:-}" ]; then
+    mkdir -p "$dir/cni/conf" "$dir/cni/bin"
+    # restrict_oom_score_adj: a sandbox may refuse the negative
+    # oom_score_adj CRI gives pods; a real node does not need it.
+    cat >>"$dir/config.toml" <<TOML
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  sandbox_image = "$CRI_SANDBOX_IMAGE"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "remote"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$dir/cni/bin"
+    conf_dir = "$dir/cni/conf"
+TOML
+    for h in ${CRI_PLAIN_HTTP:-}; do
+      printf '  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."%s"]\n    endpoint = ["http://%s"]\n' "$h" "$h" >>"$dir/config.toml"
+    done
   fi
   containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
   LIB_PIDS+=("$!")
@@ -84,6 +109,15 @@ lib_cleanup() {
       ctrd tasks rm -f "$id" >/dev/null 2>&1 || true
     done
     for id in $(ctrd containers ls -q 2>/dev/null); do ctrd containers rm "$id" >/dev/null 2>&1 || true; done
+    # Pods started through CRI live in the k8s.io namespace.
+    for id in $(ctr -a "$CTRD_SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
+      ctr -a "$CTRD_SOCK" -n k8s.io tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+      sleep 0.2
+      ctr -a "$CTRD_SOCK" -n k8s.io tasks rm -f "$id" >/dev/null 2>&1 || true
+    done
+    for id in $(ctr -a "$CTRD_SOCK" -n k8s.io containers ls -q 2>/dev/null); do
+      ctr -a "$CTRD_SOCK" -n k8s.io containers rm "$id" >/dev/null 2>&1 || true
+    done
   fi
   for ((i = ${#LIB_PIDS[@]} - 1; i >= 0; i--)); do
     pid="${LIB_PIDS[$i]}"

@@ -1,7 +1,8 @@
 //! A real containerd 1.6 with a private config: root, state and sockets in a
-//! scratch directory, the CRI plugin off, and optionally our snapshotter as
-//! the proxy plugin `remote`. Stopped by PID on drop, after removing its
-//! tasks, and whatever it left mounted under its directories is unmounted.
+//! scratch directory, the CRI plugin off (or on, configured for our
+//! snapshotter: [`CriOptions`]), and optionally our snapshotter as the proxy
+//! plugin `remote`. Stopped by PID on drop, after removing its tasks, and
+//! whatever it left mounted under its directories is unmounted.
 
 use crate::process::{wait_until, Service};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,27 @@ use std::time::Duration;
 
 /// The namespace every `ctr` call of the harness uses.
 pub const NAMESPACE: &str = "e2e";
+
+/// The namespace containerd's CRI plugin keeps pods, containers and images in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// How the CRI plugin is configured when it is enabled: our snapshotter
+/// (`remote`) for every pull, the `cri.*` snapshot labels passed on, and
+/// plain HTTP for the local registries.
+#[derive(Clone, Debug, Default)]
+pub struct CriOptions {
+    /// `sandbox_image`: the pause image, a reference on a local registry.
+    pub sandbox_image: String,
+    /// Registries (`127.0.0.1:PORT`) reached over plain HTTP (a mirror entry each).
+    pub plain_http: Vec<String>,
+    /// Give pods their own network through the CNI bridge, host-local and
+    /// loopback plugins (Debian's containernetworking-plugins); without it
+    /// only host-network pods can run.
+    pub cni: bool,
+}
+
+/// Where the CNI plugins are installed (Debian's containernetworking-plugins).
+pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
 
 /// Harness instances alive in this process.
 static LIVE: AtomicU32 = AtomicU32::new(0);
@@ -22,6 +44,9 @@ pub struct Containerd {
     pub socket: PathBuf,
     pub root: PathBuf,
     pub state: PathBuf,
+    /// The bridge the CNI config creates (deleted on drop), when CRI pods
+    /// have their own network.
+    bridge: Option<String>,
     service: Service,
 }
 
@@ -30,6 +55,19 @@ impl Containerd {
     /// the proxy plugin `remote` points at it (it need not exist yet:
     /// containerd dials it lazily).
     pub fn start(scratch: &Path, snapshotter_socket: Option<&Path>) -> Containerd {
+        Self::start_with(scratch, snapshotter_socket, None)
+    }
+
+    /// Start containerd with its CRI plugin enabled and configured by `cri`.
+    pub fn start_cri(scratch: &Path, snapshotter_socket: &Path, cri: &CriOptions) -> Containerd {
+        Self::start_with(scratch, Some(snapshotter_socket), Some(cri))
+    }
+
+    fn start_with(
+        scratch: &Path,
+        snapshotter_socket: Option<&Path>,
+        cri: Option<&CriOptions>,
+    ) -> Containerd {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let dir = scratch.join(format!("containerd-{n}"));
@@ -45,11 +83,16 @@ impl Containerd {
             "socket path too long for AF_UNIX: {}",
             socket.display()
         );
+        let disabled = if cri.is_some() {
+            ""
+        } else {
+            r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#
+        };
         let mut config = format!(
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{disabled}
 [grpc]
   address = "{sock}"
 [ttrpc]
@@ -71,6 +114,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 s.display()
             ));
         }
+        let mut bridge = None;
+        if let Some(cri) = cri {
+            let (section, br) = cri_config(&dir, cri, n);
+            config.push_str(&section);
+            bridge = br;
+        }
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, config).unwrap();
         let mut cmd = Command::new("containerd");
@@ -83,6 +132,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             socket,
             root,
             state,
+            bridge,
             service,
         };
         let up = wait_until(Duration::from_secs(20), || {
@@ -122,10 +172,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Run `ctr -a SOCK -n e2e ARGS...`.
     pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// Run `ctr -a SOCK -n NAMESPACE ARGS...`.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Output {
         Command::new("ctr")
             .arg("-a")
             .arg(&self.socket)
-            .args(["-n", NAMESPACE])
+            .args(["-n", namespace])
             .args(args)
             .output()
             .expect("run ctr")
@@ -183,21 +238,89 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// Kill and delete every task and container in the namespace so their
-    /// shims exit (shims outlive containerd otherwise).
+    /// Kill and delete every task and container in the namespaces the
+    /// harness uses so their shims exit (shims outlive containerd otherwise).
     fn remove_tasks(&self) {
-        let out = self.ctr(&["tasks", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
-            wait_until(Duration::from_secs(5), || {
-                self.ctr(&["tasks", "rm", "-f", id]).status.success()
-            });
-        }
-        let out = self.ctr(&["containers", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = self.ctr(&["containers", "rm", id]);
+        for ns in [NAMESPACE, CRI_NAMESPACE] {
+            let out = self.ctr_in(ns, &["tasks", "ls", "-q"]);
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self.ctr_in(ns, &["tasks", "kill", "-s", "SIGKILL", id]);
+                wait_until(Duration::from_secs(5), || {
+                    self.ctr_in(ns, &["tasks", "rm", "-f", id]).status.success()
+                });
+            }
+            let out = self.ctr_in(ns, &["containers", "ls", "-q"]);
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self.ctr_in(ns, &["containers", "rm", id]);
+            }
         }
     }
+}
+
+/// The CRI plugin's section of the config (and, with `cri.cni`, a CNI
+/// network config in `dir/cni`); returns it and the bridge it creates.
+fn cri_config(dir: &Path, cri: &CriOptions, n: u32) -> (String, Option<String>) {
+    const CRI: &str = r#"[plugins."io.containerd.grpc.v1.cri"]"#;
+    let mut s = format!(
+        r#"{CRI}
+  # Writing a negative oom_score_adj is refused in this sandbox (CRI gives
+  # pods -998); a node runs containerd with the privilege to do it.
+  restrict_oom_score_adj = true
+  sandbox_image = "{sandbox}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "remote"
+    disable_snapshot_annotations = false
+"#,
+        sandbox = cri.sandbox_image,
+    );
+    for host in &cri.plain_http {
+        s.push_str(&format!(
+            "  [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{host}\"]\n    endpoint = [\"http://{host}\"]\n"
+        ));
+    }
+    let cni_dir = dir.join("cni");
+    let conf_dir = cni_dir.join("conf");
+    let bin_dir = cni_dir.join("bin");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    s.push_str(&format!(
+        "  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"{}\"\n    conf_dir = \"{}\"\n",
+        bin_dir.display(),
+        conf_dir.display()
+    ));
+    if !cri.cni {
+        return (s, None);
+    }
+    for plugin in ["bridge", "host-local", "loopback"] {
+        let _ = std::os::unix::fs::symlink(
+            Path::new(CNI_PLUGIN_DIR).join(plugin),
+            bin_dir.join(plugin),
+        );
+    }
+    // A bridge and subnet of its own (interface names are at most 15 bytes):
+    // other tests on this machine may run pods at the same time.
+    let tag = (std::process::id() ^ (n << 16)) & 0xff_ffff;
+    let bridge = format!("rsnap{tag:06x}");
+    let subnet = format!("10.{}.{}.0/24", 200 + (tag >> 16) % 50, tag & 0xff);
+    // No gateway, no masquerading: pods need an address, not a route out,
+    // and the host's forwarding and NAT settings stay as they are.
+    let conf = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": format!("e2e-{tag:06x}"),
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": subnet}]],
+                "dataDir": cni_dir.join("ipam"),
+            },
+        }],
+    });
+    std::fs::write(conf_dir.join("10-e2e.conflist"), conf.to_string()).unwrap();
+    (s, Some(bridge))
 }
 
 impl Drop for Containerd {
@@ -208,6 +331,13 @@ impl Drop for Containerd {
         self.service.stop(Duration::from_secs(10));
         unmount_under(&self.root);
         unmount_under(&self.state);
+        if let Some(bridge) = &self.bridge {
+            // CNI DEL removes a pod's veth and address, never the bridge.
+            let _ = Command::new("ip")
+                .args(["link", "delete", bridge])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         // Shared leftovers may be in use by another instance of this process
         // (cargo runs test binaries one at a time, so process-local is enough).
         if LIVE.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -281,15 +411,20 @@ fn unescape_mountinfo(s: &str) -> String {
 /// runc makes a cgroup per namespace; remove what is empty now (never
 /// anything non-empty: another process may be using it).
 fn remove_run_leftovers() {
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        for c in rd.flatten() {
-            let _ = std::fs::remove_dir(c.path().join(NAMESPACE));
+    for ns in [NAMESPACE, CRI_NAMESPACE] {
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in rd.flatten() {
+                let _ = std::fs::remove_dir(c.path().join(ns));
+            }
         }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ns));
     }
-    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(NAMESPACE));
+    // CRI pods' network namespaces are bind-mounted here (removed with the pod).
+    let _ = std::fs::remove_dir("/run/netns");
     let run = Path::new("/run/containerd");
     for sub in [
         format!("runc/{NAMESPACE}"),
+        format!("runc/{CRI_NAMESPACE}"),
         "runc".into(),
         "fifo".into(),
         "s".into(),

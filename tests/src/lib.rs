@@ -4,7 +4,9 @@
 
 pub mod authfront;
 pub mod containerd;
+pub mod cri;
 pub mod faultproxy;
+pub mod grpcraw;
 pub mod image;
 pub mod process;
 pub mod registry;

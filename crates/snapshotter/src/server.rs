@@ -1,5 +1,10 @@
 //! Serving the gRPC service on a unix socket, the way containerd's proxy
-//! plugins are reached.
+//! plugins are reached. Any `:authority` is accepted ([`AnyAuthority`]):
+//! clients that dial by path send the path as one.
+
+mod authority;
+
+pub use authority::AnyAuthority;
 
 use crate::service::SnapshotService;
 use crate::snapshotter::Snapshotter;
@@ -61,6 +66,15 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
     Ok(l)
 }
 
+/// The connections of `listener`, each wrapped in [`AnyAuthority`], for
+/// `tonic::transport::Server::serve_with_incoming*`.
+pub fn incoming(
+    listener: tokio::net::UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AnyAuthority<tokio::net::UnixStream>>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::UnixListenerStream::new(listener).map(|c| c.map(AnyAuthority::new))
+}
+
 /// Serves until `shutdown` resolves, then removes the socket.
 pub async fn serve(
     listener: tokio::net::UnixListener,
@@ -68,7 +82,7 @@ pub async fn serve(
     snapshotter: Arc<Snapshotter>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = incoming(listener);
     let res = tonic::transport::Server::builder()
         .add_service(SnapshotService::new(snapshotter).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -8,7 +8,7 @@ mod common;
 use e2e::containerd::{mounts_under, Containerd};
 use e2e::image::{busybox_layer, write_oci_layout, LayerBuilder};
 use e2e::registry::{skopeo_push, Registry};
-use snapshotter::testsuite::Api;
+use snapshotter_testsuite::Api;
 use snapshotter::Kind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

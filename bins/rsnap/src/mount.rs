@@ -7,7 +7,7 @@
 //! - `rsnap mount --blob FILE DIR`: an eStargz blob in a local file.
 
 use anyhow::{bail, Context, Result};
-use lazyfs::mounts::OverlayMount;
+use snapshotter::OverlayMount;
 use lazyfs::{ChunkCache, Config, FileSource, LazyLayer, MountHandle, RangeSource};
 use sha2::{Digest as _, Sha256};
 use std::io::Read;

@@ -9,7 +9,7 @@
 use crate::layer::{LazyLayer, OpenFile};
 use crate::mounts;
 use crate::tree::{Attr, Inode};
-use crate::Error;
+use crate::error::Error;
 use estargz::index::NodeKind;
 use fuser::{
     BackgroundSession, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -457,7 +457,7 @@ impl MountHandle {
         &self.mountpoint
     }
 
-    pub fn layer(&self) -> &Arc<LazyLayer> {
+    pub(crate) fn layer(&self) -> &Arc<LazyLayer> {
         &self.layer
     }
 

@@ -1,7 +1,7 @@
 //! Performing the mounts a snapshotter returns, as containerd would, so the
 //! suite can look at files through the layers.
 
-use crate::types::Mount;
+use snapshotter::Mount;
 use rustix::mount::{MountFlags, UnmountFlags};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};

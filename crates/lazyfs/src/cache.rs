@@ -265,6 +265,7 @@ impl ChunkCache {
     }
 
     /// Both tiers; blocking.
+    #[cfg(test)]
     pub(crate) fn insert(&self, digest: &str, data: Bytes) {
         self.insert_disk(digest, &data);
         self.insert_memory(digest, data);
@@ -306,6 +307,7 @@ impl ChunkCache {
     }
 
     /// Number of chunks on disk.
+    #[cfg(test)]
     pub(crate) fn disk_entries(&self) -> usize {
         self.disk.lock().len()
     }

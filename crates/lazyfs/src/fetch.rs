@@ -14,11 +14,11 @@
 use crate::cache::ChunkCache;
 use crate::chunk::{self, forget_flight, Waiter};
 use crate::config::Config;
-use crate::source::RangeSource;
+use crate::source::{RangeSource, SourceError};
 use crate::stats::{FetchClass, Stats};
 use bytes::Bytes;
 use estargz::index::Chunk;
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::FutureExt;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -162,10 +162,6 @@ impl Fetcher {
         }
     }
 
-    pub(crate) fn source(&self) -> &Arc<dyn RangeSource> {
-        &self.source
-    }
-
     pub(crate) fn cache(&self) -> &Arc<ChunkCache> {
         &self.cache
     }
@@ -189,15 +185,6 @@ impl Fetcher {
     /// Whether an on-demand request is running.
     pub(crate) fn foreground_busy(&self) -> bool {
         self.fg_active.load(Relaxed) > 0
-    }
-
-    /// The chunks from memory only, if all are there (no I/O, no waiting).
-    pub(crate) fn get_from_memory(&self, chunks: &[Chunk]) -> Option<Vec<Bytes>> {
-        let mut out = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            out.push(self.cache.get_memory(&c.digest)?);
-        }
-        Some(out)
     }
 
     /// The chunks from either cache tier, if all are there. Blocking (disk).

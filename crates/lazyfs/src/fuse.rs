@@ -457,10 +457,6 @@ impl MountHandle {
         &self.mountpoint
     }
 
-    pub(crate) fn layer(&self) -> &Arc<LazyLayer> {
-        &self.layer
-    }
-
     /// Still served by us and still in the mount table.
     pub fn is_alive(&self) -> bool {
         self.session

@@ -144,10 +144,6 @@ impl Tree {
             .filter(|n| n.kind == NodeKind::Reg)
     }
 
-    pub(crate) fn state_file_name(&self) -> &str {
-        &self.state_name
-    }
-
     pub(crate) fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
         match self.inode(parent)? {
             Inode::Node(id) => {

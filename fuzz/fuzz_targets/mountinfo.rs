@@ -25,12 +25,26 @@ fn escape(s: &OsStr) -> Vec<u8> {
 
 fn unparse(m: &MountInfo) -> Vec<u8> {
     let mut l = format!("{} {} {}:{} ", m.id, m.parent_id, m.major, m.minor).into_bytes();
-    let mut fields = vec![escape(m.root.as_os_str()), escape(m.mount_point.as_os_str()), escape(&m.mount_options)];
+    let mut fields = vec![
+        escape(m.root.as_os_str()),
+        escape(m.mount_point.as_os_str()),
+        escape(&m.mount_options),
+    ];
     // An optional field that decodes to "-" was written escaped (`\055`):
     // bare, it would be the separator.
-    fields.extend(m.optional_fields.iter().map(|o| if o == "-" { b"\\055".to_vec() } else { escape(o) }));
+    fields.extend(m.optional_fields.iter().map(|o| {
+        if o == "-" {
+            b"\\055".to_vec()
+        } else {
+            escape(o)
+        }
+    }));
     fields.push(b"-".to_vec());
-    fields.extend([escape(&m.fs_type), escape(&m.source), escape(&m.super_options)]);
+    fields.extend([
+        escape(&m.fs_type),
+        escape(&m.source),
+        escape(&m.super_options),
+    ]);
     l.extend(fields.join(&b' '));
     l
 }
@@ -42,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(table) = parse(data) {
-        let prefix = table.first().map(|m| m.mount_point.clone()).unwrap_or_default();
+        let prefix = table
+            .first()
+            .map(|m| m.mount_point.clone())
+            .unwrap_or_default();
         let under = mount_points_under(&table, &prefix);
         assert!(under.iter().all(|p| p.starts_with(&prefix)));
         let _ = mount_points_under(&table, Path::new("/"));

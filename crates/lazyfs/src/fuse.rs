@@ -6,10 +6,10 @@
 //! The layer never changes, so attributes and entries (negative ones too)
 //! get long TTLs and file pages stay cached across opens (`FOPEN_KEEP_CACHE`).
 
+use crate::error::Error;
 use crate::layer::{LazyLayer, OpenFile};
 use crate::mounts;
 use crate::tree::{Attr, Inode};
-use crate::error::Error;
 use estargz::index::NodeKind;
 use fuser::{
     BackgroundSession, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,

@@ -3,12 +3,12 @@
 //! Nothing here knows about FUSE.
 
 use crate::cache::ChunkCache;
+use crate::config::Config;
+use crate::error::Error;
 use crate::fetch::{FetchError, FetchSettings, Fetcher};
 use crate::source::RangeSource;
 use crate::stats::{FetchClass, Stats};
 use crate::tree::{self, Attr, Tree};
-use crate::config::Config;
-use crate::error::Error;
 use bytes::{Bytes, BytesMut};
 use estargz::index::{Chunk, Node, NodeId};
 use parking_lot::Mutex;
@@ -203,7 +203,12 @@ impl LazyLayer {
 
     /// Bytes of a file, fetching what is not cached. Fails (never hangs)
     /// after the fetch timeout.
-    pub(crate) async fn read(self: &Arc<Self>, ino: u64, off: u64, len: u64) -> Result<Bytes, Error> {
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        ino: u64,
+        off: u64,
+        len: u64,
+    ) -> Result<Bytes, Error> {
         let node = self.tree.regular(ino).ok_or(Error::NotAFile)?;
         let chunks = tree::chunks_for(node, off, len);
         if chunks.is_empty() {

@@ -103,7 +103,12 @@ pub fn parse(text: &[u8]) -> Result<Vec<MountInfo>, Error> {
     text.split(|&b| b == b'\n')
         .enumerate()
         .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| parse_line(l).map_err(|source| Error::Parse { line: i + 1, source }))
+        .map(|(i, l)| {
+            parse_line(l).map_err(|source| Error::Parse {
+                line: i + 1,
+                source,
+            })
+        })
         .collect()
 }
 
@@ -238,7 +243,10 @@ mod tests {
         // `mount -t tmpfs "" DIR` leaves the source empty: two spaces.
         let m = parse_line(b"1 2 0:5 / /t rw - tmpfs  rw").unwrap();
         assert!(m.optional_fields.is_empty());
-        assert_eq!((m.fs_type.as_bytes(), m.source.as_bytes()), (&b"tmpfs"[..], &b""[..]));
+        assert_eq!(
+            (m.fs_type.as_bytes(), m.source.as_bytes()),
+            (&b"tmpfs"[..], &b""[..])
+        );
     }
 
     #[test]
@@ -271,7 +279,12 @@ mod tests {
 
     #[test]
     fn malformed_escapes_are_errors() {
-        for (mp, at) in [(r"/bad\9xx", 4), (r"/trail\04", 6), (r"/end\", 4), (r"/big\400", 4)] {
+        for (mp, at) in [
+            (r"/bad\9xx", 4),
+            (r"/trail\04", 6),
+            (r"/end\", 4),
+            (r"/big\400", 4),
+        ] {
             assert_eq!(
                 parse_line(line(mp, "s").as_bytes()),
                 Err(ParseError::BadEscape {
@@ -290,9 +303,17 @@ mod tests {
             (b"", BadNumber { field: "mount id" }),
             (b"garbage line", BadNumber { field: "mount id" }),
             (b"1", MissingField("parent id")),
-            (b"1 2 3 / /m rw - x s o", BadNumber { field: "major:minor" }),
+            (
+                b"1 2 3 / /m rw - x s o",
+                BadNumber {
+                    field: "major:minor",
+                },
+            ),
             (b"1 2 0:x / /m rw - x s o", BadNumber { field: "minor" }),
-            (b"99999999999 2 0:1 / /m rw - x s o", BadNumber { field: "mount id" }),
+            (
+                b"99999999999 2 0:1 / /m rw - x s o",
+                BadNumber { field: "mount id" },
+            ),
             (b"1 2 0:1 / /m rw master:1", NoSeparator),
             (b"1 2 0:1 / /m rw - x", MissingField("source")),
             (b"1 2 0:1 / /m rw - x s o extra", TrailingField),
@@ -320,7 +341,10 @@ mod tests {
         .join("\n");
         let m = parse(text.as_bytes()).unwrap();
         let got = mount_points_under(&m, Path::new("/r"));
-        let want: Vec<PathBuf> = ["/r/a/b", "/r/a", "/r/a", "/r"].iter().map(PathBuf::from).collect();
+        let want: Vec<PathBuf> = ["/r/a/b", "/r/a", "/r/a", "/r"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
         assert_eq!(got, want);
     }
 
@@ -335,6 +359,9 @@ mod tests {
         let e = read(Path::new("/nonexistent/mountinfo")).unwrap_err();
         assert_eq!(std::io::Error::from(e).kind(), std::io::ErrorKind::NotFound);
         let e = parse(b"x").unwrap_err();
-        assert_eq!(std::io::Error::from(e).kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(
+            std::io::Error::from(e).kind(),
+            std::io::ErrorKind::InvalidData
+        );
     }
 }

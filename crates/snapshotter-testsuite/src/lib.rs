@@ -13,11 +13,11 @@ mod mount;
 pub use cases::*;
 pub use mount::{mount_all, MountGuard};
 
+use async_trait::async_trait;
 use snapshotter::client::Client;
 use snapshotter::proto::containerd::services::snapshots::v1 as pb;
 use snapshotter::service::status;
 use snapshotter::{Info, Kind, Labels, Mount, Snapshotter, Usage};
-use async_trait::async_trait;
 use std::time::SystemTime;
 
 /// The outcome classes containerd distinguishes.

@@ -139,8 +139,17 @@ mod tests {
     fn lowerdir_option_refuses_what_overlay_would_misread() {
         let kind = |l: &[&Path]| lowerdir_option(l).unwrap_err().kind();
         assert_eq!(kind(&[Path::new("/one")]), io::ErrorKind::InvalidInput);
-        assert_eq!(kind(&[Path::new("/a:b"), Path::new("/c")]), io::ErrorKind::InvalidInput);
-        assert_eq!(kind(&[Path::new("/a"), Path::new("/b,upperdir=/x")]), io::ErrorKind::InvalidInput);
-        assert_eq!(kind(&[Path::new("/a\0"), Path::new("/b")]), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            kind(&[Path::new("/a:b"), Path::new("/c")]),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            kind(&[Path::new("/a"), Path::new("/b,upperdir=/x")]),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            kind(&[Path::new("/a\0"), Path::new("/b")]),
+            io::ErrorKind::InvalidInput
+        );
     }
 }

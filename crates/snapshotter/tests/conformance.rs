@@ -2,8 +2,8 @@
 //! crash-recovery behaviour of the store and layout.
 
 use snapshotter::layout::mounts_under;
-use snapshotter_testsuite::{self as testsuite, labels, Api};
 use snapshotter::{Kind, NoRemoteFs, Snapshotter};
+use snapshotter_testsuite::{self as testsuite, labels, Api};
 use std::sync::Arc;
 
 async fn open(root: &std::path::Path) -> Snapshotter {

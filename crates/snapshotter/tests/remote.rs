@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use snapshotter::layout::{detach_mounts_under, mounts_under};
 use snapshotter::remote::{LABEL_REMOTE, LABEL_REMOTE_VALUE, LABEL_TARGET_REF};
-use snapshotter_testsuite::{self as testsuite, labels, mount_all, Api, Code};
 use snapshotter::{Kind, Labels, MetricsSnapshot, RemoteFs, RemoteFsError, Snapshotter};
+use snapshotter_testsuite::{self as testsuite, labels, mount_all, Api, Code};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -322,7 +322,8 @@ async fn broken_layers_are_refreshed_or_reported_unavailable() {
     let fs = sc.fs();
     let s = Snapshotter::open(&sc.root(), fs.clone()).await.unwrap();
     remote_chain(&s).await;
-    let a_mp = mounts_under(&sc.root()).unwrap()
+    let a_mp = mounts_under(&sc.root())
+        .unwrap()
         .into_iter()
         .find(|m| m.join("a.txt").exists())
         .expect("chain-A mounted");

@@ -357,18 +357,12 @@ pub fn unique_id(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{t:x}", std::process::id())
 }
 
-/// Mount points at or below `dir`, deepest first (from /proc/self/mountinfo).
+/// Mount points at or below `dir`, deepest first (from /proc/self/mountinfo,
+/// through the workspace's one parser). A table that cannot be read fails
+/// the test: an empty answer would pass every "nothing left mounted" check.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    found
+    let table = mountinfo::read_self().expect("read /proc/self/mountinfo");
+    mountinfo::mount_points_under(&table, dir)
 }
 
 /// Lazily unmount everything at or below `dir` (stacked mounts included).
@@ -385,26 +379,6 @@ pub fn unmount_under(dir: &Path) {
             }
         }
     }
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            let oct = std::str::from_utf8(&b[i + 1..i + 4]).ok();
-            if let Some(v) = oct.and_then(|o| u8::from_str_radix(o, 8).ok()) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// containerd 1.6 writes under /run/containerd whatever its config says, and
@@ -437,14 +411,6 @@ fn remove_run_leftovers() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unescapes_mountinfo_octal() {
-        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
-        assert_eq!(unescape_mountinfo(r"/a\134"), r"/a\");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo(r"/bad\9"), r"/bad\9");
-    }
 
     #[test]
     fn unique_ids_differ() {

@@ -39,7 +39,7 @@ pub fn require_root_tools(tools: &[&str]) -> bool {
         return true;
     }
     let msg = format!("needs root and {missing:?} on PATH");
-    if std::env::var_os("CI").is_some() {
+    if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{msg}");
     }
     eprintln!("skipping: {msg}");

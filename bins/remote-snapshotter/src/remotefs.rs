@@ -318,7 +318,7 @@ impl RemoteFs for LazyRemoteFs {
         tokio::task::spawn_blocking(move || match handle {
             Some(h) => h.unmount().map_err(|e| RemoteFsError::Other(e.to_string())),
             // Not ours (left from before a restart): detach it if it is mounted at all.
-            None if lazyfs::mounts::is_fuse_mounted(&mp) => {
+            None if lazyfs::is_fuse_mounted(&mp) => {
                 rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH)
                     .map_err(|e| RemoteFsError::Other(e.to_string()))
             }

@@ -694,7 +694,7 @@ async fn manifest_that_is_not_what_its_digest_says_is_refused() {
 
     let d = common::start(scratch.path(), &[]);
     let api = common::api(&d).await;
-    use snapshotter::testsuite::{labels, Api};
+    use snapshotter_testsuite::{labels, Api};
     let l = labels(&[
         ("containerd.io/snapshot.ref", "sha256:forged-chain"),
         ("containerd.io/snapshot/remote/stargz.reference", &reference),

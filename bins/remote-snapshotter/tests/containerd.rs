@@ -8,8 +8,8 @@ mod common;
 use e2e::containerd::{mounts_under, Containerd};
 use e2e::image::{busybox_layer, write_oci_layout, LayerBuilder};
 use e2e::registry::{skopeo_push, Registry};
-use snapshotter::testsuite::Api;
 use snapshotter::Kind;
+use snapshotter_testsuite::Api;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_and_run_with_real_containerd() {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{api, start, stop};
-use snapshotter::testsuite::{self, labels, Api};
+use snapshotter_testsuite::{self as testsuite, labels, Api};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 

@@ -650,7 +650,7 @@ fn check_snapshots_consistent(ctrd: &Containerd, daemon: &common::Daemon) -> usi
             .filter_map(|l| l.split_whitespace().next().map(str::to_string))
             .collect();
         let ours: Vec<String> = rt.block_on(async {
-            use snapshotter::testsuite::Api;
+            use snapshotter_testsuite::Api;
             let l = common::api(daemon).await.list(&[]).await.unwrap();
             l.into_iter().map(|i| i.name).collect()
         });

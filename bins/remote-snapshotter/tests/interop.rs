@@ -243,15 +243,12 @@ impl Env {
 
 /// FUSE mount points at or below `dir` (fs type from /proc/self/mountinfo).
 fn fuse_mounts_under(dir: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let under = dir.to_string_lossy().into_owned();
-    info.lines()
-        .filter_map(|l| {
-            let point = l.split(' ').nth(4)?;
-            let fstype = l.split(" - ").nth(1)?.split(' ').next()?;
-            (fstype.starts_with("fuse") && point.starts_with(under.as_str()))
-                .then(|| point.to_string())
-        })
+    use std::os::unix::ffi::OsStrExt;
+    mountinfo::read_self()
+        .expect("read /proc/self/mountinfo")
+        .into_iter()
+        .filter(|m| m.fs_type.as_bytes().starts_with(b"fuse") && m.mount_point.starts_with(dir))
+        .map(|m| m.mount_point.display().to_string())
         .collect()
 }
 

@@ -17,7 +17,7 @@ use e2e::image::{
     LayerBuilder, Meta, OciLayout, TOC_DIGEST,
 };
 use e2e::registry::{docker_config, htpasswd, skopeo_push, Registry, RegistryOptions};
-use snapshotter::testsuite::{labels, Api, Code};
+use snapshotter_testsuite::{labels, Api, Code};
 use std::path::Path;
 
 const USER: &str = "alice";

@@ -7,9 +7,9 @@
 //! - `rsnap mount --blob FILE DIR`: an eStargz blob in a local file.
 
 use anyhow::{bail, Context, Result};
-use lazyfs::mounts::OverlayMount;
 use lazyfs::{ChunkCache, Config, FileSource, LazyLayer, MountHandle, RangeSource};
 use sha2::{Digest as _, Sha256};
+use snapshotter::OverlayMount;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -12,6 +12,7 @@
 //! or replaced behind our back is deleted and counted, never returned.
 //! Hashing costs ~0.5 ms per MiB and only happens on a memory miss.
 
+use crate::chunk::Flights;
 use crate::lru::Lru;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -45,16 +46,16 @@ impl Default for CacheConfig {
 
 /// Counters of the cache (monotonic except the two `*_bytes` gauges).
 #[derive(Debug, Default)]
-pub struct CacheStats {
-    pub memory_hits: AtomicU64,
-    pub disk_hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub disk_evictions: AtomicU64,
+pub(crate) struct CacheStats {
+    pub(crate) memory_hits: AtomicU64,
+    pub(crate) disk_hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) disk_evictions: AtomicU64,
     /// Files on disk whose content did not match their name (deleted).
-    pub disk_corrupt: AtomicU64,
-    pub disk_write_errors: AtomicU64,
-    pub memory_bytes: AtomicU64,
-    pub disk_bytes: AtomicU64,
+    pub(crate) disk_corrupt: AtomicU64,
+    pub(crate) disk_write_errors: AtomicU64,
+    pub(crate) memory_bytes: AtomicU64,
+    pub(crate) disk_bytes: AtomicU64,
 }
 
 pub struct ChunkCache {
@@ -64,15 +65,15 @@ pub struct ChunkCache {
     disk: Mutex<Lru<()>>,
     disk_cap: u64,
     seq: AtomicU64,
-    pub stats: CacheStats,
+    pub(crate) stats: CacheStats,
     /// Chunks being fetched right now, by digest: shared by all layers so
     /// that concurrent readers of one chunk wait for a single fetch.
-    pub(crate) flights: crate::fetch::Flights,
+    pub(crate) flights: Flights,
 }
 
 /// The hex part of a `sha256:<64 lowercase hex>` digest, or `None`. The TOC
 /// is untrusted and these names become file names: nothing else passes.
-pub fn digest_hex(digest: &str) -> Option<&str> {
+pub(crate) fn digest_hex(digest: &str) -> Option<&str> {
     let hex = digest.strip_prefix("sha256:")?;
     (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(hex)
 }
@@ -147,7 +148,7 @@ impl ChunkCache {
     }
 
     /// From memory only (no I/O).
-    pub fn get_memory(&self, digest: &str) -> Option<Bytes> {
+    pub(crate) fn get_memory(&self, digest: &str) -> Option<Bytes> {
         let hex = digest_hex(digest)?;
         let b = self.mem.lock().get(hex)?;
         self.stats.memory_hits.fetch_add(1, Relaxed);
@@ -155,7 +156,7 @@ impl ChunkCache {
     }
 
     /// Whether either tier holds it (no I/O, no counting).
-    pub fn contains(&self, digest: &str) -> bool {
+    pub(crate) fn contains(&self, digest: &str) -> bool {
         let Some(hex) = digest_hex(digest) else {
             return false;
         };
@@ -163,7 +164,7 @@ impl ChunkCache {
     }
 
     /// Memory, then disk (blocking file I/O and a hash on the disk path).
-    pub fn get(&self, digest: &str) -> Option<Bytes> {
+    pub(crate) fn get(&self, digest: &str) -> Option<Bytes> {
         if let Some(b) = self.get_memory(digest) {
             return Some(b);
         }
@@ -171,7 +172,7 @@ impl ChunkCache {
     }
 
     /// From disk, verified, and promoted to memory. Blocking.
-    pub fn get_disk(&self, digest: &str) -> Option<Bytes> {
+    pub(crate) fn get_disk(&self, digest: &str) -> Option<Bytes> {
         let hit = self.read_disk(digest);
         match &hit {
             Some(b) => {
@@ -215,7 +216,7 @@ impl ChunkCache {
     }
 
     /// Keep a verified chunk in memory (evicting the oldest beyond the cap).
-    pub fn insert_memory(&self, digest: &str, data: Bytes) {
+    pub(crate) fn insert_memory(&self, digest: &str, data: Bytes) {
         let Some(hex) = digest_hex(digest) else {
             return;
         };
@@ -236,7 +237,7 @@ impl ChunkCache {
 
     /// Store a verified chunk on disk. Blocking. The caller has checked
     /// `data` against `digest`; the name is the digest.
-    pub fn insert_disk(&self, digest: &str, data: &[u8]) {
+    pub(crate) fn insert_disk(&self, digest: &str, data: &[u8]) {
         let (Some(dir), Some(hex)) = (self.dir.as_ref(), digest_hex(digest)) else {
             return;
         };
@@ -264,7 +265,8 @@ impl ChunkCache {
     }
 
     /// Both tiers; blocking.
-    pub fn insert(&self, digest: &str, data: Bytes) {
+    #[cfg(test)]
+    pub(crate) fn insert(&self, digest: &str, data: Bytes) {
         self.insert_disk(digest, &data);
         self.insert_memory(digest, data);
     }
@@ -293,19 +295,20 @@ impl ChunkCache {
     }
 
     /// Fraction of the disk cap in use (0 without a disk tier).
-    pub fn disk_fill(&self) -> f64 {
+    pub(crate) fn disk_fill(&self) -> f64 {
         if self.dir.is_none() || self.disk_cap == 0 {
             return 0.0;
         }
         self.disk.lock().weight() as f64 / self.disk_cap as f64
     }
 
-    pub fn has_disk(&self) -> bool {
+    pub(crate) fn has_disk(&self) -> bool {
         self.dir.is_some()
     }
 
     /// Number of chunks on disk.
-    pub fn disk_entries(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn disk_entries(&self) -> usize {
         self.disk.lock().len()
     }
 }

@@ -1,9 +1,16 @@
-//! Turning the compressed bytes of one gzip member into one verified chunk,
-//! through `estargz::decompress_chunk` (gunzip, inner offset, sha256).
-//! The single place lazyfs touches the chunk format.
+//! One chunk: turning the compressed bytes of one gzip member into one
+//! verified chunk, through `estargz::decompress_chunk` (gunzip, inner offset,
+//! sha256), the single place lazyfs touches the chunk format; what getting a
+//! chunk can fail with; and the table of chunks in flight, which the shared
+//! `ChunkCache` holds and `fetch` fills (here, so neither imports the other).
 
+use crate::source::SourceError;
 use bytes::Bytes;
 use estargz::index::Chunk;
+use futures::future::{BoxFuture, Shared};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::time::Duration;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ChunkError {
@@ -15,7 +22,7 @@ pub enum ChunkError {
 
 /// Decompress `member` (the bytes `chunk.blob_offset..chunk.blob_end`) and
 /// return the chunk only if it matches its digest.
-pub fn decode(member: &[u8], chunk: &Chunk) -> Result<Bytes, ChunkError> {
+pub(crate) fn decode(member: &[u8], chunk: &Chunk) -> Result<Bytes, ChunkError> {
     match estargz::decompress_chunk(member, chunk) {
         Ok(v) => Ok(Bytes::from(v)),
         Err(estargz::Error::DigestMismatch { actual, .. }) => Err(ChunkError::DigestMismatch {
@@ -26,5 +33,37 @@ pub fn decode(member: &[u8], chunk: &Chunk) -> Result<Bytes, ChunkError> {
             digest: chunk.digest.clone(),
             reason: e.to_string(),
         }),
+    }
+}
+
+/// Why a chunk could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("fetch timed out after {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+}
+
+impl FetchError {
+    /// The data is bad (as opposed to: the source could not be reached).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, FetchError::Chunk(_))
+    }
+}
+
+/// The answer to every reader waiting for one chunk.
+pub(crate) type Waiter = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
+
+/// Chunks in flight, by digest.
+pub(crate) type Flights = Mutex<HashMap<String, Waiter>>;
+
+/// Remove `digest`'s in-flight entry if it is `w`.
+pub(crate) fn forget_flight(flights: &Flights, digest: &str, w: &Waiter) {
+    let mut f = flights.lock();
+    if f.get(digest).is_some_and(|cur| cur.ptr_eq(w)) {
+        f.remove(digest);
     }
 }

@@ -93,11 +93,11 @@ impl Config {
         toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
     }
 
-    pub fn fetch_timeout(&self) -> Duration {
+    pub(crate) fn fetch_timeout(&self) -> Duration {
         Duration::from_secs(self.fetch_timeout_sec.max(1))
     }
 
-    pub fn prefetch_timeout(&self) -> Duration {
+    pub(crate) fn prefetch_timeout(&self) -> Duration {
         Duration::from_secs(self.prefetch_timeout_sec)
     }
 

@@ -12,12 +12,13 @@
 //!   while any on-demand request of the layer is running.
 
 use crate::cache::ChunkCache;
-use crate::chunk::{self, ChunkError};
+use crate::chunk::{self, forget_flight, Waiter};
+use crate::config::Config;
 use crate::source::{RangeSource, SourceError};
 use crate::stats::{FetchClass, Stats};
 use bytes::Bytes;
 use estargz::index::Chunk;
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::FutureExt;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -25,42 +26,24 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify, Semaphore};
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum FetchError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error("fetch timed out after {0:?}")]
-    Timeout(Duration),
-    #[error(transparent)]
-    Chunk(#[from] ChunkError),
-}
-
-impl FetchError {
-    /// The data is bad (as opposed to: the source could not be reached).
-    pub fn is_corrupt(&self) -> bool {
-        matches!(self, FetchError::Chunk(_))
-    }
-}
-
-type Waiter = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
-
-/// Chunks in flight, by digest.
-pub(crate) type Flights = Mutex<HashMap<String, Waiter>>;
+// Defined beside the in-flight table that hands it to waiters; named here
+// too, where callers meet it.
+pub(crate) use crate::chunk::FetchError;
 
 /// Limits of one fetcher.
 #[derive(Debug, Clone)]
-pub struct FetchSettings {
-    pub timeout: Duration,
-    pub max_concurrency: usize,
-    pub background_concurrency: usize,
-    pub max_request_bytes: u64,
-    pub background_request_bytes: u64,
-    pub coalesce_gap_bytes: u64,
-    pub background_quiet: Duration,
+pub(crate) struct FetchSettings {
+    pub(crate) timeout: Duration,
+    pub(crate) max_concurrency: usize,
+    pub(crate) background_concurrency: usize,
+    pub(crate) max_request_bytes: u64,
+    pub(crate) background_request_bytes: u64,
+    pub(crate) coalesce_gap_bytes: u64,
+    pub(crate) background_quiet: Duration,
 }
 
 impl FetchSettings {
-    pub fn from_config(c: &crate::Config) -> Self {
+    pub(crate) fn from_config(c: &Config) -> Self {
         FetchSettings {
             timeout: c.fetch_timeout(),
             max_concurrency: c.max_concurrency.max(1),
@@ -73,7 +56,7 @@ impl FetchSettings {
     }
 }
 
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     source: Arc<dyn RangeSource>,
     cache: Arc<ChunkCache>,
     stats: Arc<Stats>,
@@ -102,14 +85,6 @@ struct Span {
     start: u64,
     end: u64,
     chunks: Vec<Owned>,
-}
-
-/// Remove `digest`'s in-flight entry if it is `w`.
-fn forget_flight(flights: &Flights, digest: &str, w: &Waiter) {
-    let mut f = flights.lock();
-    if f.get(digest).is_some_and(|cur| cur.ptr_eq(w)) {
-        f.remove(digest);
-    }
 }
 
 /// Group member ranges `(start, end)` into requests: sorted by offset, a
@@ -167,7 +142,7 @@ impl Drop for Foreground<'_> {
 }
 
 impl Fetcher {
-    pub fn new(
+    pub(crate) fn new(
         source: Arc<dyn RangeSource>,
         cache: Arc<ChunkCache>,
         stats: Arc<Stats>,
@@ -187,20 +162,16 @@ impl Fetcher {
         }
     }
 
-    pub fn source(&self) -> &Arc<dyn RangeSource> {
-        &self.source
-    }
-
-    pub fn cache(&self) -> &Arc<ChunkCache> {
+    pub(crate) fn cache(&self) -> &Arc<ChunkCache> {
         &self.cache
     }
 
     /// Compressed bytes of this layer known to be in the cache.
-    pub fn resident_bytes(&self) -> u64 {
+    pub(crate) fn resident_bytes(&self) -> u64 {
         self.resident_bytes.load(Relaxed)
     }
 
-    pub fn is_resident(&self, c: &Chunk) -> bool {
+    pub(crate) fn is_resident(&self, c: &Chunk) -> bool {
         self.resident.lock().contains_key(&c.blob_offset)
     }
 
@@ -212,21 +183,12 @@ impl Fetcher {
     }
 
     /// Whether an on-demand request is running.
-    pub fn foreground_busy(&self) -> bool {
+    pub(crate) fn foreground_busy(&self) -> bool {
         self.fg_active.load(Relaxed) > 0
     }
 
-    /// The chunks from memory only, if all are there (no I/O, no waiting).
-    pub fn get_from_memory(&self, chunks: &[Chunk]) -> Option<Vec<Bytes>> {
-        let mut out = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            out.push(self.cache.get_memory(&c.digest)?);
-        }
-        Some(out)
-    }
-
     /// The chunks from either cache tier, if all are there. Blocking (disk).
-    pub fn get_cached_blocking(&self, chunks: &[Chunk]) -> Option<Vec<Bytes>> {
+    pub(crate) fn get_cached_blocking(&self, chunks: &[Chunk]) -> Option<Vec<Bytes>> {
         let mut out = Vec::with_capacity(chunks.len());
         for c in chunks {
             let b = self.cache.get(&c.digest)?;
@@ -237,7 +199,7 @@ impl Fetcher {
     }
 
     /// The chunks, in order, each verified. Fetches what the cache lacks.
-    pub async fn get_chunks(
+    pub(crate) async fn get_chunks(
         self: &Arc<Self>,
         chunks: &[Chunk],
         class: FetchClass,
@@ -371,7 +333,7 @@ impl Fetcher {
     /// has had one for `background_quiet`. Background fetch calls this
     /// before it claims a batch: a reader that wants a chunk of a claimed
     /// batch joins that fetch, so the wait must not come after the claim.
-    pub async fn wait_quiet(&self) {
+    pub(crate) async fn wait_quiet(&self) {
         let quiet = self.cfg.background_quiet.as_millis() as u64;
         loop {
             self.wait_foreground_idle().await;

@@ -6,10 +6,10 @@
 //! The layer never changes, so attributes and entries (negative ones too)
 //! get long TTLs and file pages stay cached across opens (`FOPEN_KEEP_CACHE`).
 
+use crate::error::Error;
 use crate::layer::{LazyLayer, OpenFile};
 use crate::mounts;
 use crate::tree::{Attr, Inode};
-use crate::Error;
 use estargz::index::NodeKind;
 use fuser::{
     BackgroundSession, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -455,10 +455,6 @@ pub fn mount(layer: Arc<LazyLayer>, mountpoint: &Path) -> Result<MountHandle, Er
 impl MountHandle {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
-    }
-
-    pub fn layer(&self) -> &Arc<LazyLayer> {
-        &self.layer
     }
 
     /// Still served by us and still in the mount table.

@@ -3,11 +3,12 @@
 //! Nothing here knows about FUSE.
 
 use crate::cache::ChunkCache;
+use crate::config::Config;
+use crate::error::Error;
 use crate::fetch::{FetchError, FetchSettings, Fetcher};
 use crate::source::RangeSource;
 use crate::stats::{FetchClass, Stats};
 use crate::tree::{self, Attr, Tree};
-use crate::{Config, Error};
 use bytes::{Bytes, BytesMut};
 use estargz::index::{Chunk, Node, NodeId};
 use parking_lot::Mutex;
@@ -52,7 +53,7 @@ const SLOW_FAILURE_MEMORY: Duration = Duration::from_millis(250);
 
 /// Per-open-file state: where a sequential reader is, how far ahead we fetched.
 #[derive(Debug, Default)]
-pub struct OpenFile {
+pub(crate) struct OpenFile {
     last_end: AtomicU64,
     ahead_until: AtomicU64,
 }
@@ -66,7 +67,7 @@ pub struct PrefetchReport {
 
 impl LazyLayer {
     /// A layer from an already validated index (`nodes` as in `estargz::index::Index`).
-    pub fn from_nodes(
+    pub(crate) fn from_nodes(
         source: Arc<dyn RangeSource>,
         layer_digest: &str,
         nodes: Vec<Node>,
@@ -132,15 +133,15 @@ impl LazyLayer {
         &self.stats
     }
 
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.cfg
     }
 
-    pub fn runtime(&self) -> &Handle {
+    pub(crate) fn runtime(&self) -> &Handle {
         &self.rt
     }
 
-    pub fn tree(&self) -> &Tree {
+    pub(crate) fn tree(&self) -> &Tree {
         &self.tree
     }
 
@@ -152,7 +153,7 @@ impl LazyLayer {
 
     /// `{"digest","size","fetchedSize","fetchedPercent"}` as the Go
     /// snapshotter shows it in `/.stargz-snapshotter/<digest>.json`.
-    pub fn state_json(&self) -> Vec<u8> {
+    pub(crate) fn state_json(&self) -> Vec<u8> {
         let fetched = self.fetched_bytes();
         let pct = if self.blob_size == 0 {
             100.0
@@ -170,7 +171,7 @@ impl LazyLayer {
         out
     }
 
-    pub fn attr(&self, ino: u64) -> Option<Attr> {
+    pub(crate) fn attr(&self, ino: u64) -> Option<Attr> {
         let state_size = match self.tree.inode(ino) {
             Some(crate::tree::Inode::StateFile) => self.state_json().len() as u64,
             _ => 0,
@@ -180,7 +181,7 @@ impl LazyLayer {
 
     /// Bytes of a file from the cache only; `None` if some part is not
     /// cached. Blocking (disk reads), never waits for the network.
-    pub fn read_cached(&self, ino: u64, off: u64, len: u64) -> Option<Result<Bytes, Error>> {
+    pub(crate) fn read_cached(&self, ino: u64, off: u64, len: u64) -> Option<Result<Bytes, Error>> {
         let node = match self.tree.regular(ino) {
             Some(n) => n,
             None => return Some(Err(Error::NotAFile)),
@@ -202,7 +203,12 @@ impl LazyLayer {
 
     /// Bytes of a file, fetching what is not cached. Fails (never hangs)
     /// after the fetch timeout.
-    pub async fn read(self: &Arc<Self>, ino: u64, off: u64, len: u64) -> Result<Bytes, Error> {
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        ino: u64,
+        off: u64,
+        len: u64,
+    ) -> Result<Bytes, Error> {
         let node = self.tree.regular(ino).ok_or(Error::NotAFile)?;
         let chunks = tree::chunks_for(node, off, len);
         if chunks.is_empty() {
@@ -261,7 +267,7 @@ impl LazyLayer {
     /// the next `readahead_bytes` of the file for a sequential reader, and
     /// the next `blob_readahead_bytes` of the blob when reads walk the blob
     /// in order across files. Never waits.
-    pub fn readahead(self: &Arc<Self>, ino: u64, file: &OpenFile, off: u64, len: u64) {
+    pub(crate) fn readahead(self: &Arc<Self>, ino: u64, file: &OpenFile, off: u64, len: u64) {
         let Some(node) = self.tree.regular(ino) else {
             return;
         };

@@ -1,42 +1,47 @@
 //! A lazily fetched eStargz layer, served through FUSE.
 //!
 //! Layers of this crate, each using only the ones before it:
-//! - [`source`]: `RangeSource`, random access to a blob (registry or file).
-//! - [`cache`]: `ChunkCache`, verified chunks by digest, in memory and on
+//! - `source`: [`RangeSource`], random access to a blob (registry or file).
+//! - `chunk`: one chunk = one gzip member, verified against its digest;
+//!   [`FetchError`]; the table of chunks in flight.
+//! - `cache`: [`ChunkCache`], verified chunks by digest, in memory and on
 //!   disk, capped, least recently used out first; shared by all layers.
-//! - `chunk` + [`fetch`]: one chunk = one gzip member, verified against its
-//!   digest; singleflight, coalesced ranged requests, timeouts, background
+//! - `fetch`: singleflight, coalesced ranged requests, timeouts, background
 //!   priority.
-//! - `tree` + [`layer`]: `LazyLayer`, the files of a layer as overlayfs wants
-//!   them (whiteouts), reads, readahead, prefetch, background fetch; no FUSE.
-//! - [`fuse`]: `mount(layer, dir) -> MountHandle`; the only module that
-//!   knows the FUSE library. [`mounts`]: mount table helpers.
+//! - `tree` + `layer` (+ `open`): [`LazyLayer`], the files of a layer as
+//!   overlayfs wants them (whiteouts), reads, readahead, prefetch, background
+//!   fetch; no FUSE.
+//! - `fuse`: [`mount`]`(layer, dir) -> `[`MountHandle`]; the only module that
+//!   knows the FUSE library. `mounts`: finding FUSE mounts and clearing dead
+//!   ones ([`cleanup_dead_mounts`]).
 //!
 //! Nothing is served that did not match its digest; nothing waits on the
-//! network longer than the configured fetch timeout.
+//! network longer than the configured fetch timeout. The modules are private:
+//! what other crates use is re-exported here, and nothing else is public.
 
-pub mod cache;
+mod cache;
 mod chunk;
-pub mod config;
+mod config;
 mod error;
-pub mod fetch;
-pub mod fuse;
-pub mod layer;
+mod fetch;
+mod fuse;
+mod layer;
 mod lru;
-pub mod mounts;
-pub mod open;
-pub mod source;
-pub mod stats;
-pub mod tree;
+mod mounts;
+mod open;
+mod source;
+mod stats;
+mod tree;
 
 pub use cache::{CacheConfig, ChunkCache};
-pub use config::Config;
+pub use chunk::{ChunkError, FetchError};
+pub use config::{Config, ConfigError};
 pub use error::Error;
 pub use fuse::{mount, MountHandle};
 pub use layer::{LazyLayer, PrefetchReport};
-pub use mounts::cleanup_dead_mounts;
+pub use mounts::{cleanup_dead_mounts, is_fuse_mounted};
 pub use source::{FileSource, RangeSource, SourceError};
-pub use stats::{FetchClass, Stats, StatsSnapshot};
+pub use stats::{Stats, StatsSnapshot};
 
 #[cfg(test)]
 mod fuse_tests;

@@ -32,6 +32,7 @@ impl<V: Clone> Lru<V> {
         self.weight
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
     }

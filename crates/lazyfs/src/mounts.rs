@@ -1,82 +1,29 @@
-//! Mount-table helpers that need no FUSE library: finding FUSE mounts,
-//! unmounting them, clearing dead ones left by a crashed daemon, and
-//! raising a mount's kernel readahead.
+//! Mount-table helpers that need no FUSE library: finding FUSE mounts
+//! (through the `mountinfo` crate), clearing dead ones left by a crashed
+//! daemon, and raising a mount's kernel readahead.
 
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// One line of `/proc/self/mountinfo`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    pub mount_point: PathBuf,
-    pub fstype: String,
-    pub source: String,
+/// Mount points of the FUSE mounts in this process's namespace.
+fn fuse_mounts() -> std::io::Result<Vec<PathBuf>> {
+    Ok(mountinfo::read_self()?
+        .into_iter()
+        .filter(|m| is_fuse(m.fs_type.as_bytes()))
+        .map(|m| m.mount_point)
+        .collect())
 }
 
-/// Undo mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parse mountinfo text (lines that do not parse are skipped).
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(mp) = left.split(' ').nth(4) else {
-            continue;
-        };
-        let mut r = right.split(' ');
-        let (Some(fstype), Some(source)) = (r.next(), r.next()) else {
-            continue;
-        };
-        out.push(MountEntry {
-            mount_point: PathBuf::from(unescape(mp)),
-            fstype: fstype.to_string(),
-            source: unescape(source),
-        });
-    }
-    out
-}
-
-pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
-    Ok(parse_mountinfo(&std::fs::read_to_string(
-        "/proc/self/mountinfo",
-    )?))
-}
-
-fn is_fuse(fstype: &str) -> bool {
-    fstype == "fuse" || fstype.starts_with("fuse.")
+fn is_fuse(fs_type: &[u8]) -> bool {
+    fs_type == b"fuse" || fs_type.starts_with(b"fuse.")
 }
 
 /// Whether a FUSE filesystem is mounted exactly at `path`.
 pub fn is_fuse_mounted(path: &Path) -> bool {
-    mounts().is_ok_and(|m| {
-        m.iter()
-            .any(|e| e.mount_point == path && is_fuse(&e.fstype))
-    })
+    fuse_mounts().is_ok_and(|m| m.iter().any(|p| p == path))
 }
 
 /// `statfs` in a helper thread so a hung FUSE server cannot hang the caller.
@@ -100,10 +47,9 @@ fn stat_with_timeout(path: &Path, t: Duration) -> Option<std::io::Result<()>> {
 /// ("transport endpoint is not connected"). Returns what was unmounted.
 /// Live mounts, and mounts that do not answer quickly, are left alone.
 pub fn cleanup_dead_mounts(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut found: Vec<PathBuf> = mounts()?
+    let mut found: Vec<PathBuf> = fuse_mounts()?
         .into_iter()
-        .filter(|e| is_fuse(&e.fstype) && e.mount_point.starts_with(dir))
-        .map(|e| e.mount_point)
+        .filter(|p| p.starts_with(dir))
         .collect();
     // Deepest first, so nested mounts go before their parents.
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -130,7 +76,7 @@ pub fn cleanup_dead_mounts(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Set `/sys/class/bdi/<major:minor>/read_ahead_kb` of the filesystem
 /// mounted at `mountpoint`. The kernel default (128 KiB) makes sequential
 /// reads through FUSE needlessly slow.
-pub fn set_read_ahead_kb(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
+pub(crate) fn set_read_ahead_kb(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
     let dev = std::fs::metadata(mountpoint)?.dev();
     let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
     std::fs::write(
@@ -139,64 +85,13 @@ pub fn set_read_ahead_kb(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
     )
 }
 
-/// A read-only overlayfs of lower directories (top first), unmounted on drop.
-#[derive(Debug)]
-pub struct OverlayMount {
-    target: PathBuf,
-}
-
-impl OverlayMount {
-    pub fn mount(lowers: &[&Path], target: &Path) -> std::io::Result<OverlayMount> {
-        // Without an upper dir the kernel wants two lower dirs or more.
-        if lowers.len() < 2 {
-            return Err(std::io::Error::other(
-                "a read-only overlay needs two lower dirs or more",
-            ));
-        }
-        let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-        let data = std::ffi::CString::new(format!("lowerdir={}", lower.join(":")))
-            .map_err(std::io::Error::other)?;
-        rustix::mount::mount(
-            "overlay",
-            target,
-            "overlay",
-            rustix::mount::MountFlags::RDONLY,
-            data.as_c_str(),
-        )?;
-        Ok(OverlayMount {
-            target: target.to_path_buf(),
-        })
-    }
-
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-}
-
-impl Drop for OverlayMount {
-    fn drop(&mut self) {
-        let flags = rustix::mount::UnmountFlags::empty();
-        if rustix::mount::unmount(&self.target, flags).is_err() {
-            let _ = rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::DETACH);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_mountinfo_with_escapes() {
-        let text = "36 35 98:0 / /mnt/with\\040space rw,noatime master:1 - fuse rsnap:sha256:ab rw,user_id=0\n\
-                    37 35 0:5 / /proc rw - proc proc rw\n\
-                    garbage line\n";
-        let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0].mount_point, PathBuf::from("/mnt/with space"));
-        assert_eq!(m[0].fstype, "fuse");
-        assert_eq!(m[0].source, "rsnap:sha256:ab");
-        assert_eq!(m[1].fstype, "proc");
-        assert_eq!(unescape("a\\134b\\"), "a\\b\\");
+    fn fuse_types() {
+        assert!(is_fuse(b"fuse") && is_fuse(b"fuse.rsnap"));
+        assert!(!is_fuse(b"fuseblk") && !is_fuse(b"fusectl") && !is_fuse(b"overlay"));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why bytes were fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchClass {
+pub(crate) enum FetchClass {
     /// A reader is waiting for them (including readahead of a reader).
     OnDemand,
     /// The prioritized range before mounting.
@@ -16,19 +16,19 @@ pub enum FetchClass {
 
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub on_demand_bytes: AtomicU64,
-    pub prefetch_bytes: AtomicU64,
-    pub background_bytes: AtomicU64,
+    pub(crate) on_demand_bytes: AtomicU64,
+    pub(crate) prefetch_bytes: AtomicU64,
+    pub(crate) background_bytes: AtomicU64,
     /// Ranged requests sent to the source.
-    pub requests: AtomicU64,
-    pub request_errors: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) request_errors: AtomicU64,
     /// Chunk lookups served by the cache / that needed the network.
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
+    pub(crate) cache_hits: AtomicU64,
+    pub(crate) cache_misses: AtomicU64,
     /// Chunks whose bytes did not match their digest (never served).
-    pub corrupt_chunks: AtomicU64,
+    pub(crate) corrupt_chunks: AtomicU64,
     /// Reads answered with an error.
-    pub read_errors: AtomicU64,
+    pub(crate) read_errors: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -46,7 +46,7 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
-    pub fn add_fetched(&self, class: FetchClass, n: u64) {
+    pub(crate) fn add_fetched(&self, class: FetchClass, n: u64) {
         let c = match class {
             FetchClass::OnDemand => &self.on_demand_bytes,
             FetchClass::Prefetch => &self.prefetch_bytes,

@@ -11,15 +11,15 @@ use estargz::index::{Chunk, Node, NodeId, NodeKind, ROOT};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-pub const ROOT_INO: u64 = ROOT as u64 + 1;
-pub const STATE_DIR_NAME: &str = ".stargz-snapshotter";
+pub(crate) const ROOT_INO: u64 = ROOT as u64 + 1;
+pub(crate) const STATE_DIR_NAME: &str = ".stargz-snapshotter";
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
-pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Attributes of one inode, independent of any FUSE library.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attr {
+pub(crate) struct Attr {
     pub ino: u64,
     pub kind: NodeKind,
     /// Permission bits with setuid/setgid/sticky.
@@ -35,13 +35,13 @@ pub struct Attr {
 
 /// What an inode number stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inode {
+pub(crate) enum Inode {
     Node(NodeId),
     StateDir,
     StateFile,
 }
 
-pub struct Tree {
+pub(crate) struct Tree {
     nodes: Vec<Node>,
     /// Directory -> (shown name, inode), sorted by name.
     dirs: HashMap<NodeId, Vec<(String, u64)>>,
@@ -52,7 +52,7 @@ pub struct Tree {
 }
 
 impl Tree {
-    pub fn new(nodes: Vec<Node>, layer_digest: &str) -> Tree {
+    pub(crate) fn new(nodes: Vec<Node>, layer_digest: &str) -> Tree {
         let mut dirs = HashMap::new();
         let mut opaque = HashSet::new();
         let mut whiteouts = HashSet::new();
@@ -100,7 +100,7 @@ impl Tree {
         }
     }
 
-    pub fn nodes(&self) -> &[Node] {
+    pub(crate) fn nodes(&self) -> &[Node] {
         &self.nodes
     }
 
@@ -112,7 +112,7 @@ impl Tree {
         self.nodes.len() as u64 + 2
     }
 
-    pub fn inode(&self, ino: u64) -> Option<Inode> {
+    pub(crate) fn inode(&self, ino: u64) -> Option<Inode> {
         if ino >= 1 && ino <= self.nodes.len() as u64 {
             Some(Inode::Node((ino - 1) as NodeId))
         } else if ino == self.state_dir_ino() {
@@ -124,7 +124,7 @@ impl Tree {
         }
     }
 
-    pub fn node(&self, ino: u64) -> Option<&Node> {
+    pub(crate) fn node(&self, ino: u64) -> Option<&Node> {
         match self.inode(ino)? {
             Inode::Node(id) => self.nodes.get(id as usize),
             _ => None,
@@ -132,7 +132,7 @@ impl Tree {
     }
 
     /// The regular file behind `ino`, if it is one that reads go to.
-    pub fn regular(&self, ino: u64) -> Option<&Node> {
+    pub(crate) fn regular(&self, ino: u64) -> Option<&Node> {
         let Inode::Node(id) = self.inode(ino)? else {
             return None;
         };
@@ -144,11 +144,7 @@ impl Tree {
             .filter(|n| n.kind == NodeKind::Reg)
     }
 
-    pub fn state_file_name(&self) -> &str {
-        &self.state_name
-    }
-
-    pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
+    pub(crate) fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
         match self.inode(parent)? {
             Inode::Node(id) => {
                 if id == ROOT && name == STATE_DIR_NAME {
@@ -166,7 +162,7 @@ impl Tree {
     }
 
     /// Entries of a directory without `.` and `..` (the state dir of `/` hidden).
-    pub fn entries(&self, dir: u64) -> Option<Cow<'_, [(String, u64)]>> {
+    pub(crate) fn entries(&self, dir: u64) -> Option<Cow<'_, [(String, u64)]>> {
         match self.inode(dir)? {
             Inode::Node(id) => self.dirs.get(&id).map(|e| Cow::Borrowed(e.as_slice())),
             Inode::StateDir => Some(Cow::Owned(vec![(
@@ -178,7 +174,7 @@ impl Tree {
     }
 
     /// Parent directory inode (for `..`).
-    pub fn parent(&self, dir: u64) -> u64 {
+    pub(crate) fn parent(&self, dir: u64) -> u64 {
         match self.inode(dir) {
             Some(Inode::Node(id)) => self.nodes[id as usize].parent as u64 + 1,
             _ => ROOT_INO,
@@ -186,7 +182,7 @@ impl Tree {
     }
 
     /// `state_size` is the current size of the JSON state file.
-    pub fn attr(&self, ino: u64, state_size: u64) -> Option<Attr> {
+    pub(crate) fn attr(&self, ino: u64, state_size: u64) -> Option<Attr> {
         let virt = |kind, perm, nlink, size| Attr {
             ino,
             kind,
@@ -239,12 +235,12 @@ impl Tree {
         Some(a)
     }
 
-    pub fn readlink(&self, ino: u64) -> Option<&str> {
+    pub(crate) fn readlink(&self, ino: u64) -> Option<&str> {
         let n = self.node(ino)?;
         (n.kind == NodeKind::Symlink).then_some(n.link_target.as_deref()?)
     }
 
-    pub fn xattr(&self, ino: u64, name: &str) -> Option<Cow<'_, [u8]>> {
+    pub(crate) fn xattr(&self, ino: u64, name: &str) -> Option<Cow<'_, [u8]>> {
         let Inode::Node(id) = self.inode(ino)? else {
             return None;
         };
@@ -258,7 +254,7 @@ impl Tree {
     }
 
     /// Attribute names, each followed by a NUL (the listxattr format).
-    pub fn xattr_list(&self, ino: u64) -> Vec<u8> {
+    pub(crate) fn xattr_list(&self, ino: u64) -> Vec<u8> {
         let mut out = Vec::new();
         let Some(Inode::Node(id)) = self.inode(ino) else {
             return out;
@@ -280,7 +276,7 @@ impl Tree {
     }
 
     /// A path for log messages.
-    pub fn path_of(&self, id: NodeId) -> String {
+    pub(crate) fn path_of(&self, id: NodeId) -> String {
         let mut parts = Vec::new();
         let mut cur = id;
         let mut guard = 0;
@@ -302,7 +298,7 @@ impl Tree {
 }
 
 /// The chunks of a file overlapping `off..off+len`.
-pub fn chunks_for(node: &Node, off: u64, len: u64) -> &[Chunk] {
+pub(crate) fn chunks_for(node: &Node, off: u64, len: u64) -> &[Chunk] {
     let end = off.saturating_add(len).min(node.size);
     if off >= end {
         return &[];

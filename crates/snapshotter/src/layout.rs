@@ -129,44 +129,23 @@ fn set_mode(p: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).map_err(|e| Error::io("chmod", p, e))
 }
 
-/// Mount points at or below `prefix`, deepest first, from /proc/self/mountinfo.
-pub fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .filter(|m| m.starts_with(prefix))
-        .collect();
-    out.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    out.dedup();
-    out
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// Mount points at or below `prefix`, deepest first (a stacked mount point
+/// once per mount), from /proc/self/mountinfo. An unreadable mount table is
+/// an error, never "nothing mounted": removal relies on this answer.
+pub fn mounts_under(prefix: &Path) -> Result<Vec<PathBuf>> {
+    let table = mountinfo::read_self().map_err(|e| {
+        Error::io(
+            "read mount table",
+            Path::new(mountinfo::SELF_MOUNTINFO),
+            e.into(),
+        )
+    })?;
+    Ok(mountinfo::mount_points_under(&table, prefix))
 }
 
 /// Lazily detaches every mount at or below `path` (deepest first).
 pub fn detach_mounts_under(path: &Path) -> Result<()> {
-    for m in mounts_under(path) {
+    for m in mounts_under(path)? {
         // DETACH: a busy mount (a container still using the layer) must not
         // block removal; the kernel frees it when the last user goes.
         if let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH) {
@@ -183,7 +162,7 @@ pub fn detach_mounts_under(path: &Path) -> Result<()> {
 /// have its source files deleted.
 pub fn remove_tree(path: &Path) -> Result<()> {
     detach_mounts_under(path)?;
-    if let Some(m) = mounts_under(path).first() {
+    if let Some(m) = mounts_under(path)?.first() {
         return Err(Error::FailedPrecondition(format!(
             "{} is still mounted",
             m.display()
@@ -199,12 +178,6 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unescapes_mountinfo_octal() {
-        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), r"/a b\c");
-        assert_eq!(unescape_mountinfo(r"/trailing\04"), r"/trailing\04");
-    }
 
     #[test]
     fn orphans_are_everything_but_live_ids() {

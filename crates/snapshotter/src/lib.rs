@@ -6,8 +6,9 @@
 //! - [`store`]: crash-safe metadata in redb, one write transaction per call.
 //! - [`layout`]: directories under the root, ordered against the store so a
 //!   crash leaves only orphan directories, which start-up removes.
-//! - [`filter`], [`mounts`], [`usage`]: List filters, overlay/bind mounts,
-//!   disk usage.
+//! - [`filter`], [`mounts`], [`usage`]: List filters, overlay/bind mounts
+//!   (the specs handed to containerd, and [`OverlayMount`] for mounting a
+//!   read-only overlay here), disk usage.
 //! - [`core`]: the local snapshot contract (prepare/view/commit/remove/...).
 //! - [`remote`]: **the plug-in point**, trait [`RemoteFs`], through which
 //!   lazily fetched layers are mounted. This crate never depends on the
@@ -30,7 +31,6 @@ pub mod server;
 pub mod service;
 pub mod snapshotter;
 pub mod store;
-pub mod testsuite;
 pub mod types;
 pub mod usage;
 
@@ -52,6 +52,7 @@ pub mod proto {
 
 pub use error::{Error, Result};
 pub use metrics::{Metrics, MetricsSnapshot};
+pub use mounts::OverlayMount;
 pub use remote::{NoRemoteFs, RemoteFs, RemoteFsError};
 pub use snapshotter::Snapshotter;
 pub use types::{Info, Kind, Labels, Mount, Usage};

@@ -2,8 +2,8 @@
 //! crash-recovery behaviour of the store and layout.
 
 use snapshotter::layout::mounts_under;
-use snapshotter::testsuite::{self, labels, Api};
 use snapshotter::{Kind, NoRemoteFs, Snapshotter};
+use snapshotter_testsuite::{self as testsuite, labels, Api};
 use std::sync::Arc;
 
 async fn open(root: &std::path::Path) -> Snapshotter {
@@ -25,7 +25,7 @@ async fn conformance_in_process() {
         .unwrap()
         .collect();
     assert!(left.is_empty(), "no directories left: {left:?}");
-    assert!(mounts_under(dir.path()).is_empty());
+    assert!(mounts_under(dir.path()).unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,8 +84,7 @@ async fn start_removes_what_a_crash_left() {
 /// source survives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_never_deletes_through_a_mount() {
-    if !testsuite::can_mount() {
-        eprintln!("skipping: needs root");
+    if !e2e::require_root_tools(&[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -99,7 +98,7 @@ async fn cleanup_never_deletes_through_a_mount() {
     s.cleanup().await.unwrap();
     assert!(!orphan.exists());
     assert_eq!(std::fs::read_to_string(src.join("keep")).unwrap(), "me");
-    assert!(mounts_under(dir.path()).is_empty());
+    assert!(mounts_under(dir.path()).unwrap().is_empty());
 }
 
 /// Creates, commits and removes from many tasks while Cleanup runs in a

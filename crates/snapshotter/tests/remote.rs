@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use snapshotter::layout::{detach_mounts_under, mounts_under};
 use snapshotter::remote::{LABEL_REMOTE, LABEL_REMOTE_VALUE, LABEL_TARGET_REF};
-use snapshotter::testsuite::{self, labels, mount_all, Api, Code};
 use snapshotter::{Kind, Labels, MetricsSnapshot, RemoteFs, RemoteFsError, Snapshotter};
+use snapshotter_testsuite::{self as testsuite, labels, mount_all, Api, Code};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,7 +57,7 @@ impl RemoteFs for BindFs {
         Ok(())
     }
     async fn check(&self, mp: &Path, _: &Labels) -> Result<(), RemoteFsError> {
-        if mounts_under(mp).iter().any(|m| m == mp) {
+        if mounts_under(mp).unwrap().iter().any(|m| m == mp) {
             Ok(())
         } else {
             Err(RemoteFsError::Other("not mounted".into()))
@@ -151,17 +151,9 @@ async fn remote_chain(s: &Snapshotter) {
     assert_eq!(r.map_err(|e| e.0), Err(Code::AlreadyExists));
 }
 
-fn root_or_skip() -> bool {
-    let ok = testsuite::can_mount();
-    if !ok {
-        eprintln!("skipping: needs root");
-    }
-    ok
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_with_both_fakes() {
-    if !root_or_skip() {
+    if !e2e::require_root_tools(&[]) {
         return;
     }
     let sc = Scratch::new();
@@ -178,7 +170,7 @@ async fn conformance_with_both_fakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_layers_are_committed_mounted_and_stacked() {
-    if !root_or_skip() {
+    if !e2e::require_root_tools(&[]) {
         return;
     }
     let sc = Scratch::new();
@@ -240,7 +232,7 @@ async fn remote_layers_are_committed_mounted_and_stacked() {
         Api::remove(&s, k).await.unwrap();
     }
     assert_eq!(fs.unmounts.load(Ordering::SeqCst), 2);
-    assert!(mounts_under(&sc.root()).is_empty());
+    assert!(mounts_under(&sc.root()).unwrap().is_empty());
     assert_eq!(
         std::fs::read_to_string(sc.p("layerB/b.txt")).unwrap(),
         "layerB",
@@ -264,7 +256,7 @@ fn mountpoint(sc: &Scratch, name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_fall_back_to_ordinary_snapshots_and_are_counted() {
-    if !root_or_skip() {
+    if !e2e::require_root_tools(&[]) {
         return;
     }
     let sc = Scratch::new();
@@ -323,7 +315,7 @@ async fn failures_fall_back_to_ordinary_snapshots_and_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_layers_are_refreshed_or_reported_unavailable() {
-    if !root_or_skip() {
+    if !e2e::require_root_tools(&[]) {
         return;
     }
     let sc = Scratch::new();
@@ -331,6 +323,7 @@ async fn broken_layers_are_refreshed_or_reported_unavailable() {
     let s = Snapshotter::open(&sc.root(), fs.clone()).await.unwrap();
     remote_chain(&s).await;
     let a_mp = mounts_under(&sc.root())
+        .unwrap()
         .into_iter()
         .find(|m| m.join("a.txt").exists())
         .expect("chain-A mounted");
@@ -367,17 +360,17 @@ async fn broken_layers_are_refreshed_or_reported_unavailable() {
     fs.available.store(true, Ordering::SeqCst);
     Api::mounts(&s, "c1").await.expect("remounted");
     assert!(metrics(&s).restores >= 1);
-    assert!(mounts_under(&sc.root()).contains(&a_mp));
+    assert!(mounts_under(&sc.root()).unwrap().contains(&a_mp));
     s.unmount_all().await;
     assert!(
-        mounts_under(&sc.root()).is_empty(),
+        mounts_under(&sc.root()).unwrap().is_empty(),
         "unmount_all leaves nothing mounted"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_restores_remote_layers_even_when_the_registry_is_down() {
-    if !root_or_skip() {
+    if !e2e::require_root_tools(&[]) {
         return;
     }
     let sc = Scratch::new();
@@ -389,7 +382,7 @@ async fn restart_restores_remote_layers_even_when_the_registry_is_down() {
             .unwrap();
         // Dropped without unmounting, as after SIGTERM or a crash.
     }
-    assert_eq!(mounts_under(&sc.root()).len(), 2);
+    assert_eq!(mounts_under(&sc.root()).unwrap().len(), 2);
 
     let down = sc.fs();
     down.available.store(false, Ordering::SeqCst);
@@ -398,7 +391,7 @@ async fn restart_restores_remote_layers_even_when_the_registry_is_down() {
         .expect("a down registry does not stop the start");
     assert_eq!(metrics(&s).restore_failures, 2);
     assert!(
-        mounts_under(&sc.root()).is_empty(),
+        mounts_under(&sc.root()).unwrap().is_empty(),
         "stale mounts were detached"
     );
     assert_eq!(s.stat("chain-B").await.unwrap().kind, Kind::Committed);
@@ -426,5 +419,5 @@ async fn restart_restores_remote_layers_even_when_the_registry_is_down() {
     for k in ["c1", "chain-B", "chain-A"] {
         Api::remove(&s, k).await.unwrap();
     }
-    assert!(mounts_under(&sc.root()).is_empty());
+    assert!(mounts_under(&sc.root()).unwrap().is_empty());
 }

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use e2e::process::{wait_until, Service};
-use snapshotter::testsuite::GrpcApi;
+use snapshotter_testsuite::GrpcApi;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -3,8 +3,9 @@
 //! [`Snapshotter`] and over a socket against any snapshots.v1 server
 //! (our daemon), through the small [`Api`] trait.
 //!
-//! Cases panic on a violation (they are test code). Cases that mount need
-//! root; each case uses its own key prefix so all can share one instance.
+//! Test code only (a dev-dependency, never published): cases panic on a
+//! violation. Cases that mount need root (see [`can_mount`]); each case uses
+//! its own key prefix so all can share one instance.
 
 mod cases;
 mod mount;
@@ -12,12 +13,11 @@ mod mount;
 pub use cases::*;
 pub use mount::{mount_all, MountGuard};
 
-use crate::client::Client;
-use crate::proto::containerd::services::snapshots::v1 as pb;
-use crate::service::status;
-use crate::snapshotter::Snapshotter;
-use crate::types::{Info, Kind, Labels, Mount, Usage};
 use async_trait::async_trait;
+use snapshotter::client::Client;
+use snapshotter::proto::containerd::services::snapshots::v1 as pb;
+use snapshotter::service::status;
+use snapshotter::{Info, Kind, Labels, Mount, Snapshotter, Usage};
 use std::time::SystemTime;
 
 /// The outcome classes containerd distinguishes.
@@ -127,7 +127,7 @@ impl Api for Snapshotter {
 /// Over gRPC (any snapshots.v1 server). The client is cheap to clone.
 pub struct GrpcApi(pub Client);
 
-fn from_pb_mounts(ms: Vec<crate::proto::containerd::types::Mount>) -> Vec<Mount> {
+fn from_pb_mounts(ms: Vec<snapshotter::proto::containerd::types::Mount>) -> Vec<Mount> {
     ms.into_iter()
         .map(|m| Mount {
             fs_type: m.r#type,

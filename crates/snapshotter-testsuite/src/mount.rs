@@ -1,8 +1,8 @@
 //! Performing the mounts a snapshotter returns, as containerd would, so the
 //! suite can look at files through the layers.
 
-use crate::types::Mount;
 use rustix::mount::{MountFlags, UnmountFlags};
+use snapshotter::Mount;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 

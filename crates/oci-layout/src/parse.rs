@@ -26,8 +26,7 @@ pub fn check_digest(d: &str) -> Result<&str> {
 /// A checked digest as oci-spec's type.
 pub fn parse_digest(d: &str) -> Result<Digest> {
     check_digest(d)?;
-    d.parse()
-        .map_err(|_| Error::MalformedDigest(d.to_string()))
+    d.parse().map_err(|_| Error::MalformedDigest(d.to_string()))
 }
 
 pub fn sha256_digest(data: &[u8]) -> String {
@@ -127,12 +126,13 @@ pub fn parse_diff_ids(config: &Value, layers: usize) -> Result<Vec<String>> {
     if !config.is_object() || !config["rootfs"].is_object() {
         return Err(Error::NotAnObject("config rootfs"));
     }
-    let ids: Vec<String> = serde_json::from_value(config["rootfs"]["diff_ids"].clone()).map_err(
-        |source| Error::Malformed {
-            what: "config rootfs.diff_ids",
-            source,
-        },
-    )?;
+    let ids: Vec<String> =
+        serde_json::from_value(config["rootfs"]["diff_ids"].clone()).map_err(|source| {
+            Error::Malformed {
+                what: "config rootfs.diff_ids",
+                source,
+            }
+        })?;
     if ids.len() != layers {
         return Err(Error::DiffIdCount {
             layers,
@@ -258,7 +258,10 @@ mod tests {
         assert_eq!(parse_diff_ids(&cfg, 1).unwrap(), [h.clone()]);
         assert!(matches!(
             parse_diff_ids(&cfg, 2),
-            Err(Error::DiffIdCount { layers: 2, diff_ids: 1 })
+            Err(Error::DiffIdCount {
+                layers: 2,
+                diff_ids: 1
+            })
         ));
         assert!(matches!(select_tag(vec![], None), Err(Error::NoImage)));
     }

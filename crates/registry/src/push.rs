@@ -153,7 +153,9 @@ impl Client {
         )
         .await
         {
-            Ok(r) if r.status().is_success() => return Ok(UploadStart::Done(BlobPush::AlreadyThere)),
+            Ok(r) if r.status().is_success() => {
+                return Ok(UploadStart::Done(BlobPush::AlreadyThere))
+            }
             Ok(_) | Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }

@@ -19,7 +19,7 @@ pub use oci_layout::Descriptor;
 
 use endpoint::{Dest, Source};
 use indicatif::ProgressBar;
-use oci_layout::{Descriptor, DescriptorExt};
+use oci_layout::DescriptorExt;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use tokio::runtime::Handle;

@@ -255,7 +255,7 @@ mod tests {
         let p = parse_manifest(&m).unwrap();
         assert_eq!(p.layers.len(), 1);
         let cfg = serde_json::json!({"rootfs": {"diff_ids": [h]}});
-        assert_eq!(parse_diff_ids(&cfg, 1).unwrap(), [h.clone()]);
+        assert_eq!(parse_diff_ids(&cfg, 1).unwrap(), std::slice::from_ref(&h));
         assert!(matches!(
             parse_diff_ids(&cfg, 2),
             Err(Error::DiffIdCount {

@@ -2,13 +2,8 @@
 //! each owns its clap `Args` and a `run` function. Logic lives in the crates.
 
 mod convert;
-mod convert_io;
-mod convert_layer;
-mod ctrd;
-mod image;
 mod mount;
 mod net;
-mod oci_layout;
 mod pull;
 mod toc;
 

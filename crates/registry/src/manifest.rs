@@ -94,7 +94,9 @@ impl Platform {
         })
     }
 
-    fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
+    /// Whether an image for `os/arch[/variant]` runs here (no variant
+    /// wanted: any variant does).
+    pub fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
         if self.os != os || self.architecture != arch {
             return false;
         }

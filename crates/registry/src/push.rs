@@ -18,6 +18,14 @@ pub struct PushOptions {
     pub chunk_size: Option<usize>,
 }
 
+/// How an upload begins: at an upload URL, or already finished (the blob
+/// was there or was mounted from another repository).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UploadStart {
+    Location(String),
+    Done(BlobPush),
+}
+
 /// What `push_blob` had to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlobPush {
@@ -52,8 +60,8 @@ impl Client {
         let scope = push_scope(repo);
         let _permit = self.permit().await?;
         let mut location = match self.begin_upload(&ep, repo, digest, opts).await? {
-            Ok(l) => l,
-            Err(done) => return Ok(done),
+            UploadStart::Location(l) => l,
+            UploadStart::Done(done) => return Ok(done),
         };
         if let Some(chunk) = opts.chunk_size.filter(|&c| c > 0 && c < data.len()) {
             let mut off = 0;
@@ -94,8 +102,8 @@ impl Client {
         let scope = push_scope(repo);
         let _permit = self.permit().await?;
         let mut location = match self.begin_upload(&ep, repo, digest, opts).await? {
-            Ok(l) => l,
-            Err(done) => return Ok(done),
+            UploadStart::Location(l) => l,
+            UploadStart::Done(done) => return Ok(done),
         };
         let chunk = opts.chunk_size.filter(|&c| c > 0).unwrap_or(16 << 20);
         let mut off = 0u64;
@@ -128,14 +136,14 @@ impl Client {
     }
 
     /// HEAD, then a mount attempt per `mount_from`, then a new upload.
-    /// `Ok(Err(done))` when nothing is left to upload.
+    /// `UploadStart::Done` when nothing is left to upload.
     async fn begin_upload(
         &self,
         ep: &Endpoint,
         repo: &Reference,
         digest: &str,
         opts: &PushOptions,
-    ) -> Result<std::result::Result<String, BlobPush>> {
+    ) -> Result<UploadStart> {
         let scope = push_scope(repo);
         let blob = ep.url(&format!("/v2/{}/blobs/{digest}", repo.repository()));
         match execute(
@@ -145,7 +153,9 @@ impl Client {
         )
         .await
         {
-            Ok(r) if r.status().is_success() => return Ok(Err(BlobPush::AlreadyThere)),
+            Ok(r) if r.status().is_success() => {
+                return Ok(UploadStart::Done(BlobPush::AlreadyThere))
+            }
             Ok(_) | Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -178,9 +188,9 @@ impl Client {
                 Err(e) => return Err(e),
             };
             return match resp.status() {
-                StatusCode::CREATED => Ok(Err(BlobPush::Mounted)),
+                StatusCode::CREATED => Ok(UploadStart::Done(BlobPush::Mounted)),
                 // Not mountable: the registry started an upload instead.
-                StatusCode::ACCEPTED => Ok(Ok(upload_location(&resp)?)),
+                StatusCode::ACCEPTED => Ok(UploadStart::Location(upload_location(&resp)?)),
                 _ => Err(unexpected(resp).await),
             };
         }
@@ -190,7 +200,7 @@ impl Client {
         if resp.status() != StatusCode::ACCEPTED {
             return Err(unexpected(resp).await);
         }
-        Ok(Ok(upload_location(&resp)?))
+        Ok(UploadStart::Location(upload_location(&resp)?))
     }
 
     /// Upload `data` at `off`; returns the next upload location.

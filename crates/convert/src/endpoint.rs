@@ -1,4 +1,4 @@
-//! Where `rsnap convert` reads from and writes to: an OCI layout
+//! Where a conversion reads from and writes to: an OCI layout
 //! (`oci:DIR[:TAG]`) or a registry (`HOST/REPO[:TAG]`).
 //!
 //! Conversion itself always runs layout to layout. A registry source is
@@ -8,16 +8,16 @@
 //! conversion (so uploads overlap the conversion of other layers), then
 //! configs, manifests and finally the tag.
 
-use crate::oci_layout::{self as oci, Descriptor, Layout, OciRef, MAX_JSON_BLOB};
-use anyhow::{ensure, Context, Result};
+use crate::error::{Error, Result};
 use futures::StreamExt;
 use indicatif::ProgressBar;
+use oci_layout::{media_types, Descriptor, Layout, MediaType, OciRef, MAX_JSON_BLOB};
 use serde_json::Value;
 use std::io::Write;
 use tokio::runtime::Handle;
 
 /// A registry endpoint of the conversion.
-pub struct Remote {
+pub(crate) struct Remote {
     client: registry::Client,
     reference: registry::Reference,
     rt: Handle,
@@ -27,12 +27,13 @@ pub struct Remote {
 
 fn remote(s: &str, cfg: &registry::ClientConfig, rt: &Handle) -> Result<(Remote, Layout)> {
     let reference =
-        registry::Reference::parse(s).with_context(|| format!("image reference {s:?}"))?;
-    let client = registry::Client::new(cfg.clone()).context("creating the registry client")?;
+        registry::Reference::parse(s).map_err(Error::registry(format!("image reference {s:?}")))?;
+    let client = registry::Client::new(cfg.clone())
+        .map_err(Error::registry("creating the registry client"))?;
     let dir = tempfile::Builder::new()
         .prefix("rsnap-convert-")
         .tempdir()
-        .context("staging dir")?;
+        .map_err(Error::io("creating the staging directory"))?;
     let staging = Layout::create(dir.path())?;
     Ok((
         Remote {
@@ -45,7 +46,7 @@ fn remote(s: &str, cfg: &registry::ClientConfig, rt: &Handle) -> Result<(Remote,
     ))
 }
 
-pub enum Source {
+pub(crate) enum Source {
     Layout { layout: Layout, tag: Option<String> },
     Registry { remote: Remote, staging: Layout },
 }
@@ -84,19 +85,18 @@ impl Source {
     /// The descriptor of the manifest or index the source names.
     pub fn root(&self) -> Result<Descriptor> {
         match self {
-            Source::Layout { layout, tag } => layout.resolve(tag.as_deref()),
+            Source::Layout { layout, tag } => Ok(layout.resolve(tag.as_deref())?),
             Source::Registry { remote, staging } => {
                 let r = &remote.reference;
                 let res = remote
                     .rt
                     .block_on(remote.client.resolve(r))
-                    .with_context(|| format!("resolving {r}"))?;
+                    .map_err(Error::registry(format!("resolving {r}")))?;
                 let mut d = staging.put_blob(&res.media_type, &res.bytes)?;
-                ensure!(
-                    d.digest == res.digest,
-                    "{r}: manifest digest changed while staging"
-                );
-                d.media_type = res.media_type;
+                if d.digest().as_ref() != res.digest {
+                    return Err(Error::StagingChanged(r.to_string()));
+                }
+                d.set_media_type(MediaType::from(res.media_type.as_str()));
                 Ok(d)
             }
         }
@@ -105,24 +105,25 @@ impl Source {
     /// A manifest, index or config, verified.
     pub fn read_json_blob(&self, d: &Descriptor) -> Result<(Vec<u8>, Value)> {
         if let Source::Registry { remote, staging } = self {
-            if !staging.has_blob(&d.digest) {
+            let digest = d.digest().as_ref();
+            if !staging.has_blob(digest) {
                 let r = &remote.reference;
-                let bytes = if is_manifest_type(&d.media_type) {
+                let fetching = Error::registry(format!("fetching {digest} from {r}"));
+                let bytes = if media_types::is_manifest(d.media_type().as_ref()) {
                     remote
                         .rt
-                        .block_on(remote.client.resolve(&r.with_digest(&d.digest)))?
-                        .bytes
+                        .block_on(remote.client.resolve(&r.with_digest(digest)))
+                        .map(|res| res.bytes)
                 } else {
-                    remote.rt.block_on(remote.client.fetch_blob_bytes(
-                        r,
-                        &d.digest,
-                        MAX_JSON_BLOB,
-                    ))?
-                };
-                staging.put_blob(&d.media_type, &bytes)?;
+                    remote
+                        .rt
+                        .block_on(remote.client.fetch_blob_bytes(r, digest, MAX_JSON_BLOB))
+                }
+                .map_err(fetching)?;
+                staging.put_blob(d.media_type().as_ref(), &bytes)?;
             }
         }
-        self.layout().read_json_blob(d)
+        Ok(self.layout().read_json_blob(d)?)
     }
 
     /// Make sure layer `d` is in `layout()` (downloading it if needed).
@@ -130,32 +131,37 @@ impl Source {
         let Source::Registry { remote, staging } = self else {
             return Ok(());
         };
-        if staging.has_blob(&d.digest) {
+        let digest = d.digest().as_ref();
+        if staging.has_blob(digest) {
             return Ok(());
         }
         bar.set_message("downloading");
         let r = &remote.reference;
         let mut w = staging.blob_writer()?;
-        remote
-            .rt
-            .block_on(async {
-                let mut s = remote.client.fetch_blob_stream(r, &d.digest).await?;
-                // The stream ends in an error if the digest did not match, and
-                // the writer only becomes a blob on commit below.
-                while let Some(chunk) = s.next().await {
-                    let chunk = chunk?;
-                    w.write_all(&chunk)?;
-                    bar.inc(chunk.len() as u64);
-                }
-                anyhow::Ok(())
-            })
-            .with_context(|| format!("downloading {}", d.digest))?;
-        let (digest, size) = w.commit()?;
-        ensure!(
-            digest == d.digest && size == d.size,
-            "layer {} downloaded as {digest} ({size} bytes)",
-            d.digest
-        );
+        let what = || format!("downloading {digest}");
+        remote.rt.block_on(async {
+            let mut s = remote
+                .client
+                .fetch_blob_stream(r, digest)
+                .await
+                .map_err(Error::registry(what()))?;
+            // The stream ends in an error if the digest did not match, and
+            // the writer only becomes a blob on commit below.
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk.map_err(Error::registry(what()))?;
+                w.write_all(&chunk).map_err(Error::io(what()))?;
+                bar.inc(chunk.len() as u64);
+            }
+            Ok::<_, Error>(())
+        })?;
+        let (got, size) = w.commit()?;
+        if got != digest || size != d.size() {
+            return Err(Error::Download {
+                digest: digest.to_string(),
+                got,
+                size,
+            });
+        }
         bar.set_position(0);
         bar.set_message("");
         Ok(())
@@ -169,14 +175,7 @@ impl Source {
     }
 }
 
-fn is_manifest_type(mt: &str) -> bool {
-    matches!(
-        mt,
-        oci::MT_OCI_MANIFEST | oci::MT_DOCKER_MANIFEST | oci::MT_OCI_INDEX | oci::MT_DOCKER_LIST
-    )
-}
-
-pub enum Dest {
+pub(crate) enum Dest {
     Layout {
         layout: Layout,
         tag: Option<String>,
@@ -206,10 +205,9 @@ impl Dest {
             });
         }
         let (remote, staging) = remote(s, cfg, rt)?;
-        ensure!(
-            remote.reference.digest().is_none(),
-            "{s:?}: a destination needs a tag, not a digest"
-        );
+        if remote.reference.digest().is_some() {
+            return Err(Error::DestinationDigest(s.to_string()));
+        }
         // Same registry: unchanged blobs are mounted, not uploaded again.
         let mount_from = src
             .registry_repo()
@@ -258,7 +256,8 @@ impl Dest {
         else {
             return Ok(());
         };
-        let path = staging.blob_path(&d.digest)?;
+        let digest = d.digest().as_ref();
+        let path = staging.blob_path(digest)?;
         let opts = registry::PushOptions {
             mount_from: mount_from.clone(),
             chunk_size: None,
@@ -266,8 +265,11 @@ impl Dest {
         let r = remote.reference.repo_only();
         remote
             .rt
-            .block_on(remote.client.push_blob_file(&r, &d.digest, &path, &opts))
-            .with_context(|| format!("pushing {} to {}", d.digest, remote.reference))?;
+            .block_on(remote.client.push_blob_file(&r, digest, &path, &opts))
+            .map_err(Error::registry(format!(
+                "pushing {digest} to {}",
+                remote.reference
+            )))?;
         Ok(())
     }
 
@@ -275,21 +277,26 @@ impl Dest {
     pub fn push_manifest(&self, d: &Descriptor, tag: Option<&str>) -> Result<()> {
         match self {
             Dest::Layout { layout, .. } => match tag {
-                Some(t) => layout.set_tag(t, d.clone()),
+                Some(t) => Ok(layout.set_tag(t, d.clone())?),
                 None => Ok(()),
             },
             Dest::Registry {
                 remote, staging, ..
             } => {
                 let (bytes, _) = staging.read_json_blob(d)?;
+                let digest = d.digest().as_ref();
                 let r = match tag {
                     Some(t) => remote.reference.repo_only().with_tag(t),
-                    None => remote.reference.repo_only().with_digest(&d.digest),
+                    None => remote.reference.repo_only().with_digest(digest),
                 };
                 remote
                     .rt
-                    .block_on(remote.client.push_manifest(&r, &d.media_type, bytes.into()))
-                    .with_context(|| format!("pushing manifest {} to {r}", d.digest))?;
+                    .block_on(remote.client.push_manifest(
+                        &r,
+                        d.media_type().as_ref(),
+                        bytes.into(),
+                    ))
+                    .map_err(Error::registry(format!("pushing manifest {digest} to {r}")))?;
                 Ok(())
             }
         }

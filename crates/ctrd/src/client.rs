@@ -1,8 +1,8 @@
-//! The few containerd API calls a lazy pull needs, with the namespace and the
+//! The containerd API calls a lazy pull needs, with the namespace and the
 //! lease carried on every request (so garbage collection cannot take content
 //! or snapshots between our calls).
 
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, StatSnapshotRequest,
 };
@@ -33,7 +33,10 @@ impl Containerd {
     pub async fn connect(address: &str, namespace: &str) -> Result<Self> {
         let client = containerd_client::Client::from_path(address)
             .await
-            .with_context(|| format!("connecting to containerd at {address}"))?;
+            .map_err(|source| Error::Connect {
+                address: address.to_string(),
+                source,
+            })?;
         Ok(Containerd {
             client,
             namespace: namespace.to_string(),
@@ -69,7 +72,7 @@ impl Containerd {
                 labels,
             }))
             .await
-            .context("creating a lease")?;
+            .map_err(Error::rpc("creating a lease"))?;
         self.lease = Some(id);
         Ok(())
     }
@@ -80,7 +83,7 @@ impl Containerd {
                 .leases()
                 .delete(self.req(DeleteLeaseRequest { id, sync: false }))
                 .await
-                .context("deleting the lease")?;
+                .map_err(Error::rpc("deleting the lease"))?;
         }
         Ok(())
     }
@@ -96,7 +99,7 @@ impl Containerd {
         {
             Ok(_) => Ok(true),
             Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(s).context("content info"),
+            Err(s) => Err(Error::rpc("content info")(s)),
         }
     }
 
@@ -141,13 +144,13 @@ impl Containerd {
                         Ok(Some(_)) => {}
                         Ok(None) => break,
                         Err(e) if e.code() == Code::AlreadyExists => break,
-                        Err(e) => return Err(e).context("writing content"),
+                        Err(e) => return Err(Error::rpc("writing content")(e)),
                     }
                 }
                 Ok(())
             }
             Err(s) if s.code() == Code::AlreadyExists => Ok(()),
-            Err(s) => Err(s).with_context(|| format!("writing content {digest}")),
+            Err(s) => Err(Error::rpc(format!("writing content {digest}"))(s)),
         }
     }
 
@@ -159,7 +162,7 @@ impl Containerd {
         match self.client.snapshots().stat(self.req(req)).await {
             Ok(_) => Ok(true),
             Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(s).context("snapshot stat"),
+            Err(s) => Err(Error::rpc("snapshot stat")(s)),
         }
     }
 
@@ -179,7 +182,7 @@ impl Containerd {
         match self.client.snapshots().prepare(self.req(req)).await {
             Ok(r) => Ok(Prepared::Active(r.into_inner().mounts)),
             Err(s) if s.code() == Code::AlreadyExists => Ok(Prepared::Remote),
-            Err(s) => Err(s).with_context(|| format!("preparing snapshot {key}")),
+            Err(s) => Err(Error::rpc(format!("preparing snapshot {key}"))(s)),
         }
     }
 
@@ -194,7 +197,7 @@ impl Containerd {
             Ok(_) => Ok(()),
             // Someone else unpacked the same layer meanwhile: theirs is as good.
             Err(s) if s.code() == Code::AlreadyExists => Ok(()),
-            Err(s) => Err(s).with_context(|| format!("committing snapshot {name}")),
+            Err(s) => Err(Error::rpc(format!("committing snapshot {name}"))(s)),
         }
     }
 
@@ -220,7 +223,7 @@ impl Containerd {
             .diff()
             .apply(self.req(req))
             .await
-            .context("applying a layer")?;
+            .map_err(Error::rpc("applying a layer"))?;
         Ok(resp
             .into_inner()
             .applied
@@ -247,7 +250,7 @@ impl Containerd {
         {
             Ok(_) => true,
             Err(s) if s.code() == Code::NotFound => false,
-            Err(s) => return Err(s).context("getting image"),
+            Err(s) => return Err(Error::rpc("getting image")(s)),
         };
         if exists {
             let req = UpdateImageRequest {
@@ -259,7 +262,7 @@ impl Containerd {
                 .images()
                 .update(self.req(req))
                 .await
-                .context("updating image")?;
+                .map_err(Error::rpc("updating image"))?;
         } else {
             let req = CreateImageRequest {
                 image: Some(image),
@@ -269,7 +272,7 @@ impl Containerd {
                 .images()
                 .create(self.req(req))
                 .await
-                .context("creating image")?;
+                .map_err(Error::rpc("creating image"))?;
         }
         Ok(())
     }

@@ -1,0 +1,256 @@
+//! One layer: source blob (tar, tar.gz or eStargz) from one OCI layout to an
+//! eStargz blob in another, streamed through a temp file. The source is
+//! checked against its digest and its diff ID while it is read, so a corrupt
+//! input never yields a committed output.
+
+use crate::error::{Error, Result};
+use indicatif::ProgressBar;
+use oci_layout::{media_types as mt, Descriptor, DescriptorExt, HashingReader, Layout, MediaType};
+use std::io::{BufReader, Write};
+
+pub use estargz::toc::TOC_DIGEST_ANNOTATION as ANN_TOC_DIGEST;
+pub const ANN_UNCOMPRESSED_SIZE: &str = "io.containers.estargz.uncompressed-size";
+
+#[derive(Clone, Debug, Default)]
+pub struct LayerOptions {
+    /// Chunk size in bytes; `None` keeps the writer's default.
+    pub chunk_size: Option<u64>,
+    /// gzip level 0-9; `None` keeps the writer's default.
+    pub compression_level: Option<u32>,
+    /// Paths (layer-relative, no leading slash) to put first, in this
+    /// order, followed by the prefetch landmark.
+    pub prioritized_files: Vec<String>,
+}
+
+/// What happened to a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Converted,
+    /// Already eStargz: the blob is kept byte for byte.
+    PassedThrough,
+    /// A media type we do not convert (zstd, foreign, ...): kept as is.
+    Kept,
+}
+
+#[derive(Clone, Debug)]
+pub struct Converted {
+    pub desc: Descriptor,
+    pub diff_id: String,
+    pub action: Action,
+}
+
+enum Input {
+    Tar,
+    Gzip,
+    Other,
+}
+
+fn input_kind(media_type: &str) -> Input {
+    match media_type {
+        mt::OCI_LAYER_GZIP | mt::DOCKER_LAYER_GZIP => Input::Gzip,
+        mt::OCI_LAYER_TAR | mt::DOCKER_LAYER_TAR => Input::Tar,
+        _ => Input::Other,
+    }
+}
+
+/// Convert layer `src_desc` whose config diff ID is `src_diff_id`.
+pub fn convert_layer(
+    src: &Layout,
+    dst: &Layout,
+    src_desc: &Descriptor,
+    src_diff_id: &str,
+    opts: &LayerOptions,
+    bar: &ProgressBar,
+) -> Result<Converted> {
+    let digest = src_desc.digest().as_ref();
+    let path = src.blob_path(digest)?;
+    let kind = input_kind(src_desc.media_type().as_ref());
+    if let Input::Other = kind {
+        tracing::warn!(%digest, media_type = %src_desc.media_type(), "layer media type not converted; kept as is");
+        copy_blob(src, dst, src_desc, bar)?;
+        return Ok(Converted {
+            desc: src_desc.clone(),
+            diff_id: src_diff_id.to_string(),
+            action: Action::Kept,
+        });
+    }
+    if let Input::Gzip = kind {
+        if let Some(toc_digest) = estargz_toc_digest(&path) {
+            return pass_through(src, dst, src_desc, src_diff_id, toc_digest, bar);
+        }
+    }
+
+    // Verify the whole input before converting it: decompress (if gzip)
+    // into an unnamed spool file next to the output while hashing both
+    // streams, then convert the spool, which is ours and cannot change.
+    let io = |what: &str| Error::io(format!("{what} layer {digest}"));
+    let file = std::fs::File::open(&path).map_err(io("open"))?;
+    let mut compressed = HashingReader::new(BufReader::with_capacity(1 << 20, bar.wrap_read(file)));
+    let (spool, len) = match kind {
+        Input::Gzip => {
+            let mut spool = tempfile::tempfile_in(dst.blob_dir()).map_err(io("spool"))?;
+            let mut tar = HashingReader::new(flate2::read::MultiGzDecoder::new(&mut compressed));
+            std::io::copy(&mut tar, &mut spool).map_err(io("gunzip"))?;
+            let (diff_id, len) = tar.finish().map_err(io("gunzip"))?;
+            check_diff_id(diff_id, src_diff_id, digest)?;
+            (spool, len)
+        }
+        _ => {
+            // The source file itself is the tar: hash it, then convert in place.
+            let f = std::fs::File::open(&path).map_err(io("open"))?;
+            let (diff_id, len) = HashingReader::new(BufReader::new(&f))
+                .finish()
+                .map_err(io("read"))?;
+            check_diff_id(diff_id, src_diff_id, digest)?;
+            (f, len)
+        }
+    };
+    let (got, size) = compressed.finish().map_err(io("read"))?;
+    check_source(&got, size, src_desc)?;
+
+    let mut out = dst.blob_writer()?;
+    let report = estargz::writer::convert_tar_at(&spool, len, &mut out, &writer_options(opts))
+        .map_err(|source| Error::Estargz {
+            digest: digest.to_string(),
+            source,
+        })?;
+    for p in &report.missed_prioritized {
+        tracing::debug!(path = %p, layer = %digest, "prioritized file not in this layer");
+    }
+    out.flush().map_err(io("write converted"))?;
+    let (out_digest, out_size) = out.commit()?;
+    let mut desc = Descriptor::new(
+        MediaType::ImageLayerGzip,
+        out_size,
+        oci_layout::parse_digest(&out_digest)?,
+    );
+    desc.set_annotations(src_desc.annotations().clone());
+    desc.insert_annotation(ANN_TOC_DIGEST, report.toc_digest);
+    desc.insert_annotation(ANN_UNCOMPRESSED_SIZE, report.uncompressed_size.to_string());
+    Ok(Converted {
+        desc,
+        diff_id: report.diff_id,
+        action: Action::Converted,
+    })
+}
+
+fn check_source(got: &str, size: u64, d: &Descriptor) -> Result<()> {
+    let digest = d.digest().to_string();
+    if size != d.size() {
+        return Err(oci_layout::Error::SizeMismatch {
+            digest,
+            got: size,
+            want: d.size(),
+        }
+        .into());
+    }
+    if got != digest {
+        let got = got.to_string();
+        return Err(oci_layout::Error::DigestMismatch { digest, got }.into());
+    }
+    Ok(())
+}
+
+fn check_diff_id(got: String, want: &str, digest: &str) -> Result<()> {
+    if got != want {
+        return Err(Error::DiffId {
+            digest: digest.to_string(),
+            got,
+            want: want.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// An eStargz input is kept byte for byte; its annotations are computed
+/// from the blob itself, never copied from the source descriptor.
+fn pass_through(
+    src: &Layout,
+    dst: &Layout,
+    src_desc: &Descriptor,
+    src_diff_id: &str,
+    toc_digest: String,
+    bar: &ProgressBar,
+) -> Result<Converted> {
+    let digest = src_desc.digest().as_ref();
+    let io = Error::io(format!("read layer {digest}"));
+    let path = src.blob_path(digest)?;
+    let read = || -> std::io::Result<_> {
+        let file = std::fs::File::open(&path)?;
+        let mut compressed =
+            HashingReader::new(BufReader::with_capacity(1 << 20, bar.wrap_read(file)));
+        let tar =
+            HashingReader::new(flate2::read::MultiGzDecoder::new(&mut compressed)).finish()?;
+        Ok((tar, compressed.finish()?))
+    };
+    let ((diff_id, uncompressed), (got, size)) = read().map_err(io)?;
+    check_source(&got, size, src_desc)?;
+    check_diff_id(diff_id.clone(), src_diff_id, digest)?;
+    copy_blob(src, dst, src_desc, &ProgressBar::hidden())?;
+    let mut desc = src_desc.clone();
+    desc.set_media_type(MediaType::ImageLayerGzip);
+    desc.insert_annotation(ANN_TOC_DIGEST, toc_digest);
+    desc.insert_annotation(ANN_UNCOMPRESSED_SIZE, uncompressed.to_string());
+    Ok(Converted {
+        desc,
+        diff_id,
+        action: Action::PassedThrough,
+    })
+}
+
+/// Copy a blob unchanged (verified) unless the destination has it already.
+fn copy_blob(src: &Layout, dst: &Layout, d: &Descriptor, bar: &ProgressBar) -> Result<()> {
+    let digest = d.digest().as_ref();
+    if dst.has_blob(digest) {
+        bar.inc(d.size());
+        return Ok(());
+    }
+    let io = || Error::io(format!("copy blob {digest}"));
+    let file = std::fs::File::open(src.blob_path(digest)?).map_err(io())?;
+    let mut out = dst.blob_writer()?;
+    std::io::copy(&mut bar.wrap_read(file), &mut out).map_err(io())?;
+    if out.size() != d.size() {
+        return Err(oci_layout::Error::SizeMismatch {
+            digest: digest.to_string(),
+            got: out.size(),
+            want: d.size(),
+        }
+        .into());
+    }
+    let (got, _) = out.commit()?;
+    if got != digest {
+        let _ = std::fs::remove_file(dst.blob_path(&got)?);
+        let digest = digest.to_string();
+        return Err(oci_layout::Error::DigestMismatch { digest, got }.into());
+    }
+    Ok(())
+}
+
+fn writer_options(o: &LayerOptions) -> estargz::writer::WriterOptions {
+    let mut w = estargz::writer::WriterOptions::default();
+    if let Some(c) = o.chunk_size {
+        w.chunk_size = c;
+    }
+    if let Some(l) = o.compression_level {
+        w.compression_level = l;
+    }
+    w.prioritized_files = o.prioritized_files.clone();
+    w
+}
+
+/// The TOC digest if `path` is an eStargz blob whose TOC opens.
+fn estargz_toc_digest(path: &std::path::Path) -> Option<String> {
+    let f = std::fs::File::open(path).ok()?;
+    let size = f.metadata().ok()?.len();
+    if !estargz::reader::is_estargz(&f, size) {
+        return None;
+    }
+    match estargz::reader::open(f, size, None) {
+        Ok(layer) => Some(layer.toc_digest),
+        Err(e) => {
+            // A broken TOC is not fatal: the blob is still a tar.gz.
+            tracing::warn!(path = %path.display(), error = %e, "eStargz footer but the TOC does not open; converting");
+            None
+        }
+    }
+}

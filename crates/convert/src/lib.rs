@@ -1,0 +1,193 @@
+//! Converting an image to eStargz, between OCI layouts and registries in
+//! any mix.
+//!
+//! Reads the tagged manifest (OCI or Docker schema 2; from an index, the
+//! host's platform, a chosen one, or all of them), converts every distinct
+//! layer in parallel, then writes the new config (diff IDs change: the TOC is
+//! a tar entry), manifest and tag. Blobs are written to temp files and
+//! renamed to their digest, so an interrupted run leaves the destination's
+//! existing images intact.
+
+mod endpoint;
+mod error;
+mod image;
+mod layer;
+
+pub use error::{Error, Result};
+pub use layer::{Action, Converted, LayerOptions, ANN_TOC_DIGEST, ANN_UNCOMPRESSED_SIZE};
+pub use oci_layout::Descriptor;
+
+use endpoint::{Dest, Source};
+use indicatif::ProgressBar;
+use oci_layout::DescriptorExt;
+use rayon::prelude::*;
+use std::collections::HashMap;
+use tokio::runtime::Handle;
+
+/// Which manifests of an index to convert (a lone manifest is always converted).
+#[derive(Clone, Debug, Default)]
+pub enum Platforms {
+    /// The first one for the host's platform.
+    #[default]
+    Host,
+    /// The first one for this platform.
+    Only(registry::Platform),
+    /// Every one.
+    All,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub layer: LayerOptions,
+    /// Layers converted at the same time (default: number of CPUs).
+    pub jobs: Option<usize>,
+    pub platforms: Platforms,
+}
+
+/// One distinct source layer and what it became.
+#[derive(Debug)]
+pub struct LayerReport {
+    pub source: Descriptor,
+    pub converted: Converted,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub layers: Vec<LayerReport>,
+    /// The manifest (or index) published at the destination.
+    pub root: Descriptor,
+    /// The destination and tag, for messages.
+    pub destination: String,
+}
+
+/// Convert `src` to `dst` (each `oci:DIR[:TAG]` or a registry reference).
+/// `bar` gives the progress bar of a layer (e.g. `ProgressBar::hidden()`);
+/// registry calls run on `rt` and block.
+pub fn convert(
+    src: &str,
+    dst: &str,
+    cfg: &registry::ClientConfig,
+    rt: &Handle,
+    opts: &Options,
+    bar: &(dyn Fn(&Descriptor) -> ProgressBar + Sync),
+) -> Result<Report> {
+    let src = Source::open(src, cfg, rt)?;
+    let dst = Dest::open(dst, &src, cfg, rt)?;
+    let tag = dst
+        .tag()
+        .or_else(|| src.tag())
+        .unwrap_or_else(|| "latest".to_string());
+    let root = src.root()?;
+    let images = image::collect_images(&src, &root, &opts.platforms)?;
+
+    // Every distinct layer once, in parallel: download (registry source),
+    // convert, upload (registry destination), each layer on its own.
+    let mut todo: Vec<(&Descriptor, &str)> = Vec::new();
+    for img in &images {
+        for (l, id) in img.layers.iter().zip(&img.diff_ids) {
+            if !todo.iter().any(|(d, _)| d.digest() == l.digest()) {
+                todo.push((l, id));
+            }
+        }
+    }
+    let jobs = opts
+        .jobs
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .clamp(1, todo.len().max(1));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(Error::Pool)?;
+    let results: Vec<Result<Converted>> = pool.install(|| {
+        todo.par_iter()
+            .map(|&(d, id)| {
+                let bar = bar(d);
+                let r = convert_one(&src, &dst, d, id, &opts.layer, &bar);
+                bar.finish_with_message(match &r {
+                    Ok(c) => format!("{:?}", c.action),
+                    Err(_) => "failed".into(),
+                });
+                r.map_err(|e| Error::Layer {
+                    digest: d.digest().to_string(),
+                    source: Box::new(e),
+                })
+            })
+            .collect()
+    });
+    let mut done: HashMap<String, Converted> = HashMap::new();
+    let mut layers = Vec::new();
+    for ((d, _), r) in todo.iter().zip(results) {
+        let c = r?;
+        done.insert(d.digest().to_string(), c.clone());
+        layers.push(LayerReport {
+            source: (*d).clone(),
+            converted: c,
+        });
+    }
+
+    let mut out_manifests = Vec::new();
+    for img in &images {
+        let (config, manifest) = image::write_image(dst.layout(), img, &done)?;
+        dst.push_blob(&config)?;
+        out_manifests.push(manifest);
+    }
+    let out = if root.is_index() {
+        for m in &out_manifests {
+            dst.push_manifest(m, None)?;
+        }
+        image::write_index(&src, dst.layout(), &root, out_manifests)?
+    } else {
+        out_manifests.pop().ok_or(Error::NoImage)?
+    };
+    dst.push_manifest(&out, Some(&tag))?;
+    Ok(Report {
+        layers,
+        root: out,
+        destination: dst.describe(&tag),
+    })
+}
+
+/// Download (if remote), convert, upload (if remote) one layer.
+fn convert_one(
+    src: &Source,
+    dst: &Dest,
+    d: &Descriptor,
+    diff_id: &str,
+    opts: &LayerOptions,
+    bar: &ProgressBar,
+) -> Result<Converted> {
+    src.fetch_layer(d, bar)?;
+    let c = layer::convert_layer(src.layout(), dst.layout(), d, diff_id, opts, bar)?;
+    bar.set_message("uploading");
+    dst.push_blob(&c.desc)?;
+    Ok(c)
+}
+
+/// A prioritized-files list: one path per line, in access order; blank
+/// lines and `#` comments skipped, leading `/` and `./` dropped.
+pub fn parse_prioritized(list: &str) -> Vec<String> {
+    list.lines()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            l.trim_start_matches("./")
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_prioritized_list() {
+        assert_eq!(
+            super::parse_prioritized("/bin/sh\n\n# comment\n./etc/passwd\nusr/lib/x\n"),
+            ["bin/sh", "etc/passwd", "usr/lib/x"]
+        );
+    }
+}

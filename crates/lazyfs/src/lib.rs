@@ -31,7 +31,8 @@ pub mod tree;
 
 pub use cache::{CacheConfig, ChunkCache};
 pub use config::Config;
-pub use error::Error;
+pub use error::{Error, NotEstargz};
+pub use fetch::FetchError;
 pub use fuse::{mount, MountHandle};
 pub use layer::{LazyLayer, PrefetchReport};
 pub use mounts::cleanup_dead_mounts;

@@ -55,13 +55,13 @@ pub enum Error {
     Mount {
         path: PathBuf,
         #[source]
-        source: lazyfs::Error,
+        source: Box<lazyfs::Error>,
     },
     #[error("unmounting {path}: {source}")]
     Unmount {
         path: PathBuf,
         #[source]
-        source: lazyfs::Error,
+        source: Box<lazyfs::Error>,
     },
     #[error("{what} for {path}: {source}")]
     Task {

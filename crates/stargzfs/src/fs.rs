@@ -153,7 +153,7 @@ impl StargzFs {
             })?
             .map_err(|source| Error::Mount {
                 path: mountpoint.to_path_buf(),
-                source,
+                source: Box::new(source),
             })?;
         layer.start_background_fetch();
         info!(layer = %layer.digest(), mount = %mountpoint.display(), "remote layer mounted");
@@ -177,9 +177,10 @@ impl StargzFs {
         let handle = self.mounts.lock().await.remove(mountpoint);
         let mp = mountpoint.to_path_buf();
         tokio::task::spawn_blocking(move || match handle {
-            Some(h) => h
-                .unmount()
-                .map_err(|source| Error::Unmount { path: mp, source }),
+            Some(h) => h.unmount().map_err(|source| Error::Unmount {
+                path: mp,
+                source: Box::new(source),
+            }),
             // Not ours (left from before a restart): a dead FUSE mount is
             // cleared; whatever else is there the snapshotter detaches, as
             // it owns the directory.

@@ -1,15 +1,14 @@
 //! remote-snapshotter: containerd proxy snapshotter daemon.
 //!
-//! Wiring only: flags and config -> [`remotefs::build_remote_fs`] ->
-//! `snapshotter::Snapshotter` -> gRPC on a unix socket, plus signals and
-//! an optional metrics endpoint. SIGTERM stops serving and keeps state and
+//! Wiring only: flags and config -> `stargzfs::StargzFs` (the eStargz
+//! `RemoteFs`) -> `snapshotter::Snapshotter` -> gRPC on a unix socket, plus
+//! signals and an optional metrics endpoint. SIGTERM stops serving and keeps state and
 //! mounts for the next start; SIGINT (or `--unmount-on-exit`) also unmounts
 //! every remote layer.
 
 mod config;
+mod fsconfig;
 mod metrics;
-mod preopen;
-mod remotefs;
 
 use anyhow::Context;
 use clap::Parser;
@@ -80,7 +79,8 @@ async fn main() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
 
-    let remote = remotefs::build_remote_fs(&cfg, &args.root)?;
+    let fs_cfg = fsconfig::stargz_config(&cfg, &args.root)?;
+    let remote = Arc::new(stargzfs::StargzFs::new(&fs_cfg).context("eStargz filesystem")?);
     let snap = Arc::new(
         snapshotter::Snapshotter::open(&args.root, remote)
             .await

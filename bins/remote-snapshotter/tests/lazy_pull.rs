@@ -169,8 +169,8 @@ fn estargz_image_pulls_lazily_runs_and_survives_a_daemon_restart() {
 }
 
 /// containerd's gRPC client backs off after the proxy socket went away and
-/// refuses calls for a few seconds until it reconnects; wait that out,
-/// nothing else.
+/// refuses calls for a few seconds (it redials with a growing delay); wait
+/// that out, nothing else.
 fn run_when_reconnected(ctrd: &Containerd, image: &str, cmd: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {

@@ -18,9 +18,9 @@ pub const NO_PREFETCH_LANDMARK: &str = ".no.prefetch.landmark";
 /// The single byte a landmark file holds.
 pub const LANDMARK_CONTENTS: u8 = 0x0f;
 /// Descriptor annotation holding the TOC digest.
-pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+pub use snapshot_labels::annotations::TOC_DIGEST as TOC_DIGEST_ANNOTATION;
 /// Descriptor annotation holding the uncompressed size.
-pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
+pub use snapshot_labels::annotations::UNCOMPRESSED_SIZE as UNCOMPRESSED_SIZE_ANNOTATION;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Toc {

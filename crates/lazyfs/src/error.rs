@@ -1,15 +1,20 @@
-//! The crate's error: callers (the snapshotter) must tell "not available
-//! now" from "not an eStargz layer" from "bad data".
+//! The crate's error: callers (the snapshotter's filesystem) must tell "not
+//! available now" from "not an eStargz layer" from "bad data". Causes are
+//! carried, not classified: a registry error stays a `registry::Error`
+//! inside [`FetchError`]`::Source`.
 
 use crate::fetch::FetchError;
-use crate::source::SourceError;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Not an eStargz blob (no footer, no TOC): fall back to a full pull.
     #[error("layer {layer} is not eStargz: {reason}")]
-    NotEstargz { layer: String, reason: String },
+    NotEstargz {
+        layer: String,
+        #[source]
+        reason: NotEstargz,
+    },
     /// The TOC does not match the digest the image promised.
     #[error("layer {layer}: TOC digest {actual} does not match {expected}")]
     TocDigestMismatch {
@@ -18,9 +23,13 @@ pub enum Error {
         actual: String,
     },
     /// The blob claims to be eStargz but its TOC is invalid.
-    #[error("layer {layer}: invalid eStargz: {reason}")]
-    Invalid { layer: String, reason: String },
-    /// The source could not be read now; may work later.
+    #[error("layer {layer}: invalid eStargz: {source}")]
+    Invalid {
+        layer: String,
+        #[source]
+        source: estargz::Error,
+    },
+    /// The bytes could not be fetched (source failed, timed out).
     #[error("layer {layer} unavailable: {source}")]
     Unavailable { layer: String, source: FetchError },
     /// Bytes that did not match their digest (never served).
@@ -43,22 +52,19 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// Why a blob is not eStargz.
+#[derive(Debug, thiserror::Error)]
+pub enum NotEstargz {
+    #[error("blob of {size} bytes is smaller than a footer")]
+    TooSmall { size: u64 },
+    #[error("no eStargz footer: {0}")]
+    Footer(#[source] estargz::Error),
+}
+
 impl Error {
-    /// Worth retrying later (network, registry down, timeout).
+    /// The bytes could not be fetched (network, source, timeout); whether
+    /// that is worth retrying is the caller's call, from the source error.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Unavailable { .. })
-    }
-
-    pub(crate) fn from_source(layer: &str, e: SourceError) -> Error {
-        match e {
-            SourceError::Unavailable(_) => Error::Unavailable {
-                layer: layer.to_string(),
-                source: e.into(),
-            },
-            SourceError::Invalid(reason) => Error::Invalid {
-                layer: layer.to_string(),
-                reason,
-            },
-        }
     }
 }

@@ -263,11 +263,7 @@ impl Fetcher {
                 }
                 let (tx, rx) = oneshot::channel::<Result<Bytes, FetchError>>();
                 let w: Waiter = rx
-                    .map(|r| {
-                        r.unwrap_or_else(|_| {
-                            Err(SourceError::Unavailable("fetch abandoned".into()).into())
-                        })
-                    })
+                    .map(|r| r.unwrap_or_else(|_| Err(SourceError::Abandoned.into())))
                     .boxed()
                     .shared();
                 flights.insert(c.digest.clone(), w.clone());
@@ -393,10 +389,11 @@ impl Fetcher {
         match tokio::time::timeout(self.cfg.timeout, self.source.read(off, len)).await {
             Err(_) => Err(FetchError::Timeout(self.cfg.timeout)),
             Ok(Err(e)) => Err(e.into()),
-            Ok(Ok(b)) if b.len() as u64 != len => Err(SourceError::Invalid(format!(
-                "asked {len} bytes at {off}, got {}",
-                b.len()
-            ))
+            Ok(Ok(b)) if b.len() as u64 != len => Err(SourceError::WrongLength {
+                off,
+                len,
+                got: b.len() as u64,
+            }
             .into()),
             Ok(Ok(b)) => Ok(b),
         }

@@ -36,7 +36,7 @@ mod tree;
 pub use cache::{CacheConfig, ChunkCache};
 pub use chunk::{ChunkError, FetchError};
 pub use config::{Config, ConfigError};
-pub use error::Error;
+pub use error::{Error, NotEstargz};
 pub use fuse::{mount, MountHandle};
 pub use layer::{LazyLayer, PrefetchReport};
 pub use mounts::{cleanup_dead_mounts, is_fuse_mounted};

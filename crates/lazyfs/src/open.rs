@@ -3,7 +3,7 @@
 //! validated index (all parsing in `estargz`).
 
 use crate::cache::ChunkCache;
-use crate::error::Error;
+use crate::error::{Error, NotEstargz};
 use crate::layer::LazyLayer;
 use crate::source::RangeSource;
 use crate::Config;
@@ -46,13 +46,13 @@ pub async fn read_index(
     cfg: &Config,
 ) -> Result<(Index, String), Error> {
     let size = source.size();
-    let not_estargz = |reason: String| Error::NotEstargz {
+    let not_estargz = |reason: NotEstargz| Error::NotEstargz {
         layer: layer.to_string(),
         reason,
     };
-    let invalid = |e: estargz::Error| Error::Invalid {
+    let invalid = |source: estargz::Error| Error::Invalid {
         layer: layer.to_string(),
-        reason: e.to_string(),
+        source,
     };
     let read = |off: u64, len: u64| async move {
         tokio::time::timeout(cfg.fetch_timeout(), source.read(off, len))
@@ -61,14 +61,17 @@ pub async fn read_index(
                 layer: layer.to_string(),
                 source: crate::fetch::FetchError::Timeout(cfg.fetch_timeout()),
             })?
-            .map_err(|e| Error::from_source(layer, e))
+            .map_err(|e| Error::Unavailable {
+                layer: layer.to_string(),
+                source: e.into(),
+            })
     };
     if size < estargz::footer::LEGACY_FOOTER_SIZE as u64 {
-        return Err(not_estargz(format!("blob of {size} bytes")));
+        return Err(not_estargz(NotEstargz::TooSmall { size }));
     }
     let tail_start = size - size.min(TAIL_READ);
     let tail = read(tail_start, size - tail_start).await?;
-    let footer = estargz::parse_footer(&tail).map_err(|e| not_estargz(e.to_string()))?;
+    let footer = estargz::parse_footer(&tail).map_err(|e| not_estargz(NotEstargz::Footer(e)))?;
     let region = toc_region(&footer, size).map_err(invalid)?;
     let member = if region.start >= tail_start {
         tail.slice((region.start - tail_start) as usize..(region.end - tail_start) as usize)

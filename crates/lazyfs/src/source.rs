@@ -1,8 +1,10 @@
 //! Where a layer's compressed bytes come from: a registry blob or a local file.
 //!
 //! `RangeSource` is the only thing the rest of the crate knows about the
-//! network. Errors say whether trying again later may help (`Unavailable`) or
-//! the request itself is wrong (`Invalid`).
+//! network. A [`SourceError`] says what went wrong and carries the cause
+//! (the registry's own error, an I/O error) as it is: what a failure means
+//! for a layer (try later, fall back) is for the user of the crate to
+//! decide, not for this one.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -10,19 +12,42 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A failed read of a blob. `Clone` (causes behind `Arc`) because one
+/// fetch's result is shared by every reader waiting on it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
-    /// Network down, registry failing, timed out: may work later.
-    #[error("source unavailable: {0}")]
-    Unavailable(String),
-    /// Out of range, short answer, blob gone or not ours: retrying will not help.
-    #[error("invalid read: {0}")]
-    Invalid(String),
+    /// The registry answered with an error, or could not be reached.
+    #[cfg(feature = "registry")]
+    #[error("registry: {0}")]
+    Registry(#[source] Arc<registry::Error>),
+    /// Reading a local blob file failed.
+    #[error("read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A range outside the blob was asked for: the TOC lies about the blob.
+    #[error("range {off}+{len} outside blob of {size} bytes")]
+    OutOfRange { off: u64, len: u64, size: u64 },
+    /// The source answered with another number of bytes than asked.
+    #[error("asked {len} bytes at {off}, got {got}")]
+    WrongLength { off: u64, len: u64, got: u64 },
+    /// A multi-range answer did not match the ranges asked.
+    #[error("multi-range answer does not match the request")]
+    RangesMismatch,
+    /// The task reading ended without an answer (shutting down).
+    #[error("read abandoned")]
+    Abandoned,
+    /// The failure of another `RangeSource` implementation.
+    #[error(transparent)]
+    Other(Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl SourceError {
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, SourceError::Unavailable(_))
+    /// Wraps the error of a `RangeSource` this crate does not know.
+    pub fn other(e: impl std::error::Error + Send + Sync + 'static) -> SourceError {
+        SourceError::Other(Arc::new(e))
     }
 }
 
@@ -49,9 +74,7 @@ pub trait RangeSource: Send + Sync {
 pub(crate) fn check_range(size: u64, off: u64, len: u64) -> Result<(), SourceError> {
     match off.checked_add(len) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(SourceError::Invalid(format!(
-            "range {off}+{len} outside blob of {size} bytes"
-        ))),
+        _ => Err(SourceError::OutOfRange { off, len, size }),
     }
 }
 
@@ -88,26 +111,24 @@ impl RangeSource for FileSource {
         tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len as usize];
             file.read_exact_at(&mut buf, off)
-                .map_err(|e| SourceError::Unavailable(format!("{}: {e}", path.display())))?;
+                .map_err(|e| SourceError::Io {
+                    path,
+                    source: Arc::new(e),
+                })?;
             Ok(Bytes::from(buf))
         })
         .await
-        .map_err(|e| SourceError::Unavailable(format!("read task: {e}")))?
+        .map_err(|_| SourceError::Abandoned)?
     }
 }
 
 #[cfg(feature = "registry")]
 mod registry_source {
     use super::*;
-    use registry::{BlobReader, ErrorKind};
+    use registry::BlobReader;
 
     fn map_err(e: registry::Error) -> SourceError {
-        match e.kind() {
-            ErrorKind::Unreachable | ErrorKind::Unauthorized | ErrorKind::NotFound => {
-                SourceError::Unavailable(e.to_string())
-            }
-            _ => SourceError::Invalid(e.to_string()),
-        }
+        SourceError::Registry(Arc::new(e))
     }
 
     #[async_trait]
@@ -120,10 +141,11 @@ mod registry_source {
             check_range(RangeSource::size(self), off, len)?;
             let b = self.read_at(off, len).await.map_err(map_err)?;
             if b.len() as u64 != len {
-                return Err(SourceError::Invalid(format!(
-                    "asked {len} bytes at {off}, got {}",
-                    b.len()
-                )));
+                return Err(SourceError::WrongLength {
+                    off,
+                    len,
+                    got: b.len() as u64,
+                });
             }
             Ok(b)
         }
@@ -136,9 +158,7 @@ mod registry_source {
             if out.len() != ranges.len()
                 || out.iter().zip(ranges).any(|(b, r)| b.len() as u64 != r.1)
             {
-                return Err(SourceError::Invalid(
-                    "multi-range answer does not match request".into(),
-                ));
+                return Err(SourceError::RangesMismatch);
             }
             Ok(out)
         }

@@ -198,7 +198,10 @@ impl RangeSource for FakeSource {
             futures::future::pending::<()>().await;
         }
         if self.fail.load(SeqCst) {
-            return Err(SourceError::Unavailable("connection refused (fake)".into()));
+            return Err(SourceError::other(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused (fake)",
+            )));
         }
         let mut v = self.data.slice(off as usize..(off + len) as usize).to_vec();
         if let Some(at) = *self.corrupt_at.lock() {

@@ -63,9 +63,8 @@ pub trait Api: Send + Sync {
 #[async_trait]
 impl Api for Snapshotter {
     async fn prepare(&self, key: &str, parent: &str, labels: &Labels) -> ApiResult<Vec<Mount>> {
-        Snapshotter::prepare(self, key, parent, labels)
-            .await
-            .map_err(|e| code(status(e)))
+        crate::service::prepared(Snapshotter::prepare(self, key, parent, labels).await)
+            .map_err(code)
     }
     async fn view(&self, key: &str, parent: &str, labels: &Labels) -> ApiResult<Vec<Mount>> {
         Snapshotter::view(self, key, parent, labels)

@@ -15,8 +15,15 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// A remote layer of the chain cannot be served right now.
-    #[error("remote layer unavailable: {0}")]
-    Unavailable(String),
+    #[error("remote layer of snapshot {snapshot:?} unavailable: {source}")]
+    Unavailable {
+        snapshot: String,
+        #[source]
+        source: RemoteFsError,
+    },
+    /// The process is stopping; containerd may try again.
+    #[error("shutting down")]
+    ShuttingDown,
     #[error("metadata store: {0}")]
     Store(#[from] StoreError),
     #[error("{op} {path}: {source}")]

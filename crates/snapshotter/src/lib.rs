@@ -14,8 +14,8 @@
 //!   lazily fetched layers are mounted. This crate never depends on the
 //!   filesystem that implements it.
 //! - [`snapshotter`]: [`Snapshotter`] = core + the remote-snapshot protocol
-//!   (mount on Prepare and answer AlreadyExists, fall back, check and
-//!   refresh, restore after restart) + [`Metrics`].
+//!   (mount on Prepare or fall back, check and refresh, restore after
+//!   restart) + [`Metrics`]; a Prepare's outcome is a [`Prepared`].
 //! - [`service`], [`server`]: the containerd snapshots.v1 gRPC service on a
 //!   unix socket; [`proto`] also has the generated client.
 
@@ -53,6 +53,6 @@ pub mod proto {
 pub use error::{Error, Result};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use mounts::OverlayMount;
-pub use remote::{NoRemoteFs, RemoteFs, RemoteFsError};
+pub use remote::{FallbackReason, NoRemoteFs, RemoteFs, RemoteFsError};
 pub use snapshotter::Snapshotter;
-pub use types::{Info, Kind, Labels, Mount, Usage};
+pub use types::{Info, Kind, Labels, Mount, Prepared, Usage};

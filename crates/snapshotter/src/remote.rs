@@ -3,54 +3,69 @@
 //! The snapshotter knows nothing of eStargz, registries or FUSE: it hands a
 //! [`RemoteFs`] an empty directory and the labels containerd sent with the
 //! layer, and the implementation mounts the layer's read-only contents there.
-//! The daemon wires in the lazyfs-backed implementation; tests use fakes.
+//! The daemon wires in the eStargz implementation (`stargzfs`); tests use
+//! fakes.
 
 use crate::types::Labels;
 use async_trait::async_trait;
 use std::path::Path;
 
-/// The label containerd's unpacker sets to the chain id the prepared
-/// snapshot will be committed as.
-pub const LABEL_TARGET_REF: &str = "containerd.io/snapshot.ref";
-/// Marks a committed snapshot whose contents are a remote mount (the same
-/// key and value as stargz-snapshotter, so tools that look for it work).
-pub const LABEL_REMOTE: &str = "containerd.io/snapshot/remote";
-pub const LABEL_REMOTE_VALUE: &str = "remote snapshot";
-/// The image facts of a layer, as ctr-remote's rpull (`remote/stargz.*`)
-/// and CRI/nerdctl (`cri.*`) spell them. Clients set both spellings;
-/// the daemon accepts either.
-pub mod labels {
-    pub const STARGZ_REF: &str = "containerd.io/snapshot/remote/stargz.reference";
-    pub const STARGZ_DIGEST: &str = "containerd.io/snapshot/remote/stargz.digest";
-    pub const STARGZ_LAYERS: &str = "containerd.io/snapshot/remote/stargz.layers";
-    pub const CRI_REF: &str = "containerd.io/snapshot/cri.image-ref";
-    pub const CRI_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-    pub const CRI_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
-    /// Where the image reference may be, in order of preference.
-    pub const REF_KEYS: [&str; 2] = [STARGZ_REF, CRI_REF];
-    /// Where the layer digest may be, in order of preference.
-    pub const DIGEST_KEYS: [&str; 2] = [STARGZ_DIGEST, CRI_DIGEST];
-}
+// The names live in `snapshot-labels` (no dependencies); these paths stay
+// for code written against this crate.
+pub use snapshot_labels::{
+    labels, LABEL_REMOTE, LABEL_REMOTE_VALUE, LABEL_TARGET_REF, REMOTE_LABEL_PREFIXES,
+};
 
-/// Label prefixes that carry image facts a remote mount needs: CRI/nerdctl
-/// and ctr-remote spellings.
-pub const REMOTE_LABEL_PREFIXES: [&str; 2] = [
-    "containerd.io/snapshot/cri.",
-    "containerd.io/snapshot/remote/stargz.",
-];
+/// The cause of a [`RemoteFsError`], in the implementation's own error type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why a [`RemoteFs`] could not mount or serve a layer. The variant is the
+/// decision the snapshotter acts on; the source says what happened.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteFsError {
     /// The layer is not one this filesystem can serve lazily (e.g. not
-    /// eStargz). The snapshotter falls back to an ordinary snapshot.
+    /// eStargz, or the registry refuses us). The snapshotter falls back to
+    /// an ordinary snapshot.
     #[error("not a remote layer: {0}")]
-    NotRemote(String),
+    NotRemote(#[source] BoxError),
     /// The layer could be remote but cannot be reached now (network,
-    /// authorization). Fallback at prepare; retried on check.
+    /// registry failing). Fallback at prepare; retried on check.
     #[error("remote layer unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] BoxError),
     #[error("{0}")]
-    Other(String),
+    Other(#[source] BoxError),
+}
+
+impl RemoteFsError {
+    /// The counter and log word for a Prepare that falls back on this error.
+    pub fn fallback_reason(&self) -> FallbackReason {
+        match self {
+            RemoteFsError::NotRemote(_) => FallbackReason::NotRemote,
+            RemoteFsError::Unavailable(_) => FallbackReason::Unavailable,
+            RemoteFsError::Other(_) => FallbackReason::Error,
+        }
+    }
+}
+
+/// Why a remote Prepare fell back to an ordinary snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// The filesystem does not serve this layer lazily.
+    NotRemote,
+    /// The layer's source cannot be reached now.
+    Unavailable,
+    /// Mounting or committing failed otherwise.
+    Error,
+}
+
+impl std::fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FallbackReason::NotRemote => "not remote",
+            FallbackReason::Unavailable => "unavailable",
+            FallbackReason::Error => "error",
+        })
+    }
 }
 
 /// A filesystem that mounts image layers lazily.

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::proto::containerd::services::snapshots::v1 as pb;
 use crate::proto::containerd::types as pbt;
 use crate::snapshotter::Snapshotter;
-use crate::types::{Info, Kind, Labels, Mount};
+use crate::types::{Info, Kind, Labels, Mount, Prepared};
 use pb::snapshots_server::Snapshots;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -39,8 +39,20 @@ pub fn status(e: Error) -> Status {
         Error::AlreadyExists(_) => Status::already_exists(msg),
         Error::FailedPrecondition(_) => Status::failed_precondition(msg),
         Error::InvalidArgument(_) => Status::invalid_argument(msg),
-        Error::Unavailable(_) => Status::unavailable(msg),
+        Error::Unavailable { .. } | Error::ShuttingDown => Status::unavailable(msg),
         Error::Store(_) | Error::Io { .. } | Error::Remote(_) => Status::internal(msg),
+    }
+}
+
+/// containerd's answer to a Prepare: a layer that is already there (mounted
+/// remotely just now, or before) is `AlreadyExists`, which its unpacker
+/// reads as "skip this layer".
+pub fn prepared(r: crate::Result<Prepared>) -> Result<Vec<Mount>, Status> {
+    match r.map_err(status)? {
+        Prepared::Active(m) => Ok(m),
+        Prepared::Mounted { target } | Prepared::AlreadyThere { target } => {
+            Err(status(Error::AlreadyExists(target)))
+        }
     }
 }
 
@@ -88,11 +100,11 @@ impl Snapshots for SnapshotService {
         r: Request<pb::PrepareSnapshotRequest>,
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = r.into_inner();
-        let m = self
-            .inner
-            .prepare(&r.key, &r.parent, &labels(r.labels))
-            .await
-            .map_err(status)?;
+        let m = prepared(
+            self.inner
+                .prepare(&r.key, &r.parent, &labels(r.labels))
+                .await,
+        )?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
             mounts: mounts(m),
         }))
@@ -214,5 +226,34 @@ impl Snapshots for SnapshotService {
     async fn cleanup(&self, _: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
         self.inner.cleanup().await.map_err(status)?;
         Ok(Response::new(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_active_prepare_has_mounts_and_a_layer_that_is_there_is_already_exists() {
+        let m = vec![Mount {
+            fs_type: "bind".into(),
+            source: "/s".into(),
+            options: vec![],
+        }];
+        assert_eq!(prepared(Ok(Prepared::Active(m.clone()))).unwrap(), m);
+        for p in [
+            Prepared::Mounted {
+                target: "c1".into(),
+            },
+            Prepared::AlreadyThere {
+                target: "c1".into(),
+            },
+        ] {
+            let s = prepared(Ok(p)).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::AlreadyExists);
+            assert!(s.message().contains("c1"), "{}", s.message());
+        }
+        let e = prepared(Err(Error::NotFound("p".into()))).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
     }
 }

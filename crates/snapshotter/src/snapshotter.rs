@@ -1,12 +1,13 @@
 //! The snapshotter containerd talks to: local semantics from [`Core`] plus
 //! the remote-snapshot protocol over a [`RemoteFs`].
 //!
-//! Remote protocol (see DESIGN.md):
+//! Remote protocol (containerd's, as stargz-snapshotter speaks it):
 //! - `prepare` with a target ref and image-fact labels creates an active
 //!   snapshot, asks the `RemoteFs` to mount the layer on its fs dir and, on
 //!   success, commits it under the target name with the remote marker label
-//!   and answers `AlreadyExists`; on failure it logs, counts and falls back
-//!   to the ordinary active snapshot.
+//!   ([`Prepared::Mounted`]; the gRPC face answers `AlreadyExists`, which
+//!   tells containerd to skip unpacking); on failure it logs, counts and
+//!   falls back to the ordinary active snapshot.
 //! - `prepare`, `view` and `mounts` first make sure every remote layer under
 //!   the snapshot is served (check; if broken unmount + mount again).
 //! - `open` restores remote layers from metadata; a layer that cannot be
@@ -20,9 +21,9 @@ use crate::error::{Error, Result};
 use crate::filter::Filters;
 use crate::layout;
 use crate::metrics::{inc, Metrics};
-use crate::remote::{self, RemoteFs, RemoteFsError};
+use crate::remote::{self, FallbackReason, RemoteFs};
 use crate::store::{Record, RemoteRecord};
-use crate::types::{Info, Kind, Labels, Mount, Usage};
+use crate::types::{Info, Kind, Labels, Mount, Prepared, Usage};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +37,17 @@ enum LayerState {
 }
 
 type StateCell = Arc<tokio::sync::Mutex<LayerState>>;
+
+/// What trying to mount a Prepare's layer remotely came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RemoteOutcome {
+    /// Mounted and committed as the target.
+    Mounted,
+    /// Not mounted; the ordinary active snapshot stays.
+    FellBack(FallbackReason),
+    /// Mounted, but a concurrent Prepare committed the target first.
+    AlreadyThere,
+}
 
 /// Longest time `open` spends restoring remote layers before it returns.
 const RESTORE_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
@@ -124,7 +136,7 @@ impl Snapshotter {
             .clone()
     }
 
-    pub async fn prepare(&self, key: &str, parent: &str, labels: &Labels) -> Result<Vec<Mount>> {
+    pub async fn prepare(&self, key: &str, parent: &str, labels: &Labels) -> Result<Prepared> {
         self.ensure_chain_of(parent).await?;
         if let Some(target) = remote::is_remote_request(labels) {
             if self
@@ -135,42 +147,51 @@ impl Snapshotter {
                 .await
                 .is_ok()
             {
-                return Err(Error::AlreadyExists(target.to_string()));
+                return Ok(Prepared::AlreadyThere {
+                    target: target.to_string(),
+                });
             }
         }
         let rec = self.create(Kind::Active, key, parent, labels).await?;
         if let Some(target) = remote::is_remote_request(labels) {
-            if let Some(err) = self.try_remote(key, target, &rec, labels).await {
-                return Err(err);
+            match self.try_remote(key, target, &rec, labels).await {
+                RemoteOutcome::Mounted => {
+                    return Ok(Prepared::Mounted {
+                        target: target.to_string(),
+                    })
+                }
+                RemoteOutcome::AlreadyThere => {
+                    return Ok(Prepared::AlreadyThere {
+                        target: target.to_string(),
+                    })
+                }
+                RemoteOutcome::FellBack(_) => {}
             }
         }
-        self.mounts(key).await
+        self.mounts(key).await.map(Prepared::Active)
     }
 
     /// Mounts the layer on the new active snapshot and commits it as
-    /// `target`. Returns the error to answer (AlreadyExists on success) or
-    /// None to fall back to the ordinary snapshot.
+    /// `target`. On a fallback the active snapshot `key` stays as it is.
     async fn try_remote(
         &self,
         key: &str,
         target: &str,
         rec: &Record,
         labels: &Labels,
-    ) -> Option<Error> {
+    ) -> RemoteOutcome {
         let mp = self.core.layout().fs(rec.id);
         if let Err(e) = self.remote.mount(&mp, labels).await {
-            let (counter, reason) = match &e {
-                RemoteFsError::NotRemote(_) => (&self.metrics.fallback_not_remote, "not remote"),
-                RemoteFsError::Unavailable(_) => {
-                    (&self.metrics.fallback_unavailable, "unavailable")
-                }
-                RemoteFsError::Other(_) => (&self.metrics.fallback_other, "error"),
-            };
-            inc(counter);
-            tracing::info!(key, target, reason, error = %e, "falling back to an ordinary snapshot");
+            let reason = e.fallback_reason();
+            inc(match reason {
+                FallbackReason::NotRemote => &self.metrics.fallback_not_remote,
+                FallbackReason::Unavailable => &self.metrics.fallback_unavailable,
+                FallbackReason::Error => &self.metrics.fallback_other,
+            });
+            tracing::info!(key, target, %reason, error = %e, "falling back to an ordinary snapshot");
             // Whatever half-mount the failure left must not hide the upper dir.
             let _ = layout::detach_mounts_under(&mp);
-            return None;
+            return RemoteOutcome::FellBack(reason);
         }
         let mut committed = labels.clone();
         committed.insert(
@@ -189,7 +210,7 @@ impl Snapshotter {
                 *self.cell(rec.id, LayerState::Mounted).lock().await = LayerState::Mounted;
                 inc(&self.metrics.remote_mounts);
                 tracing::info!(key, target, "remote snapshot mounted");
-                Some(Error::AlreadyExists(target.to_string()))
+                RemoteOutcome::Mounted
             }
             Err(e) => {
                 let _ = self.remote.unmount(&mp).await;
@@ -198,11 +219,11 @@ impl Snapshotter {
                     // Someone committed the target meanwhile: ours is surplus.
                     let k = key.to_string();
                     let _ = self.run(move |c| c.remove(&k)).await;
-                    return Some(e);
+                    return RemoteOutcome::AlreadyThere;
                 }
                 inc(&self.metrics.fallback_other);
                 tracing::warn!(key, target, error = %e, "committing remote snapshot failed; falling back");
-                None
+                RemoteOutcome::FellBack(FallbackReason::Error)
             }
         }
     }
@@ -300,7 +321,10 @@ impl Snapshotter {
                 inc(fail);
                 let _ = layout::detach_mounts_under(&mp);
                 *st = LayerState::NeedsMount(e.to_string());
-                Err(Error::Unavailable(format!("snapshot {name:?}: {e}")))
+                Err(Error::Unavailable {
+                    snapshot: name.to_string(),
+                    source: e,
+                })
             }
         }
     }
@@ -388,6 +412,74 @@ impl Snapshotter {
 fn join_err(e: tokio::task::JoinError) -> Error {
     match e.try_into_panic() {
         Ok(p) => std::panic::resume_unwind(p),
-        Err(_) => Error::Unavailable("shutting down".into()),
+        Err(_) => Error::ShuttingDown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::{labels::CRI_DIGEST, RemoteFsError, LABEL_TARGET_REF};
+
+    /// "Mounts" without mounting anything, or fails with `fail`.
+    struct Fake(Option<fn() -> RemoteFsError>);
+
+    #[async_trait::async_trait]
+    impl RemoteFs for Fake {
+        async fn mount(&self, _: &Path, _: &Labels) -> std::result::Result<(), RemoteFsError> {
+            self.0.map_or(Ok(()), |f| Err(f()))
+        }
+        async fn check(&self, _: &Path, _: &Labels) -> std::result::Result<(), RemoteFsError> {
+            Ok(())
+        }
+        async fn unmount(&self, _: &Path) -> std::result::Result<(), RemoteFsError> {
+            Ok(())
+        }
+    }
+
+    fn remote_labels(target: &str) -> Labels {
+        [(LABEL_TARGET_REF, target), (CRI_DIGEST, "sha256:a")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_remote_prepare_is_mounted_and_then_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Snapshotter::open(dir.path(), Arc::new(Fake(None)))
+            .await
+            .unwrap();
+        let l = remote_labels("chain-1");
+        let target = "chain-1".to_string();
+        assert_eq!(
+            s.prepare("x1", "", &l).await.unwrap(),
+            Prepared::Mounted {
+                target: target.clone()
+            }
+        );
+        assert_eq!(s.stat("chain-1").await.unwrap().kind, Kind::Committed);
+        assert_eq!(
+            s.prepare("x2", "", &l).await.unwrap(),
+            Prepared::AlreadyThere { target }
+        );
+        assert!(s.stat("x2").await.is_err(), "no active snapshot was made");
+        assert_eq!(s.metrics().snapshot().remote_mounts, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_remote_mount_falls_back_to_an_active_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Fake(Some(|| RemoteFsError::Unavailable("down (fake)".into())));
+        let s = Snapshotter::open(dir.path(), Arc::new(fs)).await.unwrap();
+        let r = s.prepare("x1", "", &remote_labels("chain-1")).await;
+        assert!(
+            matches!(r, Ok(Prepared::Active(ref m)) if !m.is_empty()),
+            "{r:?}"
+        );
+        assert_eq!(s.stat("x1").await.unwrap().kind, Kind::Active);
+        assert!(s.stat("chain-1").await.is_err());
+        let m = s.metrics().snapshot();
+        assert_eq!((m.fallback_unavailable, m.remote_mounts), (1, 0));
     }
 }

@@ -56,3 +56,17 @@ pub struct Usage {
     pub size: i64,
     pub inodes: i64,
 }
+
+/// What a Prepare came to. Only the gRPC face turns the last two into
+/// containerd's `AlreadyExists` answer ("the layer is there, skip unpacking").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// An active snapshot to unpack into: an ordinary Prepare, or a remote
+    /// one that fell back.
+    Active(Vec<Mount>),
+    /// The layer was mounted remotely and committed as `target`.
+    Mounted { target: String },
+    /// The Prepare's target snapshot exists already (committed before, or
+    /// by a concurrent Prepare).
+    AlreadyThere { target: String },
+}

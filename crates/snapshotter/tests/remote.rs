@@ -48,11 +48,10 @@ impl RemoteFs for BindFs {
         let src = self
             .sources
             .get(d)
-            .ok_or_else(|| RemoteFsError::NotRemote(format!("unknown {d}")))?;
-        rustix::mount::mount_bind(src, mp).map_err(|e| RemoteFsError::Other(e.to_string()))?;
+            .ok_or_else(|| RemoteFsError::NotRemote(format!("unknown {d}").into()))?;
+        rustix::mount::mount_bind(src, mp).map_err(|e| RemoteFsError::Other(e.into()))?;
         let ro = rustix::mount::MountFlags::BIND | rustix::mount::MountFlags::RDONLY;
-        rustix::mount::mount_remount(mp, ro, "")
-            .map_err(|e| RemoteFsError::Other(e.to_string()))?;
+        rustix::mount::mount_remount(mp, ro, "").map_err(|e| RemoteFsError::Other(e.into()))?;
         self.mounts.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -66,7 +65,7 @@ impl RemoteFs for BindFs {
     async fn unmount(&self, mp: &Path) -> Result<(), RemoteFsError> {
         self.unmounts.fetch_add(1, Ordering::SeqCst);
         rustix::mount::unmount(mp, rustix::mount::UnmountFlags::DETACH)
-            .map_err(|e| RemoteFsError::Other(e.to_string()))
+            .map_err(|e| RemoteFsError::Other(e.into()))
     }
 }
 

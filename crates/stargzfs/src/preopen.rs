@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// A layer being opened; `None` if that failed (the Prepare then opens it
 /// itself and reports its own error).
-pub type Opening = Shared<BoxFuture<'static, Option<Arc<LazyLayer>>>>;
+pub(crate) type Opening = Shared<BoxFuture<'static, Option<Arc<LazyLayer>>>>;
 
 /// Opens nobody asked for are dropped after this (the layer may already
 /// have a snapshot, so containerd never prepares it).
@@ -25,7 +25,7 @@ const KEEP: Duration = Duration::from_secs(60);
 type Key = (String, String);
 
 #[derive(Default)]
-pub struct Preopened {
+pub(crate) struct Preopened {
     layers: Mutex<HashMap<Key, (Opening, Instant)>>,
     images: Mutex<HashMap<String, Instant>>,
 }
@@ -68,9 +68,8 @@ impl Preopened {
 }
 
 /// The layer digests a Prepare's labels list for the whole image.
-pub fn listed_layers(labels: &snapshotter::Labels) -> Vec<String> {
-    use snapshotter::remote::labels::{CRI_LAYERS, STARGZ_LAYERS};
-    [STARGZ_LAYERS, CRI_LAYERS]
+pub(crate) fn listed_layers(labels: &snapshotter::Labels) -> Vec<String> {
+    snapshot_labels::labels::LAYERS_KEYS
         .iter()
         .find_map(|k| labels.get(*k))
         .map(|v| {
@@ -92,7 +91,7 @@ mod tests {
         let mut l = snapshotter::Labels::new();
         assert!(listed_layers(&l).is_empty());
         l.insert(
-            snapshotter::remote::labels::CRI_LAYERS.into(),
+            snapshot_labels::labels::CRI_LAYERS.into(),
             "sha256:a, sha256:b,".into(),
         );
         assert_eq!(listed_layers(&l), ["sha256:a", "sha256:b"]);

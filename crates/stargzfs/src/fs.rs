@@ -1,0 +1,214 @@
+//! [`StargzFs`]: the `RemoteFs` the daemon hands the snapshotter. Opens the
+//! layer a Prepare's labels name (reusing one opened ahead), prefetches,
+//! mounts it with lazyfs and keeps the mount handle until unmount.
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::open::{first, LayerFacts, Opener};
+use crate::preopen::{self, Preopened};
+use async_trait::async_trait;
+use futures::FutureExt;
+use lazyfs::{ChunkCache, LazyLayer, MountHandle};
+use registry::Reference;
+use snapshot_labels::annotations::TOC_DIGEST;
+use snapshot_labels::labels::{DIGEST_KEYS, REF_KEYS};
+use snapshotter::{Labels, RemoteFs, RemoteFsError};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::runtime::Handle;
+use tracing::{debug, info, warn};
+
+pub struct StargzFs {
+    opener: Opener,
+    preopened: Arc<Preopened>,
+    mounts: tokio::sync::Mutex<HashMap<PathBuf, MountHandle>>,
+}
+
+impl StargzFs {
+    /// Builds the filesystem; call inside the tokio runtime that is to run
+    /// its fetches. Clears dead FUSE mounts a previous process left under
+    /// `cfg.root`.
+    pub fn new(cfg: &Config) -> Result<StargzFs, Error> {
+        let lcfg = cfg.layer();
+        // FUSE mounts of a daemon that died are dead ("transport endpoint is
+        // not connected"); clear them before the snapshotter restores its layers.
+        for dead in lazyfs::cleanup_dead_mounts(&cfg.root).unwrap_or_default() {
+            info!(mount = %dead.display(), "cleaned a dead mount from a previous run");
+        }
+        let cache = Arc::new(ChunkCache::new(&lcfg.cache_config()).map_err(Error::Cache)?);
+        let client = registry::Client::new(cfg.client()).map_err(Error::Client)?;
+        Ok(StargzFs {
+            opener: Opener {
+                client,
+                cfg: lcfg,
+                cache,
+                rt: Handle::current(),
+            },
+            preopened: Arc::new(Preopened::default()),
+            mounts: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn open_layer(&self, labels: &Labels) -> Result<Arc<LazyLayer>, Error> {
+        let image = first(labels, &REF_KEYS).ok_or(Error::NoImageRef)?;
+        let digest = first(labels, &DIGEST_KEYS).ok_or(Error::NoLayerDigest)?;
+        let image = Reference::parse(image).map_err(Error::Reference)?;
+        // The manifest, when the labels lack the TOC digest; opening the
+        // other layers ahead reuses it rather than fetching it again.
+        let mut facts = None;
+        let (size, toc) = match labels.get(TOC_DIGEST) {
+            Some(t) => (None, Some(t.clone())),
+            None => {
+                let f = self.opener.layer_facts(&image).await?;
+                let own = f.get(digest).cloned();
+                facts = Some(f);
+                own.map_or((None, None), |(s, t)| (Some(s), t))
+            }
+        };
+        let toc = toc.ok_or_else(|| Error::NoTocDigest {
+            layer: digest.to_string(),
+        })?;
+        self.preopen_others(&image, digest, labels, facts);
+        if let Some(opening) = self.preopened.take(digest, &toc) {
+            if let Some(layer) = opening.await {
+                debug!(layer = %digest, "using the layer opened ahead");
+                return Ok(layer);
+            }
+        }
+        self.opener
+            .clone()
+            .open(image, digest.to_string(), size, toc)
+            .await
+    }
+
+    /// Start opening the other layers the labels list (verified TOC digests
+    /// from the manifest), once per image and minute.
+    fn preopen_others(
+        &self,
+        image: &Reference,
+        current: &str,
+        labels: &Labels,
+        facts: Option<LayerFacts>,
+    ) {
+        let listed = preopen::listed_layers(labels);
+        if listed.len() < 2 || !self.preopened.claim_image(&image.to_string()) {
+            return;
+        }
+        let (opener, pre, image, current) = (
+            self.opener.clone(),
+            self.preopened.clone(),
+            image.clone(),
+            current.to_string(),
+        );
+        self.opener.rt.spawn(async move {
+            let facts = match facts {
+                Some(f) => f,
+                None => match opener.layer_facts(&image).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        debug!(image = %image, error = %e, "not opening layers ahead");
+                        return;
+                    }
+                },
+            };
+            for d in listed.iter().filter(|d| **d != current) {
+                let Some((size, Some(toc))) = facts.get(d).cloned() else {
+                    continue;
+                };
+                if pre.contains(d, &toc) {
+                    continue;
+                }
+                let open = opener
+                    .clone()
+                    .open(image.clone(), d.clone(), Some(size), toc.clone());
+                let task = opener.rt.spawn(open);
+                pre.insert(
+                    d,
+                    &toc,
+                    async move { task.await.ok().and_then(Result::ok) }.boxed(),
+                );
+            }
+        });
+    }
+
+    async fn mount_layer(&self, mountpoint: &Path, labels: &Labels) -> Result<(), Error> {
+        let layer = self.open_layer(labels).await?;
+        if let Err(e) = layer.prefetch().await {
+            // The layer still works without its prefetch; reads fetch on demand.
+            warn!(layer = %layer.digest(), error = %e, "prefetch incomplete");
+        }
+        // A dead FUSE mount left here by a crashed daemon would make the new mount fail.
+        if let Some(parent) = mountpoint.parent() {
+            let _ = lazyfs::cleanup_dead_mounts(parent);
+        }
+        let mp = mountpoint.to_path_buf();
+        let l = layer.clone();
+        let handle = tokio::task::spawn_blocking(move || lazyfs::mount(l, &mp))
+            .await
+            .map_err(|source| Error::Task {
+                what: "mount",
+                path: mountpoint.to_path_buf(),
+                source,
+            })?
+            .map_err(|source| Error::Mount {
+                path: mountpoint.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        layer.start_background_fetch();
+        info!(layer = %layer.digest(), mount = %mountpoint.display(), "remote layer mounted");
+        self.mounts
+            .lock()
+            .await
+            .insert(mountpoint.to_path_buf(), handle);
+        Ok(())
+    }
+
+    async fn check_mount(&self, mountpoint: &Path) -> Result<(), Error> {
+        let path = mountpoint.to_path_buf();
+        match self.mounts.lock().await.get(mountpoint) {
+            Some(h) if h.is_alive() => Ok(()),
+            Some(_) => Err(Error::NotServed { path }),
+            None => Err(Error::NotMounted { path }),
+        }
+    }
+
+    async fn unmount_layer(&self, mountpoint: &Path) -> Result<(), Error> {
+        let handle = self.mounts.lock().await.remove(mountpoint);
+        let mp = mountpoint.to_path_buf();
+        tokio::task::spawn_blocking(move || match handle {
+            Some(h) => h.unmount().map_err(|source| Error::Unmount {
+                path: mp,
+                source: Box::new(source),
+            }),
+            // Not ours (left from before a restart): a dead FUSE mount is
+            // cleared; whatever else is there the snapshotter detaches, as
+            // it owns the directory.
+            None => {
+                let _ = lazyfs::cleanup_dead_mounts(&mp);
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|source| Error::Task {
+            what: "unmount",
+            path: mountpoint.to_path_buf(),
+            source,
+        })?
+    }
+}
+
+#[async_trait]
+impl RemoteFs for StargzFs {
+    async fn mount(&self, mountpoint: &Path, labels: &Labels) -> Result<(), RemoteFsError> {
+        Ok(self.mount_layer(mountpoint, labels).await?)
+    }
+
+    async fn check(&self, mountpoint: &Path, _labels: &Labels) -> Result<(), RemoteFsError> {
+        Ok(self.check_mount(mountpoint).await?)
+    }
+
+    async fn unmount(&self, mountpoint: &Path) -> Result<(), RemoteFsError> {
+        Ok(self.unmount_layer(mountpoint).await?)
+    }
+}

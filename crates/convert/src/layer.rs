@@ -9,7 +9,7 @@ use oci_layout::{media_types as mt, Descriptor, DescriptorExt, HashingReader, La
 use std::io::{BufReader, Write};
 
 pub use estargz::toc::TOC_DIGEST_ANNOTATION as ANN_TOC_DIGEST;
-pub const ANN_UNCOMPRESSED_SIZE: &str = "io.containers.estargz.uncompressed-size";
+pub use estargz::toc::UNCOMPRESSED_SIZE_ANNOTATION as ANN_UNCOMPRESSED_SIZE;
 
 #[derive(Clone, Debug, Default)]
 pub struct LayerOptions {

@@ -9,10 +9,10 @@ use crate::client::{Containerd, Prepared};
 use crate::error::{Error, Result};
 use crate::image::{chain_ids, ImageParts};
 use containerd_client::types::{Descriptor, Mount};
-use snapshotter::remote::labels::{
+use snapshot_labels::labels::{
     CRI_DIGEST, CRI_LAYERS, CRI_REF, STARGZ_DIGEST, STARGZ_LAYERS, STARGZ_REF,
 };
-use snapshotter::remote::LABEL_TARGET_REF as REF_LABEL;
+use snapshot_labels::LABEL_TARGET_REF as REF_LABEL;
 use std::collections::HashMap;
 
 /// containerd caps a label at 4096 bytes (key + value); the layer list is only a hint.

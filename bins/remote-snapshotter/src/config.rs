@@ -322,7 +322,7 @@ insecure = true
         );
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.warnings(), Vec::<String>::new());
-        let hosts: registry::HostsConfig = c.resolver.clone().unwrap().try_into().unwrap();
+        let hosts: stargzfs::HostsConfig = c.resolver.clone().unwrap().try_into().unwrap();
         let h = &hosts.host["r.example"];
         assert!(h.insecure && h.skip_verify && h.mirrors[0].insecure && h.mirrors[0].skip_verify);
         assert_eq!(h.mirrors[0].request_timeout_sec, Some(5));
@@ -331,7 +331,7 @@ insecure = true
             .unwrap()
             .resolver
             .unwrap()
-            .try_into::<registry::HostsConfig>();
+            .try_into::<stargzfs::HostsConfig>();
         assert!(bogus.unwrap_err().to_string().contains("bogus"));
     }
 

@@ -63,7 +63,7 @@ pub trait Api: Send + Sync {
 #[async_trait]
 impl Api for Snapshotter {
     async fn prepare(&self, key: &str, parent: &str, labels: &Labels) -> ApiResult<Vec<Mount>> {
-        crate::service::prepared(Snapshotter::prepare(self, key, parent, labels).await)
+        snapshotter::service::prepared(Snapshotter::prepare(self, key, parent, labels).await)
             .map_err(code)
     }
     async fn view(&self, key: &str, parent: &str, labels: &Labels) -> ApiResult<Vec<Mount>> {

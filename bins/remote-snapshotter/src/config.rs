@@ -386,7 +386,10 @@ insecure = true
         .unwrap();
         assert!(c.cri_keychain.enable_keychain);
         assert_eq!(c.cri_keychain.image_service_path(), Path::new("/c.sock"));
-        assert_eq!(c.cri_keychain.listen_path.as_deref(), Some(Path::new("/l.sock")));
+        assert_eq!(
+            c.cri_keychain.listen_path.as_deref(),
+            Some(Path::new("/l.sock"))
+        );
         assert_eq!(c.warnings(), Vec::<String>::new());
     }
 

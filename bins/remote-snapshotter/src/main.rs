@@ -117,10 +117,8 @@ async fn main() -> anyhow::Result<()> {
     let mut cri_server = None;
     if let Some(k) = keychain {
         let upstream = cfg.cri_keychain.image_service_path();
-        let proxy = cri_keychain::ImageServiceProxy::new(
-            cri_keychain::connect_upstream(&upstream),
-            k,
-        );
+        let proxy =
+            cri_keychain::ImageServiceProxy::new(cri_keychain::connect_upstream(&upstream), k);
         match cfg.cri_keychain.listen_path.clone() {
             Some(path) => {
                 let l = snapshotter::server::bind(&path)?;
@@ -141,9 +139,9 @@ async fn main() -> anyhow::Result<()> {
     let server = {
         let path = args.address.clone();
         let stop = stopped();
-        tokio::spawn(
-            async move { snapshotter::server::serve_routes(listener, &path, routes, stop).await },
-        )
+        tokio::spawn(async move {
+            snapshotter::server::serve_routes(listener, &path, routes, stop).await
+        })
     };
     let unmount = tokio::select! {
         _ = term.recv() => { tracing::info!("SIGTERM: stopping, keeping mounts"); args.unmount_on_exit }

@@ -92,13 +92,7 @@ impl Drop for Stack {
 
 #[test]
 fn pull_secrets_through_our_image_service_make_private_images_lazy() {
-    if !e2e::require_root_tools(&[
-        "docker-registry",
-        "containerd",
-        "ctr",
-        "runc",
-        "skopeo",
-    ]) {
+    if !e2e::require_root_tools(&["docker-registry", "containerd", "ctr", "runc", "skopeo"]) {
         return;
     }
     let scratch = tempfile::tempdir().unwrap();

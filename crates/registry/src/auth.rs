@@ -348,8 +348,8 @@ mod tests {
                 password: "f".into(),
             },
         );
-        let store = CredentialStore::load(Some(std::path::Path::new("/nonexistent")), statics)
-            .unwrap();
+        let store =
+            CredentialStore::load(Some(std::path::Path::new("/nonexistent")), statics).unwrap();
         let auth = Auth::new(store, Some(Arc::new(One)));
         let user = |authority: &str, scope: &str| match auth.credential(authority, scope).unwrap() {
             Some(Credential::Basic { username, .. }) => username,
@@ -361,6 +361,10 @@ mod tests {
             auth.basic("docker.io", "repository:me/app:pull").unwrap(),
             Some(basic_value("u", "p"))
         );
-        assert_eq!(auth.credential("other.io", "repository:me/app:pull").unwrap(), None);
+        assert_eq!(
+            auth.credential("other.io", "repository:me/app:pull")
+                .unwrap(),
+            None
+        );
     }
 }

@@ -47,7 +47,9 @@ pub fn require_cni_plugins() -> bool {
     false
 }
 
-/// A connection to a CRI server (containerd's socket).
+/// A connection to a CRI server (containerd's socket), or to two: the
+/// runtime service at one socket, the image service at another (the
+/// kubelet's `--image-service-endpoint`).
 pub struct Cri {
     rt: tokio::runtime::Runtime,
     runtime: RuntimeServiceClient<Channel>,
@@ -56,30 +58,25 @@ pub struct Cri {
 
 impl Cri {
     pub fn connect(socket: &Path) -> Cri {
+        Cri::connect_split(socket, socket)
+    }
+
+    /// The runtime service at `runtime`, the image service at `images`.
+    pub fn connect_split(runtime: &Path, images: &Path) -> Cri {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let path = socket.to_path_buf();
-        let channel = rt
-            .block_on(
-                // The URI is required but unused: the connector dials the socket.
-                Endpoint::from_static("http://localhost").connect_with_connector(
-                    tower::service_fn(move |_| {
-                        let path = path.clone();
-                        async move {
-                            tokio::net::UnixStream::connect(path)
-                                .await
-                                .map(TokioIo::new)
-                        }
-                    }),
-                ),
-            )
-            .expect("connect to the CRI socket");
+        let runtime_channel = unix_channel(&rt, runtime);
+        let images_channel = if images == runtime {
+            runtime_channel.clone()
+        } else {
+            unix_channel(&rt, images)
+        };
         Cri {
             rt,
-            runtime: RuntimeServiceClient::new(channel.clone()),
-            images: ImageServiceClient::new(channel),
+            runtime: RuntimeServiceClient::new(runtime_channel),
+            images: ImageServiceClient::new(images_channel),
         }
     }
 
@@ -101,8 +98,19 @@ impl Cri {
 
     /// `PullImage`; returns the image id (`image_ref`).
     pub fn pull(&self, image: &str) -> Result<String, tonic::Status> {
+        self.pull_with_auth(image, None)
+    }
+
+    /// `PullImage` with the `AuthConfig` the kubelet sends from an
+    /// `imagePullSecret`; returns the image id.
+    pub fn pull_with_auth(
+        &self,
+        image: &str,
+        auth: Option<cri::AuthConfig>,
+    ) -> Result<String, tonic::Status> {
         let req = cri::PullImageRequest {
             image: Some(spec(image)),
+            auth,
             ..Default::default()
         };
         self.images(|mut c| async move { c.pull_image(req).await })
@@ -189,6 +197,25 @@ impl Cri {
             log_dir: log_dir.to_path_buf(),
         }
     }
+}
+
+/// A channel to the gRPC server on the unix socket `socket`.
+fn unix_channel(rt: &tokio::runtime::Runtime, socket: &Path) -> Channel {
+    let path = socket.to_path_buf();
+    rt.block_on(
+        // The URI is required but unused: the connector dials the socket.
+        Endpoint::from_static("http://localhost").connect_with_connector(tower::service_fn(
+            move |_| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(TokioIo::new)
+                }
+            },
+        )),
+    )
+    .unwrap_or_else(|e| panic!("connect to the CRI socket {}: {e}", socket.display()))
 }
 
 fn spec(image: &str) -> cri::ImageSpec {

@@ -5,7 +5,7 @@
 //! Unknown keys are logged, never rejected; values of the wrong type are.
 
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 mod keys;
 use keys::Support;
@@ -23,6 +23,7 @@ pub struct Config {
     pub directory_cache: DirectoryCacheConfig,
     pub fuse: FuseConfig,
     pub cache: CacheConfig,
+    pub cri_keychain: CriKeychainConfig,
     /// `[[resolver.host."HOST".mirrors]]` etc., passed through untouched:
     /// the registry crate owns its typed form.
     pub resolver: Option<toml::Value>,
@@ -67,6 +68,30 @@ pub struct FuseConfig {
 pub struct CacheConfig {
     /// Upper bound of the chunk cache on disk, in bytes.
     pub max_size: Option<u64>,
+}
+
+/// stargz's `[cri_keychain]`: serve the CRI image service, forward it to
+/// containerd and use the credentials of its pulls.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct CriKeychainConfig {
+    pub enable_keychain: bool,
+    /// containerd's socket, where the image service calls are forwarded.
+    pub image_service_path: Option<PathBuf>,
+    /// A socket of its own for the image service; unset: the daemon's
+    /// `--address`, beside the snapshots service.
+    pub listen_path: Option<PathBuf>,
+}
+
+impl CriKeychainConfig {
+    /// containerd's default socket, as in containerd-stargz-grpc.
+    pub const DEFAULT_IMAGE_SERVICE_PATH: &'static str = "/run/containerd/containerd.sock";
+
+    pub fn image_service_path(&self) -> PathBuf {
+        self.image_service_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(Self::DEFAULT_IMAGE_SERVICE_PATH))
+    }
 }
 
 impl Config {
@@ -344,6 +369,28 @@ insecure = true
             readme.contains(&table),
             "README.md's table of config keys differs from the code's; it should be:\n\n{table}"
         );
+    }
+
+    #[test]
+    fn cri_keychain_keys_parse_with_the_reference_default_socket() {
+        let c = Config::default();
+        assert!(!c.cri_keychain.enable_keychain);
+        assert_eq!(
+            c.cri_keychain.image_service_path(),
+            Path::new("/run/containerd/containerd.sock")
+        );
+        let c = Config::parse(
+            "[cri_keychain]\nenable_keychain = true\nimage_service_path = \"/c.sock\"\n\
+             listen_path = \"/l.sock\"\n",
+        )
+        .unwrap();
+        assert!(c.cri_keychain.enable_keychain);
+        assert_eq!(c.cri_keychain.image_service_path(), Path::new("/c.sock"));
+        assert_eq!(
+            c.cri_keychain.listen_path.as_deref(),
+            Some(Path::new("/l.sock"))
+        );
+        assert_eq!(c.warnings(), Vec::<String>::new());
     }
 
     #[test]

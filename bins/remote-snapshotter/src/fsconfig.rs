@@ -27,6 +27,8 @@ pub fn stargz_config(cfg: &Config, root: &Path) -> anyhow::Result<stargzfs::Conf
         // stargz's first backoff; the registry client doubles it per retry.
         retry_base: cfg.blob.min_wait_msec.map(Duration::from_millis),
         hosts,
+        // The CRI keychain, when enabled, is set by `main`: it is state, not config.
+        credentials: None,
     })
 }
 

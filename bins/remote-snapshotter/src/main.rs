@@ -2,12 +2,14 @@
 //!
 //! Wiring only: flags and config -> `stargzfs::StargzFs` (the eStargz
 //! `RemoteFs`) -> `snapshotter::Snapshotter` -> gRPC on a unix socket, plus
-//! signals and an optional metrics endpoint. SIGTERM stops serving and keeps state and
+//! the CRI image-service proxy whose keychain feeds the registry client
+//! (`[cri_keychain]`), signals and an optional metrics endpoint. SIGTERM stops serving and keeps state and
 //! mounts for the next start; SIGINT (or `--unmount-on-exit`) also unmounts
 //! every remote layer.
 
 mod config;
 mod fsconfig;
+mod keychain;
 mod metrics;
 
 use anyhow::Context;
@@ -79,7 +81,16 @@ async fn main() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
 
-    let fs_cfg = fsconfig::stargz_config(&cfg, &args.root)?;
+    let mut fs_cfg = fsconfig::stargz_config(&cfg, &args.root)?;
+    // Kubernetes pull secrets: what the kubelet's pulls through our image
+    // service carried is what the registry client asks first.
+    let keychain = cfg
+        .cri_keychain
+        .enable_keychain
+        .then(cri_keychain::Keychain::new);
+    if let Some(k) = &keychain {
+        fs_cfg.credentials = Some(Arc::new(keychain::KeychainSource(k.clone())));
+    }
     let remote = Arc::new(stargzfs::StargzFs::new(&fs_cfg).context("eStargz filesystem")?);
     let snap = Arc::new(
         snapshotter::Snapshotter::open(&args.root, remote)
@@ -95,17 +106,41 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(metrics::serve(l, snap.metrics()));
     }
 
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut routes = snapshotter::server::routes(snap.clone());
+    let mut cri_server = None;
+    if let Some(k) = keychain {
+        let upstream = cfg.cri_keychain.image_service_path();
+        let proxy =
+            cri_keychain::ImageServiceProxy::new(cri_keychain::connect_upstream(&upstream), k);
+        match cfg.cri_keychain.listen_path.clone() {
+            Some(path) => {
+                let l = snapshotter::server::bind(&path)?;
+                tracing::info!(address = %path.display(), upstream = %upstream.display(), "serving the CRI image service");
+                let stop = stopped();
+                cri_server = Some(tokio::spawn(async move {
+                    cri_keychain::serve(l, &path, proxy, stop).await
+                }));
+            }
+            None => {
+                tracing::info!(address = %args.address.display(), upstream = %upstream.display(), "serving the CRI image service");
+                routes = routes.add_service(proxy.into_server());
+            }
+        }
+    }
     let listener = snapshotter::server::bind(&args.address)?;
     tracing::info!(address = %args.address.display(), root = %args.root.display(), "serving");
-    let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
     let server = {
-        let snap = snap.clone();
         let path = args.address.clone();
+        let stop = stopped();
         tokio::spawn(async move {
-            let shutdown = async {
-                let _ = rx.await;
-            };
-            snapshotter::server::serve(listener, &path, snap, shutdown).await
+            snapshotter::server::serve_routes(listener, &path, routes, stop).await
         })
     };
     let unmount = tokio::select! {
@@ -118,6 +153,13 @@ async fn main() -> anyhow::Result<()> {
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error"),
         Err(_) => tracing::warn!("server did not stop in 10s"),
         _ => {}
+    }
+    if let Some(s) = cri_server {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), s).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "CRI image service error"),
+            Err(_) => tracing::warn!("CRI image service did not stop in 10s"),
+            _ => {}
+        }
     }
     if unmount {
         snap.unmount_all().await;

@@ -1,16 +1,19 @@
 //! Per-host authorization: remembers which scheme each host asked for
 //! (Basic or Bearer with its realm), fetches bearer tokens (anonymous or with
 //! the host's own credentials) and caches them per (host, scope) until they
-//! expire. A token or password is only ever attached to requests for the host
+//! expire. Credentials come from the [`CredentialSource`] (per host and
+//! repository, the repository taken from the scope) before the docker
+//! config (per host). A token or password is only ever attached to requests for the host
 //! it belongs to; the transport drops it across redirects.
 
-use crate::credentials::{Credential, CredentialStore};
+use crate::credentials::{normalize_host, Credential, CredentialSource, CredentialStore};
 use crate::error::{Error, Result};
 use crate::headers::Challenge;
 use base64::Engine as _;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -35,6 +38,7 @@ struct Token {
 
 pub(crate) struct Auth {
     creds: CredentialStore,
+    source: Option<Arc<dyn CredentialSource>>,
     schemes: Mutex<HashMap<String, Scheme>>,
     tokens: Mutex<HashMap<(String, String), Token>>,
     /// One token fetch at a time, so a burst of reads makes one request.
@@ -52,9 +56,10 @@ struct TokenReply {
 }
 
 impl Auth {
-    pub fn new(creds: CredentialStore) -> Auth {
+    pub fn new(creds: CredentialStore, source: Option<Arc<dyn CredentialSource>>) -> Auth {
         Auth {
             creds,
+            source,
             schemes: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             fetch_lock: tokio::sync::Mutex::new(()),
@@ -72,8 +77,11 @@ impl Auth {
         let scheme = self.schemes.lock().get(authority).cloned();
         match scheme {
             None => Ok(None),
-            Some(Scheme::Basic) => Ok(self.basic(authority)?),
+            Some(Scheme::Basic) => Ok(self.basic(authority, scope)?),
             Some(Scheme::Bearer { realm, service }) => {
+                if let Some(Credential::RegistryToken(t)) = self.from_source(authority, scope) {
+                    return Ok(Some(format!("Bearer {t}")));
+                }
                 if let Some(t) = self.cached(authority, scope) {
                     return Ok(Some(format!("Bearer {t}")));
                 }
@@ -126,7 +134,7 @@ impl Auth {
                 .lock()
                 .insert(authority.to_string(), Scheme::Basic);
             return Ok(matches!(
-                self.creds.get(authority)?,
+                self.credential(authority, scope)?,
                 Some(Credential::Basic { .. })
             ));
         }
@@ -139,8 +147,25 @@ impl Auth {
         (Instant::now() < t.refresh_at).then(|| t.value.clone())
     }
 
-    fn basic(&self, authority: &str) -> Result<Option<String>> {
-        Ok(match self.creds.get(authority)? {
+    /// What the [`CredentialSource`] knows for the repository of `scope`
+    /// (its first `repository:NAME:ACTIONS` item) at `authority`.
+    fn from_source(&self, authority: &str, scope: &str) -> Option<Credential> {
+        let repo = scope_repository(scope)?;
+        self.source
+            .as_ref()?
+            .credential(&normalize_host(authority), repo)
+    }
+
+    /// The credentials to use for `scope` at `authority`.
+    fn credential(&self, authority: &str, scope: &str) -> Result<Option<Credential>> {
+        match self.from_source(authority, scope) {
+            Some(c) => Ok(Some(c)),
+            None => self.creds.get(authority),
+        }
+    }
+
+    fn basic(&self, authority: &str, scope: &str) -> Result<Option<String>> {
+        Ok(match self.credential(authority, scope)? {
             Some(Credential::Basic { username, password }) => {
                 Some(basic_value(&username, &password))
             }
@@ -158,7 +183,7 @@ impl Auth {
     ) -> Result<Token> {
         let mut url =
             url::Url::parse(realm).map_err(|e| Error::invalid(realm, format!("bad realm: {e}")))?;
-        let cred = self.creds.get(authority)?;
+        let cred = self.credential(authority, scope)?;
         // The registry's password goes to its realm (as docker does), but
         // in clear text only to the registry's own host (any port): that
         // host already receives it in clear text.
@@ -268,11 +293,78 @@ fn basic_value(user: &str, pass: &str) -> String {
     )
 }
 
+/// `a/b` of `repository:a/b:pull` (the first item of a scope).
+fn scope_repository(scope: &str) -> Option<&str> {
+    let item = scope.split(' ').next()?;
+    let rest = item.strip_prefix("repository:")?;
+    let (name, _actions) = rest.rsplit_once(':')?;
+    (!name.is_empty()).then_some(name)
+}
+
 /// `h:5000` → `h`; `[::1]:80` → `[::1]`.
 fn host_of(authority: &str) -> &str {
     if authority.starts_with('[') {
         authority.split_inclusive(']').next().unwrap_or(authority)
     } else {
         authority.split(':').next().unwrap_or(authority)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct One;
+
+    impl CredentialSource for One {
+        fn credential(&self, host: &str, repository: &str) -> Option<Credential> {
+            (host == "docker.io" && repository == "me/app").then(|| Credential::Basic {
+                username: "u".into(),
+                password: "p".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn scope_names_the_repository() {
+        assert_eq!(scope_repository("repository:a/b:pull"), Some("a/b"));
+        assert_eq!(
+            scope_repository("repository:a/b:pull,push repository:c:pull"),
+            Some("a/b")
+        );
+        assert_eq!(scope_repository("registry:catalog:*"), None);
+        assert_eq!(scope_repository("repository::pull"), None);
+        assert_eq!(scope_repository(""), None);
+    }
+
+    #[test]
+    fn the_source_is_asked_per_host_and_repository_before_the_docker_config() {
+        let mut statics = HashMap::new();
+        statics.insert(
+            "docker.io".to_string(),
+            Credential::Basic {
+                username: "file".into(),
+                password: "f".into(),
+            },
+        );
+        let store =
+            CredentialStore::load(Some(std::path::Path::new("/nonexistent")), statics).unwrap();
+        let auth = Auth::new(store, Some(Arc::new(One)));
+        let user = |authority: &str, scope: &str| match auth.credential(authority, scope).unwrap() {
+            Some(Credential::Basic { username, .. }) => username,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(user("registry-1.docker.io", "repository:me/app:pull"), "u");
+        assert_eq!(user("docker.io", "repository:me/other:pull"), "file");
+        assert_eq!(
+            auth.basic("docker.io", "repository:me/app:pull").unwrap(),
+            Some(basic_value("u", "p"))
+        );
+        assert_eq!(
+            auth.credential("other.io", "repository:me/app:pull")
+                .unwrap(),
+            None
+        );
     }
 }

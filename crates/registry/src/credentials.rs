@@ -1,7 +1,9 @@
 //! Credentials from docker's `config.json`: `auths` (with `auth` or
 //! `username`/`password`, `identitytoken`), `credHelpers` and `credsStore`
 //! (running `docker-credential-<name> get` with the server on stdin), plus
-//! static credentials given in code. Looked up by exact host only.
+//! static credentials given in code, looked up by exact host; and a
+//! [`CredentialSource`] asked first, per host and repository (credentials
+//! learnt at run time, such as Kubernetes pull secrets).
 
 use crate::error::{Error, Result};
 use base64::Engine as _;
@@ -23,6 +25,18 @@ pub enum Credential {
         username: String,
         token: String,
     },
+    /// A bearer token for the registry itself, sent as is (no token
+    /// server round trip); useless for a registry that wants Basic.
+    RegistryToken(String),
+}
+
+/// Credentials known per repository, asked before the docker config for
+/// every request (so cheap, and never blocking). `host` is normalised as
+/// [`normalize_host`] does (`docker.io` for Docker Hub), `repository` is
+/// the path in the registry (`library/busybox`). Implementations must not
+/// log what they return.
+pub trait CredentialSource: Send + Sync + std::fmt::Debug {
+    fn credential(&self, host: &str, repository: &str) -> Option<Credential>;
 }
 
 impl std::fmt::Debug for Credential {
@@ -33,6 +47,7 @@ impl std::fmt::Debug for Credential {
             Credential::IdentityToken { username, .. } => {
                 write!(f, "IdentityToken({username}, ***)")
             }
+            Credential::RegistryToken(_) => f.write_str("RegistryToken(***)"),
         }
     }
 }

@@ -29,7 +29,7 @@ pub mod reference;
 mod transport;
 
 pub use blob::{BlobReader, BlobStream};
-pub use credentials::Credential;
+pub use credentials::{Credential, CredentialSource};
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result};
 pub use hosts::{HostConfig, HostsConfig, MirrorConfig};
@@ -60,6 +60,9 @@ pub struct ClientConfig {
     pub docker_config_dir: Option<PathBuf>,
     /// Credentials by host, taking precedence over config.json.
     pub credentials: HashMap<String, Credential>,
+    /// Credentials per host and repository, asked before `credentials`
+    /// and config.json (the daemon's CRI keychain).
+    pub credential_source: Option<Arc<dyn CredentialSource>>,
     pub connect_timeout: Duration,
     /// Time to response headers (a host's `request_timeout_sec` overrides it).
     pub request_timeout: Duration,
@@ -83,6 +86,7 @@ impl Default for ClientConfig {
             skip_verify_hosts: Vec::new(),
             docker_config_dir: None,
             credentials: HashMap::new(),
+            credential_source: None,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(30),
@@ -172,7 +176,7 @@ impl Client {
         let sem = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrency.max(1)));
         Ok(Client {
             inner: Arc::new(Inner {
-                auth: auth::Auth::new(creds),
+                auth: auth::Auth::new(creds, cfg.credential_source.clone()),
                 sem,
                 http_default,
                 http_by_tls: Mutex::new(HashMap::new()),

@@ -82,9 +82,26 @@ pub async fn serve(
     snapshotter: Arc<Snapshotter>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    serve_routes(listener, path, routes(snapshotter), shutdown).await
+}
+
+/// The snapshots service, for [`serve_routes`]; other services (the CRI
+/// image service) join it with `Routes::add_service`.
+pub fn routes(snapshotter: Arc<Snapshotter>) -> tonic::service::Routes {
+    tonic::service::Routes::new(SnapshotService::new(snapshotter).into_server())
+}
+
+/// Serves `routes` on one socket until `shutdown` resolves, then removes
+/// the socket.
+pub async fn serve_routes(
+    listener: tokio::net::UnixListener,
+    path: &Path,
+    routes: tonic::service::Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let incoming = incoming(listener);
     let res = tonic::transport::Server::builder()
-        .add_service(SnapshotService::new(snapshotter).into_server())
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = std::fs::remove_file(path);

@@ -2,6 +2,7 @@
 //! users know them; how they map onto lazy layers and the registry client.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the daemon tells the filesystem. `None` keeps the default.
@@ -28,6 +29,9 @@ pub struct Config {
     pub retry_base: Option<Duration>,
     /// Mirrors, plain HTTP, CAs per registry host.
     pub hosts: registry::HostsConfig,
+    /// Credentials per host and repository asked before the docker config
+    /// (the daemon's CRI keychain: Kubernetes pull secrets).
+    pub credentials: Option<Arc<dyn registry::CredentialSource>>,
 }
 
 impl Config {
@@ -61,6 +65,7 @@ impl Config {
     pub(crate) fn client(&self) -> registry::ClientConfig {
         let mut c = registry::ClientConfig {
             hosts: self.hosts.clone(),
+            credential_source: self.credentials.clone(),
             ..registry::ClientConfig::default()
         };
         if let Some(r) = self.retries {

@@ -25,3 +25,5 @@ pub use error::Error;
 pub use fs::StargzFs;
 /// The `[resolver]` table's typed form, for building a [`Config`].
 pub use registry::HostsConfig;
+/// What [`Config::credentials`] is built from.
+pub use registry::{Credential, CredentialSource};

@@ -79,7 +79,8 @@ impl Auth {
             None => Ok(None),
             Some(Scheme::Basic) => Ok(self.basic(authority, scope)?),
             Some(Scheme::Bearer { realm, service }) => {
-                if let Some(Credential::RegistryToken(t)) = self.from_source(authority, scope) {
+                if let Some(Credential::RegistryToken(t)) = self.source_credential(authority, scope)
+                {
                     return Ok(Some(format!("Bearer {t}")));
                 }
                 if let Some(t) = self.cached(authority, scope) {
@@ -149,7 +150,7 @@ impl Auth {
 
     /// What the [`CredentialSource`] knows for the repository of `scope`
     /// (its first `repository:NAME:ACTIONS` item) at `authority`.
-    fn from_source(&self, authority: &str, scope: &str) -> Option<Credential> {
+    fn source_credential(&self, authority: &str, scope: &str) -> Option<Credential> {
         let repo = scope_repository(scope)?;
         self.source
             .as_ref()?
@@ -158,7 +159,7 @@ impl Auth {
 
     /// The credentials to use for `scope` at `authority`.
     fn credential(&self, authority: &str, scope: &str) -> Result<Option<Credential>> {
-        match self.from_source(authority, scope) {
+        match self.source_credential(authority, scope) {
             Some(c) => Ok(Some(c)),
             None => self.creds.get(authority),
         }

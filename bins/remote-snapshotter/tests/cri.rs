@@ -18,12 +18,11 @@
 
 mod common;
 
-use e2e::containerd::{mounts_under, unmount_under, Containerd, CriOptions};
+use e2e::containerd::{mounts_under, Containerd, CriOptions};
 use e2e::cri::{write_pause_image, Cri, PodNetwork};
 use e2e::image::{
     busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout, LayerBuilder,
 };
-use e2e::process::wait_until;
 use e2e::registry::{skopeo_push, Registry};
 use e2e::tcpproxy::CountingProxy;
 use std::path::Path;
@@ -81,26 +80,6 @@ fn build_app(dir: &Path) -> App {
     }
 }
 
-/// containerd first, then the daemon with SIGINT (which unmounts its
-/// layers), then whatever is still mounted under the scratch dir: also on
-/// a failed assert.
-struct Stack {
-    ctrd: Option<Containerd>,
-    daemon: Option<common::Daemon>,
-    scratch: tempfile::TempDir,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        drop(self.ctrd.take());
-        if let Some(mut d) = self.daemon.take() {
-            d.svc.signal(libc::SIGINT);
-            wait_until(Duration::from_secs(15), || !d.svc.is_running());
-        }
-        unmount_under(self.scratch.path());
-    }
-}
-
 #[test]
 fn cri_pulls_estargz_lazily_runs_pods_and_removes_images() {
     if !e2e::require_root_tools(&[
@@ -149,7 +128,7 @@ fn cri_pulls_estargz_lazily_runs_pods_and_removes_images() {
             cni: true,
         },
     );
-    let stack = Stack {
+    let stack = common::Stack {
         ctrd: Some(ctrd),
         daemon: Some(daemon),
         scratch,

@@ -16,12 +16,11 @@
 mod common;
 
 use base64::Engine;
-use e2e::containerd::{mounts_under, unmount_under, Containerd, CriOptions};
+use e2e::containerd::{mounts_under, Containerd, CriOptions};
 use e2e::cri::{api::AuthConfig, write_pause_image, Cri, PodNetwork};
 use e2e::image::{
     busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout, LayerBuilder,
 };
-use e2e::process::wait_until;
 use e2e::registry::{htpasswd, skopeo_push, Registry, RegistryOptions};
 use e2e::tcpproxy::CountingProxy;
 use std::path::Path;
@@ -68,26 +67,6 @@ fn build_image(dir: &Path, marker: &str, seed: u64) -> (u64, String) {
         sha256_digest(&mid).trim_start_matches("sha256:")
     );
     (size, expected)
-}
-
-/// containerd first, then the daemon with SIGINT (unmounting its layers),
-/// then whatever is still mounted under the scratch dir: also on a failed
-/// assert.
-struct Stack {
-    ctrd: Option<Containerd>,
-    daemon: Option<common::Daemon>,
-    scratch: tempfile::TempDir,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        drop(self.ctrd.take());
-        if let Some(mut d) = self.daemon.take() {
-            d.svc.signal(libc::SIGINT);
-            wait_until(Duration::from_secs(15), || !d.svc.is_running());
-        }
-        unmount_under(self.scratch.path());
-    }
 }
 
 #[test]
@@ -157,7 +136,7 @@ fn pull_secrets_through_our_image_service_make_private_images_lazy() {
     );
     std::os::unix::fs::symlink(&ctrd.socket, &upstream).unwrap();
     let daemon_sock = daemon.sock.clone();
-    let stack = Stack {
+    let stack = common::Stack {
         ctrd: Some(ctrd),
         daemon: Some(daemon),
         scratch,

@@ -115,3 +115,23 @@ pub fn ctr_when_reconnected(
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// Tears a test's stack down in order, also on a failed assert: containerd
+/// first, then the daemon with SIGINT (which unmounts its layers), then
+/// whatever is still mounted under the scratch dir.
+pub struct Stack {
+    pub ctrd: Option<e2e::containerd::Containerd>,
+    pub daemon: Option<Daemon>,
+    pub scratch: tempfile::TempDir,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        drop(self.ctrd.take());
+        if let Some(mut d) = self.daemon.take() {
+            d.svc.signal(libc::SIGINT);
+            wait_until(Duration::from_secs(15), || !d.svc.is_running());
+        }
+        e2e::containerd::unmount_under(self.scratch.path());
+    }
+}

@@ -124,3 +124,51 @@ timed() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%+.2f%%", (a / b - 1) * 100}'; }
 cpu_model() { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'; }
+
+# The 3-layer python image of bench/lazy_pull.sh, built offline once and
+# cached in BENCH_CACHE (needs $repo and $RSNAP): sets APP (the app layer's
+# tree) and OCI (an OCI layout with tags v1 = gzip, v1-esgz = rsnap convert,
+# v1-opt = rsnap convert --prioritized-files of what the command opens,
+# traced with strace into BENCH_CACHE/prioritized.txt).
+ensure_python_image() {
+  ensure_python_layer
+  APP="$BENCH_CACHE/app"
+  if [ ! -f "$APP.done" ]; then
+    log "app layer: 128 x 1 MiB random files + /app/run.py"
+    rm -rf "$APP"; mkdir -p "$APP/app/data"
+    for i in $(seq -w 0 127); do head -c 1048576 /dev/urandom >"$APP/app/data/$i.bin"; done
+    cat >"$APP/app/run.py" <<'PY'
+import hashlib, json, os, re, subprocess, urllib.parse, email.message, decimal
+with open("/app/data/042.bin", "rb") as f:
+    print(json.dumps({"sha256": hashlib.sha256(f.read()).hexdigest(), "files": len(os.listdir("/app/data"))}))
+PY
+    touch "$APP.done"
+  fi
+  OCI="$BENCH_CACHE/python-oci"
+  if [ ! -f "$OCI.done" ]; then
+    log "OCI layout (gzip -6) and rsnap convert"
+    rm -rf "$OCI"
+    "$repo/scripts/oci-from-dir.sh" "$OCI" v1 '["python3","/app/run.py"]' "$BENCH_CACHE/rootfs" "$BENCH_CACHE/python3" "$APP" >/dev/null
+    "$RSNAP" convert "oci:$OCI:v1" "oci:$OCI:v1-esgz" >/dev/null 2>&1
+    touch "$OCI.done"
+  fi
+  # The optimized variant: the files the command opens (strace in a chroot of
+  # the merged layers) go first in their layers, before .prefetch.landmark.
+  if [ ! -f "$OCI.opt.done" ]; then
+    log "optimized variant: trace the command, rsnap convert --prioritized-files"
+    local m rc
+    m="$BENCH_CACHE/trace.merged"; mkdir -p "$m"
+    mount -t overlay overlay -o "lowerdir=$APP:$BENCH_CACHE/python3:$BENCH_CACHE/rootfs" "$m"
+    rc=0
+    strace -f -qq -e trace=open,openat,execve -o "$BENCH_CACHE/trace.log" chroot "$m" python3 /app/run.py >/dev/null || rc=$?
+    # successful opens and execs, resolved inside the image, regular files only, first-use order
+    grep -v ' = -1 ' "$BENCH_CACHE/trace.log" | grep -oE '(open|openat|execve)\([^"]*"[^"]+"' |
+      sed -E 's/.*"([^"]+)"$/\1/' | grep '^/' | awk '!seen[$0]++' |
+      chroot "$m" xargs -r readlink -f 2>/dev/null | awk '!seen[$0]++' |
+      while read -r f; do [ -f "$m$f" ] && [ ! -L "$m$f" ] && echo "$f"; done >"$BENCH_CACHE/prioritized.txt" || true
+    umount "$m"; rmdir "$m"
+    [ "$rc" = 0 ] || { echo "tracing the command failed" >&2; exit 1; }
+    "$RSNAP" convert --prioritized-files "$BENCH_CACHE/prioritized.txt" "oci:$OCI:v1" "oci:$OCI:v1-opt" >/dev/null 2>&1
+    touch "$OCI.opt.done"
+  fi
+}

@@ -217,7 +217,7 @@ $(tail -n +"$((n0 + 1))" "$RLOG" | registry_summary)
 \`\`\`
 "
   if [ -n "$pp" ] && [ -s "$data" ]; then
-    out="$(perf report -i "$data" --stdio --no-children --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | grep '%' | head -n 8)"
+    out="$(perf report -i "$data" --stdio --no-children -g none --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | grep '%' | head -n 8 || true)"
     PROF_MD+="
 CPU samples by object (\`perf record -F 499 -g -p PID\` over the case, \`perf report --no-children --sort dso\`):
 
@@ -228,7 +228,7 @@ $out
 Top symbols:
 
 \`\`\`
-$(perf report -i "$data" --stdio --no-children --sort symbol 2>/dev/null | grep -v '^#' | grep -E '^ +[0-9.]+%' | head -n 15 | cut -c1-120)
+$(perf report -i "$data" --stdio --no-children -g none --sort symbol 2>/dev/null | grep -E '^ +[0-9.]+%' | sed -E 's/ +- +- *$//' | head -n 15 | cut -c1-110 || true)
 \`\`\`
 "
   fi
@@ -255,6 +255,13 @@ registry_summary() {
         else if (kv[1] == "http.response.written") w = kv[2]
         else if (kv[1] == "http.response.duration") d = dur(kv[2])
       }
+      if (match($0, /T[0-9:.]+Z/)) {
+        split(substr($0, RSTART + 1, RLENGTH - 2), hms, ":")
+        e = hms[1] * 3600 + hms[2] * 60 + hms[3]; st0 = e - d / 1000
+        if (!N || st0 < first) first = st0
+        if (!N || e > last) last = e
+        busy += d
+      }
       kind = (u ~ /\/manifests\//) ? "manifest" : (u ~ /\/blobs\//) ? "blob" : "other"
       key = m " " kind " " st
       n[key]++; b[key] += w; t[key] += d; if (d > mx[key]) mx[key] = d
@@ -264,6 +271,7 @@ registry_summary() {
       printf "%-22s %6s %12s %10s %10s\n", "request", "count", "bytes", "mean ms", "max ms"
       for (k in n) printf "%-22s %6d %12d %10.2f %10.2f\n", k, n[k], b[k], t[k] / n[k], mx[k]
       printf "%-22s %6d %12d\n", "total", N, B
+      if (N) printf "first request start -> last response end: %.3f s; the registry was serving for %.0f %% of it (sum of its latencies / span; the rest is round trips and the client)\n", last - first, busy / 1000 / (last - first + 1e-9) * 100
     }'
 }
 

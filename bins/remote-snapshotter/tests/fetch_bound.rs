@@ -29,9 +29,13 @@ const SEQ_LEN: usize = 6 << 20;
 /// and gzip member framing around each file's chunks (< 1 KiB per file), and
 /// the few small files runc and the shell may touch (/etc/passwd, /etc/group).
 const RUN_SLACK: u64 = 256 << 10;
-/// Slack on top of the TOC regions for the pull: the manifest and config
-/// (< 4 KiB here) and the HTTP headers of a handful of requests.
-const PULL_SLACK: u64 = 64 << 10;
+/// What the pull may read of each layer: its TOC region (TOC + footer), or
+/// the speculative tail that fetches footer and TOC in one request when the
+/// TOC fits (`estargz::reader::TAIL_READ`), whichever is larger.
+const TAIL_READ: u64 = 64 << 10;
+/// Slack on top of that for the pull: the manifest and config (< 4 KiB
+/// here) and the HTTP headers of a handful of requests.
+const PULL_SLACK: u64 = 16 << 10;
 
 fn small_path(i: usize) -> String {
     format!("data/small/{i:03}.bin")
@@ -44,7 +48,11 @@ fn build(dir: &Path) -> (String, u64) {
     let mut data = LayerBuilder::new();
     data.dir("data", 0o755).dir("data/small", 0o755);
     for i in 0..SMALL_FILES {
-        data.file(&small_path(i), pseudo_random(SMALL_LEN, 1000 + i as u64), 0o644);
+        data.file(
+            &small_path(i),
+            pseudo_random(SMALL_LEN, 1000 + i as u64),
+            0o644,
+        );
     }
     data.file("data/seq.bin", pseudo_random(SEQ_LEN, 7), 0o644);
     write_oci_layout(
@@ -89,7 +97,7 @@ fn toc_region(blob: &[u8]) -> u64 {
 }
 
 #[test]
-#[ignore = "issue #10: today's fixed 8 MiB readahead around every read fetches far more than the container reads; un-ignore once readahead adapts"]
+#[ignore = "issue #10: on main the run fetches 16.8 MB for 9.8 MB read (1.70x; bound 1.5x + 256 KiB = 15.0 MB): the fixed 8 MiB readahead around every read; un-ignore once readahead adapts"]
 fn lazy_pull_and_run_fetch_about_what_the_container_reads() {
     if !e2e::require_root_tools(&["docker-registry", "containerd", "ctr", "runc", "skopeo"]) {
         return;
@@ -109,7 +117,7 @@ fn lazy_pull_and_run_fetch_about_what_the_container_reads() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| toc_region(&layout.blob(l["digest"].as_str().unwrap())))
+        .map(|l| toc_region(&layout.blob(l["digest"].as_str().unwrap())).max(TAIL_READ))
         .sum();
 
     let reg = Registry::start(scratch.path());
@@ -138,13 +146,13 @@ fn lazy_pull_and_run_fetch_about_what_the_container_reads() {
     let pull_bound = tocs + PULL_SLACK;
     let run_bound = read * 3 / 2 + RUN_SLACK;
     eprintln!(
-        "TOC regions {tocs} B; pull fetched {pulled} B (bound {pull_bound}); \
+        "TOC regions (or 64 KiB tails) {tocs} B; pull fetched {pulled} B (bound {pull_bound}); \
          the container read {read} B, its run fetched {ran} B (bound {run_bound}, {:.2}x the bytes read)",
         ran as f64 / read as f64
     );
     assert!(
         pulled <= pull_bound,
-        "the pull fetched {pulled} B, more than the TOCs ({tocs} B) + {PULL_SLACK}"
+        "the pull fetched {pulled} B, more than the TOC regions or tails ({tocs} B) + {PULL_SLACK}"
     );
     assert!(
         ran <= run_bound,

@@ -14,7 +14,8 @@ use e2e::cri::{write_pause_image, Cri, PodNetwork};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: cri_pullrun --socket SOCK --image REF --log-dir DIR | --pause-image OCI_DIR TAG";
+const USAGE: &str =
+    "usage: cri_pullrun --socket SOCK --image REF --log-dir DIR | --pause-image OCI_DIR TAG";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,7 +29,9 @@ fn main() {
     let (mut socket, mut image, mut log_dir) = (None, None, None);
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
-        let v = it.next().unwrap_or_else(|| fail(&format!("{a} needs a value")));
+        let v = it
+            .next()
+            .unwrap_or_else(|| fail(&format!("{a} needs a value")));
         match a.as_str() {
             "--socket" => socket = Some(PathBuf::from(v)),
             "--image" => image = Some(v),

@@ -56,7 +56,7 @@ Image: 3 layers (debootstrap minbase, python3, 128 × 1 MiB random data + a scri
 Optimized images: $OPT_HOW; and \`rsnap convert --prioritized-files\` with the files the command opens (strace).
 Network: every registry byte goes through \`wanproxy\` (counted there): loopback = no delay, no cap; WAN = $DELAY_MS ms each way, $MBIT Mbit/s ($LINK_MBS MB/s) per direction.
 $RUNS runs; in each run the systems alternate case by case (ours, Go, overlayfs); cold before every case (images removed with \`ctr images rm --sync\`, containerd and both daemons restarted on empty roots, page cache dropped). Medians; every run below.
-Load: 1-min load average before the cases min / median / max $(printf '%s\n' "${loads[@]}" | cut -d' ' -f1 | mmm) (this machine is shared: 4 other sessions were building); \`uptime\` at the start: $UPTIME0.
+Load: 1-min load average before the cases min / median / max $(printf '%s\n' "${loads[@]}" | cut -d' ' -f1 | mmm) on $(nproc) CPUs${LOAD_NOTE:+ ($LOAD_NOTE)}; \`uptime\` at the start: $UPTIME0.
 
 | | overlayfs full pull | Go reference | ours | ours / Go |
 |---|---|---|---|---|

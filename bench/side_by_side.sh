@@ -36,7 +36,8 @@
 # Env: RUNS, NETS ("loopback wan"), CASES ("pullrun opt cat find"), DELAY_MS,
 # MBIT, RSNAP/DAEMON/WANPROXY (else built in CARGO_TARGET_DIR/release),
 # REF_DIR (Go reference binaries, default BENCH_CACHE/reference), DOC
-# (default docs/benchmarks.md; DOC=- prints only), PROFILE.
+# (default docs/benchmarks.md; DOC=- prints only), PROFILE, LOAD_NOTE (a word on
+# what else ran, for the section).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=scripts/lib.sh

@@ -27,7 +27,6 @@ pub use spec::BindMount;
 
 use convert::{Descriptor, SourceImage};
 use indicatif::ProgressBar;
-use oci_layout::DescriptorExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

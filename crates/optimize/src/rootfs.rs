@@ -65,12 +65,15 @@ impl Rootfs {
             self.dir.join("u").display(),
             self.dir.join("w").display()
         );
+        let data = std::ffi::CString::new(data).map_err(|_| {
+            Error::Mount(self.merged.clone(), std::io::ErrorKind::InvalidInput.into())
+        })?;
         rustix::mount::mount(
             "overlay",
             &self.merged,
             "overlay",
             rustix::mount::MountFlags::empty(),
-            data.as_str(),
+            data.as_c_str(),
         )
         .map_err(|e| Error::Mount(self.merged.clone(), e.into()))?;
         self.mounted = true;

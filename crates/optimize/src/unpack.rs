@@ -5,7 +5,7 @@
 //! mismatch fails the run before anything executes from the rootfs.
 
 use crate::error::{Error, Result};
-use oci_layout::{media_types as mt, Descriptor, DescriptorExt, HashingReader};
+use oci_layout::{media_types as mt, Descriptor, HashingReader};
 use std::collections::HashSet;
 use std::io::{BufReader, Read};
 use std::path::Path;

@@ -2,7 +2,8 @@
 //! marking the whole overlay superblock for FAN_OPEN and FAN_OPEN_EXEC, so
 //! runc's bind mount of the rootfs and its pivot_root cannot escape it, and
 //! the ELF interpreter and the libraries the loader maps are seen like any
-//! open. A thread reads events and keeps each inode's first access.
+//! open. A thread reads events and keeps each inode's first access, from
+//! the first exec on.
 
 use crate::error::{Error, Result};
 use std::collections::HashSet;
@@ -103,6 +104,10 @@ fn read_loop(fd: OwnedFd, stop: &AtomicBool) -> (Vec<Access>, bool) {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let mut overflow = false;
+    // Before the container's first exec, the opens are runc's own (`runc
+    // init` reads /etc/passwd and /etc/group in the rootfs): the workload
+    // starts with the exec of its command.
+    let mut started = false;
     // u64 elements: the event records are 8-byte aligned in the buffer.
     let mut buf = vec![0u64; 8192];
     let meta_len = std::mem::size_of::<libc::fanotify_event_metadata>();
@@ -149,6 +154,12 @@ fn read_loop(fd: OwnedFd, stop: &AtomicBool) -> (Vec<Access>, bool) {
             let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(m.fd) });
             if m.pid == me {
                 continue;
+            }
+            if !started {
+                if m.mask & libc::FAN_OPEN_EXEC == 0 {
+                    continue;
+                }
+                started = true;
             }
             let Ok(meta) = f.metadata() else { continue };
             if !meta.is_file() {

@@ -9,8 +9,7 @@
 //! mount, container or scratch file behind.
 
 use e2e::image::{
-    busybox_layer, check_estargz_layout, rsnap, rsnap_ok, write_oci_layout, LayerBuilder,
-    OciLayout,
+    busybox_layer, check_estargz_layout, rsnap, rsnap_ok, write_oci_layout, LayerBuilder, OciLayout,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -23,12 +22,20 @@ const DYN_BIN: &str = "/usr/bin/ls";
 /// (layer-relative); symlinks (path, target) for the names the loader
 /// asks for (`libpcre2-8.so.0` -> `libpcre2-8.so.0.11.2`); the
 /// interpreter's path as the ELF names it; its canonical path.
-type DynFiles = (Vec<(String, Vec<u8>)>, Vec<(String, String)>, String, String);
+type DynFiles = (
+    Vec<(String, Vec<u8>)>,
+    Vec<(String, String)>,
+    String,
+    String,
+);
 
 fn dynamic_files() -> DynFiles {
     let out = Command::new("ldd").arg(DYN_BIN).output().expect("ldd");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut files = vec![(DYN_BIN.trim_start_matches('/').to_string(), std::fs::read(DYN_BIN).unwrap())];
+    let mut files = vec![(
+        DYN_BIN.trim_start_matches('/').to_string(),
+        std::fs::read(DYN_BIN).unwrap(),
+    )];
     let mut interp = None;
     let mut links = Vec::new();
     for line in text.lines() {
@@ -103,9 +110,11 @@ fn sample_image(dir: &Path) -> Sample {
     }
     l1.symlink(elf_interp.trim_start_matches('/'), &format!("/{interp}"));
     l1.symlink("lib", "usr/lib");
-    l1.file("data/b.txt", "new b\n", 0o644).whiteout("data/hidden.txt");
+    l1.file("data/b.txt", "new b\n", 0o644)
+        .whiteout("data/hidden.txt");
     let mut l2 = LayerBuilder::new();
-    l2.dir("etc", 0o755).file("etc/unused-motd", "unused\n", 0o644);
+    l2.dir("etc", 0o755)
+        .file("etc/unused-motd", "unused\n", 0o644);
     write_oci_layout(
         dir,
         "v1",
@@ -126,7 +135,10 @@ fn assert_clean(scratch: &Path) {
     assert!(
         !mi.contains("rsnap-optimize-"),
         "a mount is left:\n{}",
-        mi.lines().filter(|l| l.contains("rsnap-optimize-")).collect::<Vec<_>>().join("\n")
+        mi.lines()
+            .filter(|l| l.contains("rsnap-optimize-"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let left: Vec<PathBuf> = std::fs::read_dir(scratch)
         .unwrap()
@@ -154,7 +166,11 @@ fn files_of(record: &Value, layer: usize) -> Vec<String> {
 fn toc_head(toc: &Value) -> (Vec<String>, String) {
     let mut head = Vec::new();
     for e in toc["entries"].as_array().unwrap() {
-        let name = e["name"].as_str().unwrap().trim_start_matches("./").to_string();
+        let name = e["name"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("./")
+            .to_string();
         if name == ".prefetch.landmark" || name == ".no.prefetch.landmark" {
             return (head, name);
         }
@@ -207,21 +223,36 @@ fn profiles_a_workload_and_puts_its_files_first() {
         script,
     ]);
     // The command exits at once: the run must not wait for the period.
-    assert!(started.elapsed() < Duration::from_secs(25), "waited for the period");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "waited for the period"
+    );
     assert_clean(&scratch);
 
     let rec: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     let src_layout = OciLayout::open(&src);
     let src_manifest = src_layout.manifest(Some("v1"));
-    for (i, l) in src_manifest["layers"].as_array().unwrap().iter().enumerate() {
+    for (i, l) in src_manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         assert_eq!(rec["layers"][i]["digest"], l["digest"]);
     }
     let l0 = files_of(&rec, 0);
     let l1 = files_of(&rec, 1);
     assert_eq!(l0, ["bin/busybox", "data/a.txt"], "layer 0: {rec:#}");
     assert_eq!(l1[0], "data/b.txt", "layer 1: {rec:#}");
-    assert_eq!(l1[1], "usr/bin/ls", "the dynamic binary after b.txt: {rec:#}");
-    assert!(l1.contains(&sample.interp), "interpreter {} missing: {rec:#}", sample.interp);
+    assert_eq!(
+        l1[1], "usr/bin/ls",
+        "the dynamic binary after b.txt: {rec:#}"
+    );
+    assert!(
+        l1.contains(&sample.interp),
+        "interpreter {} missing: {rec:#}",
+        sample.interp
+    );
     for lib in &sample.libs {
         assert!(l1.contains(lib), "library {lib} missing: {rec:#}");
     }
@@ -247,11 +278,18 @@ fn profiles_a_workload_and_puts_its_files_first() {
     ]);
     let opt = OciLayout::open(&dst).manifest_desc(Some("opt"));
     let opt2 = OciLayout::open(&dst2).manifest_desc(Some("opt"));
-    assert_eq!(opt["digest"], opt2["digest"], "--reuse-record output differs");
+    assert_eq!(
+        opt["digest"], opt2["digest"],
+        "--reuse-record output differs"
+    );
 
     // A prefetch list adds paths and globs to the layer that has them.
     let list = tmp.path().join("prefetch.txt");
-    std::fs::write(&list, "# by hand\n/data/untouched\netc/*-motd\ndata/hidden.txt\n").unwrap();
+    std::fs::write(
+        &list,
+        "# by hand\n/data/untouched\netc/*-motd\ndata/hidden.txt\n",
+    )
+    .unwrap();
     let dst3 = tmp.path().join("dst3");
     rsnap_ok(&[
         "optimize",
@@ -269,7 +307,10 @@ fn profiles_a_workload_and_puts_its_files_first() {
     assert_eq!(toc_head(&tocs3[1]).0, l1);
     assert_eq!(
         toc_head(&tocs3[2]),
-        (vec!["etc/unused-motd".to_string()], ".prefetch.landmark".to_string())
+        (
+            vec!["etc/unused-motd".to_string()],
+            ".prefetch.landmark".to_string()
+        )
     );
 
     // The Go reference reads every layer.
@@ -339,9 +380,15 @@ fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
         err
     };
     let err = run(&["--", "/no/such/command"]);
-    assert!(err.contains("\"/no/such/command\" not found in the image"), "{err}");
+    assert!(
+        err.contains("\"/no/such/command\" not found in the image"),
+        "{err}"
+    );
     let err = run(&["--", "nosuchcmd", "arg"]);
-    assert!(err.contains("\"nosuchcmd\" not found in the image"), "{err}");
+    assert!(
+        err.contains("\"nosuchcmd\" not found in the image"),
+        "{err}"
+    );
     // A crash: the inner shell is not PID 1 (which ignores it), so SIGSEGV
     // kills it, and the outer one exits with 128 + 11 as shells do.
     let err = run(&["--", "/bin/sh", "-c", "/bin/sh -c 'kill -SEGV $$'; exit $?"]);

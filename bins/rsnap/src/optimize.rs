@@ -72,7 +72,9 @@ pub fn run(args: Args) -> Result<()> {
         .filter_map(|s| registry::Reference::parse(s).ok())
         .map(|r| r.registry().to_string())
         .collect();
-    let cfg = args.net_flags.client_config(named.iter().map(String::as_str));
+    let cfg = args
+        .net_flags
+        .client_config(named.iter().map(String::as_str));
     let platforms = match &args.platform {
         Some(p) => convert::Platforms::Only(registry::Platform::parse(p)?),
         None => convert::Platforms::Host,

@@ -113,11 +113,12 @@ pub fn convert_layer(
     check_source(&got, size, src_desc)?;
 
     let mut out = dst.blob_writer()?;
-    let report = estargz::writer::convert_tar_at(&spool, len, &mut out, &writer_options(opts, digest))
-        .map_err(|source| Error::Estargz {
-            digest: digest.to_string(),
-            source,
-        })?;
+    let report =
+        estargz::writer::convert_tar_at(&spool, len, &mut out, &writer_options(opts, digest))
+            .map_err(|source| Error::Estargz {
+                digest: digest.to_string(),
+                source,
+            })?;
     for p in &report.missed_prioritized {
         tracing::debug!(path = %p, layer = %digest, "prioritized file not in this layer");
     }

@@ -133,7 +133,8 @@ pub fn optimize(
         }
     };
     if let Some(p) = &opts.record_out {
-        std::fs::write(p, record.to_json()).map_err(Error::io(format!("writing {}", p.display())))?;
+        std::fs::write(p, record.to_json())
+            .map_err(Error::io(format!("writing {}", p.display())))?;
     }
     let prefetch = match &opts.prefetch_list {
         Some(p) => Some(

@@ -162,7 +162,12 @@ mod tests {
             "sha256:i",
             &layers,
             &t,
-            &[acc(3, ""), acc(1, "/x/bin/sh"), acc(2, "/m/lib/y"), acc(9, "/new")],
+            &[
+                acc(3, ""),
+                acc(1, "/x/bin/sh"),
+                acc(2, "/m/lib/y"),
+                acc(9, "/new"),
+            ],
         );
         assert_eq!(r.layers[0].files, ["bin/sh"]);
         assert_eq!(r.layers[1].files, ["etc/conf", "lib/y"]);

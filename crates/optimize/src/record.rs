@@ -145,14 +145,20 @@ mod tests {
             Record::parse(r.to_json().as_bytes()).unwrap_err()
         };
         assert!(matches!(bad(&|r| r.version = 2), RecordError::Version(2)));
-        assert!(matches!(bad(&|r| r.image = "sha256:x".into()), RecordError::Digest(_)));
+        assert!(matches!(
+            bad(&|r| r.image = "sha256:x".into()),
+            RecordError::Digest(_)
+        ));
         assert!(matches!(
             bad(&|r| r.layers[1].digest = digest('b')),
             RecordError::DuplicateLayer(_)
         ));
         for p in ["/etc/passwd", "a/../b", "a//b", "./a", "", "a/"] {
             assert!(
-                matches!(bad(&|r| r.layers[0].files.push(p.into())), RecordError::Path(_)),
+                matches!(
+                    bad(&|r| r.layers[0].files.push(p.into())),
+                    RecordError::Path(_)
+                ),
                 "{p:?}"
             );
         }

@@ -119,7 +119,9 @@ fn check(status: ExitStatus) -> Result<()> {
     // runc reports a container killed by signal N as 128 + N.
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(()),
-        (Some(c), _) if c > 128 => Err(Error::Workload(format!("was killed by signal {}", c - 128))),
+        (Some(c), _) if c > 128 => {
+            Err(Error::Workload(format!("was killed by signal {}", c - 128)))
+        }
         (Some(c), _) => Err(Error::Workload(format!("exited with status {c}"))),
         (None, Some(s)) => Err(Error::Workload(format!("(runc) was killed by signal {s}"))),
         (None, None) => Err(Error::Workload("ended without a status".into())),

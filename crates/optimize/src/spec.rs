@@ -98,9 +98,10 @@ fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>, Option<S
     let passwd = read_in(root, "/etc/passwd");
     let group = read_in(root, "/etc/group");
     // name:x:uid:gid:gecos:home:shell
-    let entry = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| {
-        f.len() >= 7 && (f[0] == u || (u.parse::<u32>().is_ok() && f[2] == u))
-    });
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && (f[0] == u || (u.parse::<u32>().is_ok() && f[2] == u)));
     let uid = match (u.parse::<u32>(), &entry) {
         (Ok(n), _) => n,
         (Err(_), Some(f)) => f[2].parse().map_err(|_| Error::User(user.to_string()))?,
@@ -108,7 +109,10 @@ fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>, Option<S
     };
     let name = entry.as_ref().map(|f| f[0].to_string());
     let home = entry.as_ref().map(|f| f[5].to_string());
-    let primary = entry.as_ref().and_then(|f| f[3].parse::<u32>().ok()).unwrap_or(0);
+    let primary = entry
+        .as_ref()
+        .and_then(|f| f[3].parse::<u32>().ok())
+        .unwrap_or(0);
     // name:x:gid:members
     let groups: Vec<Vec<&str>> = group
         .lines()
@@ -215,7 +219,8 @@ pub(crate) fn build(rootfs: &Path, config: &Value, p: &Process) -> Result<Spec> 
     let mut spec = Spec::default();
     spec.set_hostname(Some("rsnap-optimize".into()));
     let mut root = oci_spec::runtime::Root::default();
-    root.set_path(rootfs.to_path_buf()).set_readonly(Some(false));
+    root.set_path(rootfs.to_path_buf())
+        .set_readonly(Some(false));
     spec.set_root(Some(root));
     let mut proc = oci_spec::runtime::Process::default();
     let mut u = oci_spec::runtime::User::default();
@@ -262,7 +267,14 @@ mod tests {
         let m = BindMount::parse("/tmp:/data:ro").unwrap();
         assert_eq!((m.dst.as_str(), m.readonly), ("/data", true));
         assert!(!BindMount::parse("/tmp:/data").unwrap().readonly);
-        for bad in ["/tmp", "tmp:/d", "/tmp:d", "/tmp:/d:rx", "/nonexistent-x:/d", "/tmp:/d:ro:x"] {
+        for bad in [
+            "/tmp",
+            "tmp:/d",
+            "/tmp:d",
+            "/tmp:/d:rx",
+            "/nonexistent-x:/d",
+            "/tmp:/d:ro:x",
+        ] {
             assert!(BindMount::parse(bad).is_err(), "{bad}");
         }
     }
@@ -291,7 +303,10 @@ mod tests {
         )
         .unwrap();
         let r = |u: &str| resolve_user(d.path(), u);
-        assert_eq!(r("app").unwrap(), (1000, 1001, vec![2000], Some("/home/app".into())));
+        assert_eq!(
+            r("app").unwrap(),
+            (1000, 1001, vec![2000], Some("/home/app".into()))
+        );
         assert_eq!(r("app:extra").unwrap().1, 2000);
         assert_eq!(r("1000:5").unwrap().0..r("1000:5").unwrap().1, 1000..5);
         assert_eq!(r("42").unwrap().0, 42);

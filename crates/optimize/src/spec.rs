@@ -308,7 +308,8 @@ mod tests {
             (1000, 1001, vec![2000], Some("/home/app".into()))
         );
         assert_eq!(r("app:extra").unwrap().1, 2000);
-        assert_eq!(r("1000:5").unwrap().0..r("1000:5").unwrap().1, 1000..5);
+        let (uid, gid, _, _) = r("1000:5").unwrap();
+        assert_eq!((uid, gid), (1000, 5));
         assert_eq!(r("42").unwrap().0, 42);
         assert!(matches!(r("nobody"), Err(Error::User(_))));
         assert!(matches!(r("app:nogroup"), Err(Error::User(_))));

@@ -68,6 +68,7 @@ pub fn run(args: Args) -> Result<()> {
             chunk_size: args.chunk_size,
             compression_level: args.compression_level,
             prioritized_files,
+            ..Default::default()
         },
         jobs: args.jobs,
         platforms,

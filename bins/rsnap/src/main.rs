@@ -4,6 +4,7 @@
 mod convert;
 mod mount;
 mod net;
+mod optimize;
 mod pull;
 mod toc;
 
@@ -33,6 +34,9 @@ enum Cmd {
     Mount(mount::Args),
     /// Pull an image lazily into containerd through the remote snapshotter.
     Pull(pull::Args),
+    /// Run an image's workload once, record the files it opens, and convert
+    /// it to eStargz with those files first (prefetched at mount time).
+    Optimize(optimize::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Toc(a) => toc::run(a),
         Cmd::Mount(a) => mount::run(a),
         Cmd::Pull(a) => pull::run(a),
+        Cmd::Optimize(a) => optimize::run(a),
     }
 }

@@ -11,12 +11,13 @@ use serde_json::Value;
 use std::collections::HashMap;
 
 /// One image manifest as read from the source.
+#[derive(Clone)]
 pub(crate) struct Image {
     /// The descriptor that pointed at it (platform kept for indexes).
-    desc: Descriptor,
+    pub desc: Descriptor,
     manifest: Value,
     config_desc: Descriptor,
-    config: Value,
+    pub config: Value,
     pub layers: Vec<Descriptor>,
     pub diff_ids: Vec<String>,
 }

@@ -6,6 +6,7 @@
 use crate::error::{Error, Result};
 use indicatif::ProgressBar;
 use oci_layout::{media_types as mt, Descriptor, DescriptorExt, HashingReader, Layout, MediaType};
+use std::collections::HashMap;
 use std::io::{BufReader, Write};
 
 pub use estargz::toc::TOC_DIGEST_ANNOTATION as ANN_TOC_DIGEST;
@@ -20,6 +21,9 @@ pub struct LayerOptions {
     /// Paths (layer-relative, no leading slash) to put first, in this
     /// order, followed by the prefetch landmark.
     pub prioritized_files: Vec<String>,
+    /// Per source layer digest: that layer's own list, used instead of
+    /// `prioritized_files` (a profile knows which layer holds each file).
+    pub prioritized_by_layer: HashMap<String, Vec<String>>,
 }
 
 /// What happened to a layer.
@@ -109,11 +113,12 @@ pub fn convert_layer(
     check_source(&got, size, src_desc)?;
 
     let mut out = dst.blob_writer()?;
-    let report = estargz::writer::convert_tar_at(&spool, len, &mut out, &writer_options(opts))
-        .map_err(|source| Error::Estargz {
-            digest: digest.to_string(),
-            source,
-        })?;
+    let report =
+        estargz::writer::convert_tar_at(&spool, len, &mut out, &writer_options(opts, digest))
+            .map_err(|source| Error::Estargz {
+                digest: digest.to_string(),
+                source,
+            })?;
     for p in &report.missed_prioritized {
         tracing::debug!(path = %p, layer = %digest, "prioritized file not in this layer");
     }
@@ -226,7 +231,7 @@ fn copy_blob(src: &Layout, dst: &Layout, d: &Descriptor, bar: &ProgressBar) -> R
     Ok(())
 }
 
-fn writer_options(o: &LayerOptions) -> estargz::writer::WriterOptions {
+fn writer_options(o: &LayerOptions, digest: &str) -> estargz::writer::WriterOptions {
     let mut w = estargz::writer::WriterOptions::default();
     if let Some(c) = o.chunk_size {
         w.chunk_size = c;
@@ -234,7 +239,11 @@ fn writer_options(o: &LayerOptions) -> estargz::writer::WriterOptions {
     if let Some(l) = o.compression_level {
         w.compression_level = l;
     }
-    w.prioritized_files = o.prioritized_files.clone();
+    w.prioritized_files = o
+        .prioritized_by_layer
+        .get(digest)
+        .unwrap_or(&o.prioritized_files)
+        .clone();
     w
 }
 

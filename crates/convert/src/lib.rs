@@ -72,18 +72,101 @@ pub fn convert(
     bar: &(dyn Fn(&Descriptor) -> ProgressBar + Sync),
 ) -> Result<Report> {
     let src = Source::open(src, cfg, rt)?;
-    let dst = Dest::open(dst, &src, cfg, rt)?;
+    let root = src.root()?;
+    let images = image::collect_images(&src, &root, &opts.platforms)?;
+    convert_images(&src, &root, &images, dst, cfg, rt, opts, bar)
+}
+
+/// One image of a source, opened (manifest and config read and verified)
+/// so that a caller can look at it and its layers before converting it
+/// with [`convert_image`] (the layers are downloaded once).
+pub struct SourceImage {
+    src: Source,
+    root: Descriptor,
+    image: image::Image,
+}
+
+impl SourceImage {
+    /// Open `src` (`oci:DIR[:TAG]` or a registry reference); from an index,
+    /// the platform `platforms` picks (`All` picks the first manifest).
+    pub fn open(
+        src: &str,
+        cfg: &registry::ClientConfig,
+        rt: &Handle,
+        platforms: &Platforms,
+    ) -> Result<SourceImage> {
+        let src = Source::open(src, cfg, rt)?;
+        let root = src.root()?;
+        let image = image::collect_images(&src, &root, platforms)?
+            .into_iter()
+            .next()
+            .ok_or(Error::NoImage)?;
+        Ok(SourceImage { src, root, image })
+    }
+
+    /// The digest of the image manifest (not of an index above it).
+    pub fn manifest_digest(&self) -> String {
+        self.image.desc.digest().to_string()
+    }
+
+    /// The image config (`config.Env`, `config.Entrypoint`, ...).
+    pub fn config(&self) -> &serde_json::Value {
+        &self.image.config
+    }
+
+    /// The layers, bottom first.
+    pub fn layers(&self) -> &[Descriptor] {
+        &self.image.layers
+    }
+
+    /// The config's diff IDs, one per layer.
+    pub fn diff_ids(&self) -> &[String] {
+        &self.image.diff_ids
+    }
+
+    /// The local path of layer `d`'s blob, downloading it first from a
+    /// registry (verified). A layout's blob is read as it is on disk: the
+    /// caller checks its digest while reading it.
+    pub fn layer_blob(&self, d: &Descriptor, bar: &ProgressBar) -> Result<std::path::PathBuf> {
+        self.src.fetch_layer(d, bar)?;
+        Ok(self.src.layout().blob_path(d.digest().as_ref())?)
+    }
+}
+
+/// Convert an opened image to `dst`, as [`convert`] does.
+pub fn convert_image(
+    src: &SourceImage,
+    dst: &str,
+    cfg: &registry::ClientConfig,
+    rt: &Handle,
+    opts: &Options,
+    bar: &(dyn Fn(&Descriptor) -> ProgressBar + Sync),
+) -> Result<Report> {
+    let images = [src.image.clone()];
+    convert_images(&src.src, &src.root, &images, dst, cfg, rt, opts, bar)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn convert_images(
+    src: &Source,
+    root: &Descriptor,
+    images: &[image::Image],
+    dst: &str,
+    cfg: &registry::ClientConfig,
+    rt: &Handle,
+    opts: &Options,
+    bar: &(dyn Fn(&Descriptor) -> ProgressBar + Sync),
+) -> Result<Report> {
+    let dst = Dest::open(dst, src, cfg, rt)?;
     let tag = dst
         .tag()
         .or_else(|| src.tag())
         .unwrap_or_else(|| "latest".to_string());
-    let root = src.root()?;
-    let images = image::collect_images(&src, &root, &opts.platforms)?;
 
     // Every distinct layer once, in parallel: download (registry source),
     // convert, upload (registry destination), each layer on its own.
     let mut todo: Vec<(&Descriptor, &str)> = Vec::new();
-    for img in &images {
+    for img in images {
         for (l, id) in img.layers.iter().zip(&img.diff_ids) {
             if !todo.iter().any(|(d, _)| d.digest() == l.digest()) {
                 todo.push((l, id));
@@ -106,7 +189,7 @@ pub fn convert(
         todo.par_iter()
             .map(|&(d, id)| {
                 let bar = bar(d);
-                let r = convert_one(&src, &dst, d, id, &opts.layer, &bar);
+                let r = convert_one(src, &dst, d, id, &opts.layer, &bar);
                 bar.finish_with_message(match &r {
                     Ok(c) => format!("{:?}", c.action),
                     Err(_) => "failed".into(),
@@ -130,7 +213,7 @@ pub fn convert(
     }
 
     let mut out_manifests = Vec::new();
-    for img in &images {
+    for img in images {
         let (config, manifest) = image::write_image(dst.layout(), img, &done)?;
         dst.push_blob(&config)?;
         out_manifests.push(manifest);
@@ -139,7 +222,7 @@ pub fn convert(
         for m in &out_manifests {
             dst.push_manifest(m, None)?;
         }
-        image::write_index(&src, dst.layout(), &root, out_manifests)?
+        image::write_index(src, dst.layout(), root, out_manifests)?
     } else {
         out_manifests.pop().ok_or(Error::NoImage)?
     };

@@ -280,7 +280,8 @@ impl LazyLayer {
     }
 
     /// Bytes of a file, fetching what is not cached, without readahead
-    /// within the file.
+    /// within the file (tests; FUSE uses `read_now` and `read_pending`).
+    #[cfg(test)]
     pub(crate) async fn read(self: &Arc<Self>, ino: u64, off: u64, len: u64) -> Result<Bytes, Error> {
         match self.read_now(ino, None, off, len) {
             Read::Ready(r) => r,

@@ -322,7 +322,11 @@ impl Fetcher {
         );
         let mut failed = None;
         for span in spans {
-            if let Err(e) = self.clone().run(vec![span], FetchClass::Background, true).await {
+            if let Err(e) = self
+                .clone()
+                .run(vec![span], FetchClass::Background, true)
+                .await
+            {
                 failed = Some(e);
             }
         }

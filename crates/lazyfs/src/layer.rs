@@ -282,7 +282,12 @@ impl LazyLayer {
     /// Bytes of a file, fetching what is not cached, without readahead
     /// within the file (tests; FUSE uses `read_now` and `read_pending`).
     #[cfg(test)]
-    pub(crate) async fn read(self: &Arc<Self>, ino: u64, off: u64, len: u64) -> Result<Bytes, Error> {
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        ino: u64,
+        off: u64,
+        len: u64,
+    ) -> Result<Bytes, Error> {
         match self.read_now(ino, None, off, len) {
             Read::Ready(r) => r,
             Read::Pending(p) => self.read_pending(p).await,
@@ -297,7 +302,12 @@ impl LazyLayer {
         };
         let chunks = tree::chunks_for(node, off, len);
         let parts: Option<Vec<Bytes>> = self.fetcher.cached(chunks).into_iter().collect();
-        Some(Ok(assemble(chunks, parts?, off, len.min(node.size.saturating_sub(off)))))
+        Some(Ok(assemble(
+            chunks,
+            parts?,
+            off,
+            len.min(node.size.saturating_sub(off)),
+        )))
     }
 
     fn read_error(&self, ino: u64, e: FetchError) -> Error {
@@ -335,10 +345,10 @@ impl LazyLayer {
         let mut out: Vec<Chunk> = Vec::new();
         let end = off + len;
         if let Some(f) = file {
-            let ahead = f
-                .window
-                .lock()
-                .advance(off, end, self.cfg.readahead_bytes, FILE_SLACK, true);
+            let ahead =
+                f.window
+                    .lock()
+                    .advance(off, end, self.cfg.readahead_bytes, FILE_SLACK, true);
             if let Some((from, to)) = ahead {
                 out.extend(tree::chunks_for(node, from, to - from).iter().cloned());
             }
@@ -350,7 +360,9 @@ impl LazyLayer {
             .iter()
             .map(|c| (c.blob_offset, c.inner_offset))
             .collect();
-        out.retain(|c| seen.insert((c.blob_offset, c.inner_offset)) && !self.fetcher.is_resident(c));
+        out.retain(|c| {
+            seen.insert((c.blob_offset, c.inner_offset)) && !self.fetcher.is_resident(c)
+        });
         out
     }
 

@@ -1,8 +1,8 @@
 //! Layer behaviour over a fake source: fetch sharing, coalescing, faults,
 //! prefetch, background fetch, readahead.
 
-use crate::testutil::{sha, FakeSource, TestLayer};
 use crate::layer::{OpenFile, Read};
+use crate::testutil::{sha, FakeSource, TestLayer};
 use crate::{ChunkCache, Config, Error, FetchVia, LazyLayer, Scheduler};
 use estargz::index::NodeKind;
 use std::sync::atomic::Ordering::SeqCst;

@@ -44,7 +44,11 @@ async fn sequential_reads_grow_the_window_and_random_ones_do_not() {
         ..cfg()
     };
     // Sequential, 128 KiB at a time over the first 3 MiB.
-    let f = fixture(one_big_file(len), c.clone(), Arc::new(ChunkCache::memory_only(64 << 20)));
+    let f = fixture(
+        one_big_file(len),
+        c.clone(),
+        Arc::new(ChunkCache::memory_only(64 << 20)),
+    );
     let of = OpenFile::default();
     let step = 128 << 10;
     for k in 0..24u64 {
@@ -60,12 +64,17 @@ async fn sequential_reads_grow_the_window_and_random_ones_do_not() {
     let read = 24 * step;
     assert!(fetched as f64 > read as f64 * compressed_per_byte);
     assert!(
-        (fetched as f64) < (read + (2 << 20) + 2 * CHUNK as u64) as f64 * compressed_per_byte + 4096.0,
+        (fetched as f64)
+            < (read + (2 << 20) + 2 * CHUNK as u64) as f64 * compressed_per_byte + 4096.0,
         "{fetched} fetched for {read} read"
     );
 
     // Scattered 4 KiB reads: each costs its chunk and at most the smallest window.
-    let f = fixture(one_big_file(len), c, Arc::new(ChunkCache::memory_only(64 << 20)));
+    let f = fixture(
+        one_big_file(len),
+        c,
+        Arc::new(ChunkCache::memory_only(64 << 20)),
+    );
     let of = OpenFile::default();
     let offsets = [5u64 << 20, 1 << 20, 4 << 20, 300 << 10, 3 << 20, 2 << 20];
     for off in offsets {
@@ -79,7 +88,12 @@ async fn sequential_reads_grow_the_window_and_random_ones_do_not() {
         "{fetched} fetched for {} scattered reads",
         offsets.len()
     );
-    assert!(f.src.ranges.lock().iter().all(|r| (r.1 as f64) <= per_read + 1024.0));
+    assert!(f
+        .src
+        .ranges
+        .lock()
+        .iter()
+        .all(|r| (r.1 as f64) <= per_read + 1024.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +151,11 @@ async fn background_fetch_waits_for_reads_in_flight_and_resumes_after() {
     while f.layer.background_running() && t0.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(f.layer.fetched_bytes(), f.layer.blob_size(), "resumed and finished");
+    assert_eq!(
+        f.layer.fetched_bytes(),
+        f.layer.blob_size(),
+        "resumed and finished"
+    );
     assert!(f.layer.stats().snapshot().background_bytes > 0);
 }
 
@@ -167,7 +185,11 @@ async fn a_read_joins_the_prefetch_in_flight() {
     assert_eq!(&got[..], &data(2500, 4)[..]);
     assert_eq!(src.requests(), 1, "the read joined the prefetch");
     assert_eq!(src.ranges.lock()[0], (0, end));
-    assert!(t0.elapsed() < Duration::from_millis(600), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        t0.elapsed()
+    );
     // The rest of the range is there too; nothing was fetched twice.
     layer.read(t.id("a") as u64 + 1, 0, 5000).await.unwrap();
     assert_eq!(src.requests(), 1);

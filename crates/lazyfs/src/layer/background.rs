@@ -55,7 +55,9 @@ impl LazyLayer {
             }
             let bytes = stats.prefetch_bytes.load(Relaxed);
             match failed {
-                None => info!(layer = %digest, chunks = n, bytes, elapsed = ?t0.elapsed(), "prefetched"),
+                None => {
+                    info!(layer = %digest, chunks = n, bytes, elapsed = ?t0.elapsed(), "prefetched")
+                }
                 // The layer works without it; reads fetch on demand.
                 Some(e) => warn!(layer = %digest, error = %e, "prefetch incomplete"),
             }

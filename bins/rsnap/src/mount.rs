@@ -7,7 +7,7 @@
 //! - `rsnap mount --blob FILE DIR`: an eStargz blob in a local file.
 
 use anyhow::{bail, Context, Result};
-use lazyfs::{ChunkCache, Config, FileSource, LazyLayer, MountHandle, RangeSource};
+use lazyfs::{ChunkCache, Config, FileSource, LazyLayer, MountHandle, RangeSource, Scheduler};
 use sha2::{Digest as _, Sha256};
 use snapshotter::OverlayMount;
 use std::io::Read;
@@ -85,6 +85,8 @@ pub fn run(args: Args) -> Result<()> {
         (None, None) => unreachable!("checked above"),
     };
     let cache = Arc::new(ChunkCache::new(&cfg.cache_config()).context("open the chunk cache")?);
+    // Shared by the layers, as in the daemon.
+    let sched = Scheduler::new(cache, &cfg);
 
     let mut layers = Vec::new();
     for s in sources {
@@ -94,7 +96,7 @@ pub fn run(args: Args) -> Result<()> {
                 &s.digest,
                 s.toc_digest.as_deref(),
                 &cfg,
-                cache.clone(),
+                sched.clone(),
                 rt.handle().clone(),
             ))
             .with_context(|| format!("open layer {}", s.digest))?;

@@ -12,7 +12,6 @@
 //! or replaced behind our back is deleted and counted, never returned.
 //! Hashing costs ~0.5 ms per MiB and only happens on a memory miss.
 
-use crate::chunk::Flights;
 use crate::lru::Lru;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -66,9 +65,6 @@ pub struct ChunkCache {
     disk_cap: u64,
     seq: AtomicU64,
     pub(crate) stats: CacheStats,
-    /// Chunks being fetched right now, by digest: shared by all layers so
-    /// that concurrent readers of one chunk wait for a single fetch.
-    pub(crate) flights: Flights,
 }
 
 /// The hex part of a `sha256:<64 lowercase hex>` digest, or `None`. The TOC
@@ -101,7 +97,6 @@ impl ChunkCache {
             disk_cap: cfg.disk_cap_bytes,
             seq: AtomicU64::new(0),
             stats: CacheStats::default(),
-            flights: Default::default(),
         };
         if let Some(d) = &cache.dir {
             cache.scan(d)?;

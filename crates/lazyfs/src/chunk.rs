@@ -1,15 +1,11 @@
 //! One chunk: turning the compressed bytes of one gzip member into one
 //! verified chunk, through `estargz::decompress_chunk` (gunzip, inner offset,
-//! sha256), the single place lazyfs touches the chunk format; what getting a
-//! chunk can fail with; and the table of chunks in flight, which the shared
-//! `ChunkCache` holds and `fetch` fills (here, so neither imports the other).
+//! sha256), the single place lazyfs touches the chunk format; and what getting
+//! a chunk can fail with.
 
 use crate::source::SourceError;
 use bytes::Bytes;
 use estargz::index::Chunk;
-use futures::future::{BoxFuture, Shared};
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,19 +47,5 @@ impl FetchError {
     /// The data is bad (as opposed to: the source could not be reached).
     pub fn is_corrupt(&self) -> bool {
         matches!(self, FetchError::Chunk(_))
-    }
-}
-
-/// The answer to every reader waiting for one chunk.
-pub(crate) type Waiter = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
-
-/// Chunks in flight, by digest.
-pub(crate) type Flights = Mutex<HashMap<String, Waiter>>;
-
-/// Remove `digest`'s in-flight entry if it is `w`.
-pub(crate) fn forget_flight(flights: &Flights, digest: &str, w: &Waiter) {
-    let mut f = flights.lock();
-    if f.get(digest).is_some_and(|cur| cur.ptr_eq(w)) {
-        f.remove(digest);
     }
 }

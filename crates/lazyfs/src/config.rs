@@ -16,27 +16,31 @@ pub struct Config {
     pub no_background_fetch: bool,
     /// Longest wait for the prefetch range; the mount goes on without it.
     pub prefetch_timeout_sec: u64,
-    /// Ranged requests in flight at once per layer, on-demand and readahead.
+    /// Foreground requests (reads, readahead, prefetch) in flight at once,
+    /// for all the layers of one `Scheduler`.
     pub max_concurrency: usize,
-    /// Background-fetch requests in flight per layer (they also wait for
-    /// on-demand reads to finish).
+    /// Background-fetch requests in flight at once, for all the layers of
+    /// one `Scheduler` (they also wait for foreground requests to finish).
     pub background_concurrency: usize,
     /// Bound on a read that needs the network, retries included: after it the
     /// reader gets EIO instead of hanging.
     pub fetch_timeout_sec: u64,
     /// Largest single request made for on-demand reads.
     pub max_request_bytes: u64,
-    /// Largest single request made by background fetch.
+    /// Largest single request made by background fetch: what it holds in
+    /// memory at once per request, and how soon it makes way for a reader.
     pub background_request_bytes: u64,
     /// Chunks with less than this between them are fetched in one request.
     pub coalesce_gap_bytes: u64,
-    /// How far ahead of a sequential reader to fetch, within a file.
+    /// Largest window fetched ahead of a sequential reader, within a file:
+    /// the window starts at 256 KiB and doubles while reads stay sequential.
     pub readahead_bytes: u64,
-    /// How far ahead in the blob to fetch when reads walk the blob in order
-    /// (say, `cat dir/*` over files stored one after another).
+    /// Largest window fetched ahead in the blob when reads walk the blob in
+    /// order across files (say, `cat dir/*` over files stored one after
+    /// another); grows like `readahead_bytes`.
     pub blob_readahead_bytes: u64,
-    /// Background fetch waits until no layer of this process has had an
-    /// on-demand request for this long (also right after mounting), so a
+    /// Background fetch waits until no layer of its `Scheduler` has had a
+    /// foreground request for this long (also right after mounting), so a
     /// pull and a starting container get the link to themselves.
     pub background_quiet_ms: u64,
     /// Stop background fetch when the disk cache is this full (0..1), so it
@@ -65,7 +69,7 @@ impl Default for Config {
             background_concurrency: 2,
             fetch_timeout_sec: 10,
             max_request_bytes: 4 << 20,
-            background_request_bytes: 8 << 20,
+            background_request_bytes: 1 << 20,
             coalesce_gap_bytes: 64 << 10,
             readahead_bytes: 8 << 20,
             blob_readahead_bytes: 8 << 20,

@@ -1,86 +1,62 @@
-//! Getting verified chunks of one layer: from the cache, or from the source.
+//! Getting the verified chunks of one layer: from the cache, or through the
+//! shared [`Scheduler`] from the layer's source.
 //!
-//! - One fetch per chunk at a time (singleflight): concurrent readers of a
-//!   chunk, in this layer or another with the same chunk, await one request.
 //! - Chunks wanted together whose gzip members are adjacent (or nearly) go
-//!   into one ranged request, up to a size limit per class of fetch.
-//! - Requests run on spawned tasks with a per-request timeout, so a caller
-//!   that gives up does not waste the bytes, and a dead source never leaves
-//!   a chunk "in flight" forever. Nothing remembers a failure: the next read
-//!   simply tries again.
-//! - Background requests have their own small concurrency limit and wait
-//!   while any on-demand request of the layer is running.
+//!   into one ranged request, up to a size limit per class of fetch; the
+//!   scattered spans of one read go into one multi-range request where the
+//!   source can ask for several ranges at once.
+//! - Requests run on spawned tasks, so a reader that gives up does not waste
+//!   the bytes. Nothing remembers a failure: the next read tries again.
+//! - An answer is decoded and settled chunk by chunk: a reader wakes as soon
+//!   as its chunk is verified, and background fetch holds one answer (at most
+//!   `background_request_bytes`) and one chunk at a time, never a layer.
 
-use crate::cache::ChunkCache;
-use crate::chunk::{self, forget_flight, Waiter};
+use crate::chunk;
+// Defined beside the chunk decoding; named here too, where callers meet it.
+pub(crate) use crate::chunk::FetchError;
 use crate::config::Config;
-use crate::source::{RangeSource, SourceError};
+use crate::scheduler::{Claim, Owned, Scheduler, Tier, Waiter};
+use crate::source::RangeSource;
 use crate::stats::{FetchClass, Stats};
 use bytes::Bytes;
 use estargz::index::Chunk;
-use futures::future::FutureExt;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use std::time::Instant;
+use tokio::runtime::Handle;
 
-// Defined beside the in-flight table that hands it to waiters; named here
-// too, where callers meet it.
-pub(crate) use crate::chunk::FetchError;
-
-/// Limits of one fetcher.
+/// Request sizes of one layer.
 #[derive(Debug, Clone)]
 pub(crate) struct FetchSettings {
-    pub(crate) timeout: Duration,
-    pub(crate) max_concurrency: usize,
-    pub(crate) background_concurrency: usize,
     pub(crate) max_request_bytes: u64,
     pub(crate) background_request_bytes: u64,
     pub(crate) coalesce_gap_bytes: u64,
-    pub(crate) background_quiet: Duration,
 }
 
 impl FetchSettings {
     pub(crate) fn from_config(c: &Config) -> Self {
         FetchSettings {
-            timeout: c.fetch_timeout(),
-            max_concurrency: c.max_concurrency.max(1),
-            background_concurrency: c.background_concurrency.max(1),
             max_request_bytes: c.max_request_bytes.max(1),
             background_request_bytes: c.background_request_bytes.max(1),
             coalesce_gap_bytes: c.coalesce_gap_bytes,
-            background_quiet: Duration::from_millis(c.background_quiet_ms),
         }
     }
 }
 
 pub(crate) struct Fetcher {
     source: Arc<dyn RangeSource>,
-    cache: Arc<ChunkCache>,
+    sched: Arc<Scheduler>,
     stats: Arc<Stats>,
     cfg: FetchSettings,
-    foreground: Semaphore,
-    background: Semaphore,
-    fg_active: AtomicUsize,
-    fg_idle: Notify,
+    rt: Handle,
     /// Gzip members of this layer known to be in the cache: offset -> length.
     resident: Mutex<HashMap<u64, u64>>,
     resident_bytes: AtomicU64,
 }
 
-type Tx = oneshot::Sender<Result<Bytes, FetchError>>;
-
-/// A chunk this task fetches: the answer channel, and its own in-flight
-/// entry (removed only if still the same entry).
-struct Owned {
-    chunk: Chunk,
-    tx: Tx,
-    waiter: Waiter,
-}
-
-/// One planned request: a blob range and the chunks it covers.
+/// One planned request range and the chunks it covers.
 struct Span {
     start: u64,
     end: u64,
@@ -110,60 +86,27 @@ pub(crate) fn plan_spans(ranges: &[(u64, u64)], gap: u64, max: u64) -> Vec<(u64,
     out
 }
 
-/// When any layer of this process last had an on-demand request running
-/// (ms since the first call): background fetch of every layer yields to
-/// reads of every layer, not just its own.
-static LAST_FOREGROUND_MS: AtomicU64 = AtomicU64::new(0);
-
-fn clock_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
-
-/// Note on-demand activity now (also used to hold background fetch back
-/// right after a mount).
-pub(crate) fn note_foreground() {
-    LAST_FOREGROUND_MS.fetch_max(clock_ms(), Relaxed);
-}
-
-/// Counts a running on-demand request; wakes background fetch when none is left.
-struct Foreground<'a>(&'a Fetcher);
-
-impl Drop for Foreground<'_> {
-    fn drop(&mut self) {
-        note_foreground();
-        if self.0.fg_active.fetch_sub(1, Relaxed) == 1 {
-            self.0.fg_idle.notify_waiters();
-        }
-    }
-}
-
 impl Fetcher {
     pub(crate) fn new(
         source: Arc<dyn RangeSource>,
-        cache: Arc<ChunkCache>,
+        sched: Arc<Scheduler>,
         stats: Arc<Stats>,
         cfg: FetchSettings,
+        rt: Handle,
     ) -> Fetcher {
         Fetcher {
             source,
-            cache,
+            sched,
             stats,
-            foreground: Semaphore::new(cfg.max_concurrency),
-            background: Semaphore::new(cfg.background_concurrency),
             cfg,
-            fg_active: AtomicUsize::new(0),
-            fg_idle: Notify::new(),
+            rt,
             resident: Mutex::new(HashMap::new()),
             resident_bytes: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn cache(&self) -> &Arc<ChunkCache> {
-        &self.cache
+    pub(crate) fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.sched
     }
 
     /// Compressed bytes of this layer known to be in the cache.
@@ -182,263 +125,288 @@ impl Fetcher {
         }
     }
 
-    /// Whether an on-demand request is running.
-    pub(crate) fn foreground_busy(&self) -> bool {
-        self.fg_active.load(Relaxed) > 0
+    /// Each chunk from either cache tier, `None` where it is not there: the
+    /// one cache probe of a read. Blocking (disk read and hash).
+    pub(crate) fn cached(&self, chunks: &[Chunk]) -> Vec<Option<Bytes>> {
+        let cache = self.sched.cache();
+        chunks
+            .iter()
+            .map(|c| {
+                let b = cache.get(&c.digest);
+                if b.is_some() {
+                    self.mark_resident(c);
+                }
+                b
+            })
+            .collect()
     }
 
-    /// The chunks from either cache tier, if all are there. Blocking (disk).
-    pub(crate) fn get_cached_blocking(&self, chunks: &[Chunk]) -> Option<Vec<Bytes>> {
-        let mut out = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            let b = self.cache.get(&c.digest)?;
-            self.mark_resident(c);
-            out.push(b);
+    /// Start fetching those of `chunks` that are neither cached nor in
+    /// flight; never waits. Returns the waiters of every chunk not cached.
+    pub(crate) fn start(self: &Arc<Self>, chunks: &[Chunk], class: FetchClass) -> Vec<Waiter> {
+        let mut waits = Vec::new();
+        let mut owned = Vec::new();
+        for (c, claim) in chunks.iter().zip(self.sched.claim(chunks, true)) {
+            match claim {
+                Claim::Cached => self.mark_resident(c),
+                Claim::Join(w) => waits.push(w),
+                Claim::Own(o, w) => {
+                    owned.push(o);
+                    waits.push(w);
+                }
+            }
         }
-        Some(out)
+        self.spawn(owned, class);
+        waits
     }
 
-    /// The chunks, in order, each verified. Fetches what the cache lacks.
-    pub(crate) async fn get_chunks(
+    /// The read's `chunks` in order, given the parts the cache probe found
+    /// (`have`); fetches the rest, together with `ahead` (readahead, not
+    /// waited for). Waits at most until `deadline`.
+    pub(crate) async fn get(
         self: &Arc<Self>,
         chunks: &[Chunk],
-        class: FetchClass,
-    ) -> Vec<Result<Bytes, FetchError>> {
-        let mut results: Vec<Option<Result<Bytes, FetchError>>> = vec![None; chunks.len()];
-        let mut missing = Vec::new();
-        for (i, c) in chunks.iter().enumerate() {
-            match self.cache.get_memory(&c.digest) {
-                Some(b) => {
-                    self.mark_resident(c);
-                    results[i] = Some(Ok(b));
-                }
-                None => missing.push(i),
-            }
-        }
-        if !missing.is_empty() && self.cache.has_disk() {
-            let cache = self.cache.clone();
-            let digests: Vec<String> = missing.iter().map(|&i| chunks[i].digest.clone()).collect();
-            let found = tokio::task::spawn_blocking(move || {
-                digests
-                    .iter()
-                    .map(|d| cache.get_disk(d))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
-            let mut still = Vec::new();
-            for (k, i) in missing.into_iter().enumerate() {
-                match found.get(k).cloned().flatten() {
-                    Some(b) => {
-                        self.mark_resident(&chunks[i]);
-                        results[i] = Some(Ok(b));
-                    }
-                    None => still.push(i),
-                }
-            }
-            missing = still;
-        }
-        if class == FetchClass::OnDemand {
-            self.stats
-                .cache_hits
-                .fetch_add((chunks.len() - missing.len()) as u64, Relaxed);
-            self.stats
-                .cache_misses
-                .fetch_add(missing.len() as u64, Relaxed);
-        }
-        if missing.is_empty() {
-            return results.into_iter().map(|r| r.expect("filled")).collect();
-        }
-
-        // Join fetches in flight; own the rest.
-        let mut waits = Vec::with_capacity(missing.len());
+        mut have: Vec<Option<Bytes>>,
+        ahead: &[Chunk],
+        deadline: Instant,
+    ) -> Result<Vec<Bytes>, FetchError> {
+        let missing: Vec<usize> = (0..chunks.len()).filter(|&i| have[i].is_none()).collect();
+        let mut wanted: Vec<Chunk> = missing.iter().map(|&i| chunks[i].clone()).collect();
+        wanted.extend(ahead.iter().cloned());
+        let claims = self.sched.claim(&wanted, true);
         let mut owned = Vec::new();
-        {
-            let mut flights = self.cache.flights.lock();
-            for i in missing {
-                let c = &chunks[i];
-                if let Some(w) = flights.get(&c.digest) {
-                    waits.push((i, w.clone()));
-                    continue;
+        let mut waits: Vec<(usize, Waiter)> = Vec::new();
+        let mut from_cache = Vec::new();
+        for (k, claim) in claims.into_iter().enumerate() {
+            let read_idx = missing.get(k).copied();
+            match (claim, read_idx) {
+                (Claim::Own(o, w), idx) => {
+                    owned.push(o);
+                    if let Some(i) = idx {
+                        waits.push((i, w));
+                    }
                 }
-                let (tx, rx) = oneshot::channel::<Result<Bytes, FetchError>>();
-                let w: Waiter = rx
-                    .map(|r| r.unwrap_or_else(|_| Err(SourceError::Abandoned.into())))
-                    .boxed()
-                    .shared();
-                flights.insert(c.digest.clone(), w.clone());
-                waits.push((i, w.clone()));
-                owned.push(Owned {
-                    chunk: c.clone(),
-                    tx,
-                    waiter: w,
-                });
+                (Claim::Join(w), Some(i)) => waits.push((i, w)),
+                (Claim::Cached, Some(i)) => from_cache.push(i),
+                (Claim::Join(_) | Claim::Cached, None) => {}
             }
         }
-
-        if !owned.is_empty() {
-            let (gap, max) = match class {
-                FetchClass::OnDemand => (self.cfg.coalesce_gap_bytes, self.cfg.max_request_bytes),
-                FetchClass::Background => (
-                    self.cfg.coalesce_gap_bytes,
-                    self.cfg.background_request_bytes,
-                ),
-                // The prioritized range is fetched in one request by design.
-                FetchClass::Prefetch => (u64::MAX, u64::MAX),
-            };
-            let ranges: Vec<(u64, u64)> = owned
-                .iter()
-                .map(|o| (o.chunk.blob_offset, o.chunk.blob_end))
-                .collect();
-            let mut slots: Vec<Option<_>> = owned.into_iter().map(Some).collect();
-            for (start, end, idx) in plan_spans(&ranges, gap, max) {
-                let chunks = idx.into_iter().filter_map(|i| slots[i].take()).collect();
-                let me = self.clone();
-                if class == FetchClass::OnDemand {
-                    // Counted before the task starts so background fetch yields at once.
-                    self.fg_active.fetch_add(1, Relaxed);
-                    note_foreground();
+        self.spawn(owned, FetchClass::OnDemand);
+        if !from_cache.is_empty() {
+            // Settled into the cache since the probe: take it from there; a
+            // copy gone or bad in the meantime is fetched after all.
+            let me = self.clone();
+            let want: Vec<Chunk> = from_cache.iter().map(|&i| chunks[i].clone()).collect();
+            let got = tokio::task::spawn_blocking(move || me.cached(&want))
+                .await
+                .unwrap_or_default();
+            let mut again = Vec::new();
+            for (k, &i) in from_cache.iter().enumerate() {
+                match got.get(k).cloned().flatten() {
+                    Some(b) => have[i] = Some(b),
+                    None => again.push(i),
                 }
-                tokio::spawn(async move { me.run_span(Span { start, end, chunks }, class).await });
             }
+            let want: Vec<Chunk> = again.iter().map(|&i| chunks[i].clone()).collect();
+            let mut owned = Vec::new();
+            for (&i, claim) in again.iter().zip(self.sched.claim(&want, false)) {
+                match claim {
+                    Claim::Own(o, w) => {
+                        owned.push(o);
+                        waits.push((i, w));
+                    }
+                    Claim::Join(w) => waits.push((i, w)),
+                    Claim::Cached => unreachable!("claimed without trusting the cache"),
+                }
+            }
+            self.spawn(owned, FetchClass::OnDemand);
         }
-
         for (i, w) in waits {
-            let r = w.clone().await;
-            if r.is_ok() {
-                self.mark_resident(&chunks[i]);
-            } else {
-                // A fetch task that died without answering must not leave
-                // its failure behind for later readers.
-                forget_flight(&self.cache.flights, &chunks[i].digest, &w);
+            let r = match tokio::time::timeout_at(deadline.into(), w.clone()).await {
+                Ok(r) => r,
+                Err(_) => return Err(FetchError::Timeout(self.sched.timeout())),
+            };
+            match r {
+                Ok(b) => {
+                    self.mark_resident(&chunks[i]);
+                    have[i] = Some(b);
+                }
+                Err(e) => {
+                    // A fetch that died without answering must not leave its
+                    // failure behind for later readers.
+                    self.sched.forget(&chunks[i].digest, &w);
+                    return Err(e);
+                }
             }
-            results[i] = Some(r);
         }
-        results.into_iter().map(|r| r.expect("filled")).collect()
+        Ok(have.into_iter().map(|b| b.unwrap_or_default()).collect())
     }
 
-    async fn wait_foreground_idle(&self) {
-        while self.foreground_busy() {
-            let notified = self.fg_idle.notified();
-            // notify_waiters only wakes registered waiters: poll as a fallback.
-            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+    /// Plan `owned` into requests and run each on its own task.
+    fn spawn(self: &Arc<Self>, owned: Vec<Owned>, class: FetchClass) {
+        if owned.is_empty() {
+            return;
         }
-    }
-
-    /// Wait until this layer has no on-demand request running and no layer
-    /// has had one for `background_quiet`. Background fetch calls this
-    /// before it claims a batch: a reader that wants a chunk of a claimed
-    /// batch joins that fetch, so the wait must not come after the claim.
-    pub(crate) async fn wait_quiet(&self) {
-        let quiet = self.cfg.background_quiet.as_millis() as u64;
-        loop {
-            self.wait_foreground_idle().await;
-            let idle = clock_ms().saturating_sub(LAST_FOREGROUND_MS.load(Relaxed));
-            if idle >= quiet {
-                return;
+        let (gap, max) = match class {
+            FetchClass::OnDemand => (self.cfg.coalesce_gap_bytes, self.cfg.max_request_bytes),
+            FetchClass::Background => (
+                self.cfg.coalesce_gap_bytes,
+                self.cfg.background_request_bytes,
+            ),
+            // The prioritized range is fetched in one request by design.
+            FetchClass::Prefetch => (u64::MAX, u64::MAX),
+        };
+        let mut groups: Vec<Vec<Span>> = Vec::new();
+        let mut group_bytes = 0;
+        for span in self.plan(owned, gap, max) {
+            let len = span.end - span.start;
+            // Scattered spans of one read share a multi-range request, up to
+            // the request size limit.
+            let join = class == FetchClass::OnDemand
+                && self.source.multi_range()
+                && group_bytes + len <= max;
+            match groups.last_mut() {
+                Some(g) if join => g.push(span),
+                _ => {
+                    group_bytes = 0;
+                    groups.push(vec![span]);
+                }
             }
-            tokio::time::sleep(Duration::from_millis(quiet - idle)).await;
+            group_bytes += len;
+        }
+        for g in groups {
+            let me = self.clone();
+            let fg = (class != FetchClass::Background).then(|| self.sched.foreground());
+            self.rt.spawn(async move {
+                // Failures reach the waiters; nothing else wants them.
+                let _ = me.run(g, class, false).await;
+                drop(fg);
+            });
         }
     }
 
-    async fn run_span(self: Arc<Self>, span: Span, class: FetchClass) {
-        let _fg = (class == FetchClass::OnDemand).then(|| Foreground(&self));
-        let res = self.request(span.start, span.end - span.start, class).await;
-        let buf = match res {
-            Ok(buf) => buf,
+    fn plan(&self, owned: Vec<Owned>, gap: u64, max: u64) -> Vec<Span> {
+        let ranges: Vec<(u64, u64)> = owned
+            .iter()
+            .map(|o| (o.chunk.blob_offset, o.chunk.blob_end))
+            .collect();
+        let mut slots: Vec<Option<Owned>> = owned.into_iter().map(Some).collect();
+        plan_spans(&ranges, gap, max)
+            .into_iter()
+            .map(|(start, end, idx)| Span {
+                start,
+                end,
+                chunks: idx.into_iter().filter_map(|i| slots[i].take()).collect(),
+            })
+            .collect()
+    }
+
+    /// Fetch `batch` into the cache at background priority; the caller holds
+    /// a background slot of the scheduler for the whole call. Requests run
+    /// one after another, so this holds one answer at a time. Fails if the
+    /// source did (corrupt chunks are counted, not retried).
+    pub(crate) async fn background(self: &Arc<Self>, batch: &[Chunk]) -> Result<(), FetchError> {
+        let mut owned = Vec::new();
+        let mut joined = Vec::new();
+        for (c, claim) in batch.iter().zip(self.sched.claim(batch, true)) {
+            match claim {
+                Claim::Cached => self.mark_resident(c),
+                Claim::Join(w) => joined.push((c, w)),
+                Claim::Own(o, _) => owned.push(o),
+            }
+        }
+        let spans = self.plan(
+            owned,
+            self.cfg.coalesce_gap_bytes,
+            self.cfg.background_request_bytes,
+        );
+        let mut failed = None;
+        for span in spans {
+            if let Err(e) = self
+                .clone()
+                .run(vec![span], FetchClass::Background, true)
+                .await
+            {
+                failed = Some(e);
+            }
+        }
+        for (c, w) in joined {
+            if w.await.is_ok() {
+                self.mark_resident(c);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// One request for `spans`, then decode and settle its chunks one by one.
+    /// `slot_held`: the caller holds a background slot.
+    async fn run(
+        self: Arc<Self>,
+        spans: Vec<Span>,
+        class: FetchClass,
+        slot_held: bool,
+    ) -> Result<(), FetchError> {
+        let ranges: Vec<(u64, u64)> = spans.iter().map(|s| (s.start, s.end - s.start)).collect();
+        self.stats.requests.fetch_add(1, Relaxed);
+        let res = self
+            .sched
+            .request(self.source.as_ref(), &ranges, class, slot_held)
+            .await;
+        let tier = match class {
+            FetchClass::Background => Tier::Cold,
+            FetchClass::OnDemand | FetchClass::Prefetch => Tier::Hot,
+        };
+        let bufs = match res {
+            Ok(b) => b,
             Err(e) => {
                 self.stats.request_errors.fetch_add(1, Relaxed);
-                self.finish(
-                    span.chunks
-                        .into_iter()
-                        .map(|o| (o, Err(e.clone())))
-                        .collect(),
-                )
-                .await;
-                return;
+                for o in spans.into_iter().flat_map(|s| s.chunks) {
+                    self.sched.settle(o, Err(e.clone()), tier);
+                }
+                return Err(e);
             }
         };
-        self.stats.add_fetched(class, buf.len() as u64);
-        let start = span.start;
-        // Gunzip and hash on the blocking pool: a span can be megabytes.
+        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        self.stats.add_fetched(class, total);
+        let background = class == FetchClass::Background;
+        if background {
+            self.sched.background_hold(total);
+        }
+        let me = self.clone();
+        // Gunzip, hash and write on the blocking pool: an answer can be megabytes.
         let decoded = tokio::task::spawn_blocking(move || {
-            span.chunks
-                .into_iter()
-                .map(|o| {
-                    let lo = (o.chunk.blob_offset - start) as usize;
-                    let hi = (o.chunk.blob_end - start) as usize;
+            for (span, buf) in spans.into_iter().zip(bufs) {
+                for o in span.chunks {
+                    let lo = (o.chunk.blob_offset - span.start) as usize;
+                    let hi = (o.chunk.blob_end - span.start) as usize;
                     let r = chunk::decode(&buf[lo..hi], &o.chunk).map_err(FetchError::from);
-                    (o, r)
-                })
-                .collect::<Vec<_>>()
+                    let held = r.as_ref().map_or(0, |b| b.len() as u64);
+                    if background {
+                        me.sched.background_hold(held);
+                    }
+                    match &r {
+                        Ok(_) => me.mark_resident(&o.chunk),
+                        Err(e) if e.is_corrupt() => {
+                            me.stats.corrupt_chunks.fetch_add(1, Relaxed);
+                        }
+                        Err(_) => {}
+                    }
+                    me.sched.settle(o, r, tier);
+                    if background {
+                        me.sched.background_release(held);
+                    }
+                }
+                if background {
+                    me.sched.background_release(buf.len() as u64);
+                }
+            }
         })
-        .await
-        .expect("decode task does not panic");
-        self.finish(decoded).await;
-    }
-
-    async fn request(&self, off: u64, len: u64, class: FetchClass) -> Result<Bytes, FetchError> {
-        let sem = if class == FetchClass::Background {
-            self.wait_foreground_idle().await;
-            &self.background
-        } else {
-            &self.foreground
-        };
-        let _permit = sem.acquire().await.expect("semaphore never closed");
-        self.stats.requests.fetch_add(1, Relaxed);
-        match tokio::time::timeout(self.cfg.timeout, self.source.read(off, len)).await {
-            Err(_) => Err(FetchError::Timeout(self.cfg.timeout)),
-            Ok(Err(e)) => Err(e.into()),
-            Ok(Ok(b)) if b.len() as u64 != len => Err(SourceError::WrongLength {
-                off,
-                len,
-                got: b.len() as u64,
-            }
-            .into()),
-            Ok(Ok(b)) => Ok(b),
+        .await;
+        if decoded.is_err() {
+            // Unanswered chunks read as abandoned; their waiters clear them.
+            return Err(crate::source::SourceError::Abandoned.into());
         }
-    }
-
-    /// Hand results to waiters, then store good chunks on disk, then let go
-    /// of the in-flight entries (so a newcomer finds the chunk somewhere).
-    async fn finish(&self, done: Vec<(Owned, Result<Bytes, FetchError>)>) {
-        let mut to_disk = Vec::new();
-        let mut entries = Vec::with_capacity(done.len());
-        for (
-            Owned {
-                chunk: c,
-                tx,
-                waiter,
-            },
-            r,
-        ) in done
-        {
-            match &r {
-                Ok(b) => {
-                    self.cache.insert_memory(&c.digest, b.clone());
-                    self.mark_resident(&c);
-                    to_disk.push((c.digest.clone(), b.clone()));
-                }
-                Err(e) if e.is_corrupt() => {
-                    self.stats.corrupt_chunks.fetch_add(1, Relaxed);
-                }
-                Err(_) => {}
-            }
-            let _ = tx.send(r);
-            entries.push((c.digest, waiter));
-        }
-        if !to_disk.is_empty() && self.cache.has_disk() {
-            let cache = self.cache.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                for (d, b) in to_disk {
-                    cache.insert_disk(&d, &b);
-                }
-            })
-            .await;
-        }
-        for (d, w) in entries {
-            forget_flight(&self.cache.flights, &d, &w);
-        }
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@
 //! get long TTLs and file pages stay cached across opens (`FOPEN_KEEP_CACHE`).
 
 use crate::error::Error;
-use crate::layer::{LazyLayer, OpenFile};
+use crate::layer::{LazyLayer, OpenFile, Read};
 use crate::mounts;
 use crate::tree::{Attr, Inode};
 use estargz::index::NodeKind;
@@ -218,16 +218,14 @@ impl Filesystem for LayerFs {
             let hi = (lo + size as usize).min(json.len());
             return reply.data(&json[lo..hi]);
         }
-        if let Some(file) = self.files.lock().get(&fh.0).cloned() {
-            self.layer.readahead(ino, &file, offset, len);
-        }
-        match self.layer.read_cached(ino, offset, len) {
-            Some(Ok(b)) => reply.data(&b),
-            Some(Err(e)) => reply.error(errno(&e)),
-            None => {
+        let file = self.files.lock().get(&fh.0).cloned();
+        match self.layer.read_now(ino, file.as_deref(), offset, len) {
+            Read::Ready(Ok(b)) => reply.data(&b),
+            Read::Ready(Err(e)) => reply.error(errno(&e)),
+            Read::Pending(p) => {
                 let layer = self.layer.clone();
                 self.layer.runtime().spawn(async move {
-                    match layer.read(ino, offset, len).await {
+                    match layer.read_pending(p).await {
                         Ok(b) => reply.data(&b),
                         Err(e) => reply.error(errno(&e)),
                     }

@@ -1,23 +1,34 @@
-//! One lazily fetched layer: its file tree, reads that fetch what they need,
-//! prefetch of the prioritized files and background fetch of the rest.
-//! Nothing here knows about FUSE.
+//! One lazily fetched layer: its file tree and reads that fetch what they
+//! need, with adaptive readahead (prefetch of the prioritized files and
+//! background fetch of the rest are in `layer::background`). Nothing here
+//! knows about FUSE.
+//!
+//! A read looks up its chunks once ([`LazyLayer::read_now`]), probes the
+//! cache once, and either answers at once or hands the same chunk list to
+//! [`LazyLayer::read_pending`], which waits for the network.
 
-use crate::cache::ChunkCache;
+mod background;
+
+pub use background::PrefetchReport;
+
 use crate::config::Config;
 use crate::error::Error;
-use crate::fetch::{FetchError, FetchSettings, Fetcher};
+use crate::fetch::{FetchSettings, Fetcher};
+use crate::readahead::{Window, FILE_SLACK};
+use crate::scheduler::FetchVia;
 use crate::source::RangeSource;
 use crate::stats::{FetchClass, Stats};
 use crate::tree::{self, Attr, Tree};
+use crate::FetchError;
 use bytes::{Bytes, BytesMut};
 use estargz::index::{Chunk, Node, NodeId};
 use parking_lot::Mutex;
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub struct LazyLayer {
     digest: String,
@@ -35,15 +46,20 @@ pub struct LazyLayer {
     background: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Every chunk in blob order: (member offset, node, chunk index).
     blob_order: Vec<(u64, NodeId, u32)>,
-    /// End of the last read's members in the blob, and how far ahead of it
-    /// blob readahead has gone.
-    last_blob_end: AtomicU64,
-    blob_ahead_until: AtomicU64,
+    /// Readers walking the blob across files (say, `cat dir/*` over files
+    /// stored one after another).
+    blob_walk: Mutex<BlobWalk>,
     /// Files whose last read failed only after waiting (a silent registry),
     /// and when. The kernel retries a failed page read at once (readahead,
     /// then the page alone); without this each retry waits the whole fetch
     /// timeout again and one read(2) takes several timeouts.
-    slow_failures: Mutex<std::collections::HashMap<u64, Instant>>,
+    slow_failures: Mutex<HashMap<u64, Instant>>,
+}
+
+#[derive(Debug, Default)]
+struct BlobWalk {
+    window: Window,
+    last_ino: u64,
 }
 
 /// How long a slow failure of a file is answered at once: long enough for
@@ -51,18 +67,27 @@ pub struct LazyLayer {
 /// after a recovery does not notice.
 const SLOW_FAILURE_MEMORY: Duration = Duration::from_millis(250);
 
-/// Per-open-file state: where a sequential reader is, how far ahead we fetched.
+/// Per-open-file state: the readahead window of its reader.
 #[derive(Debug, Default)]
 pub(crate) struct OpenFile {
-    last_end: AtomicU64,
-    ahead_until: AtomicU64,
+    window: Mutex<Window>,
 }
 
-/// What `prefetch` did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PrefetchReport {
-    pub chunks: usize,
-    pub fetched_bytes: u64,
+/// A read, answered or waiting for the network.
+pub(crate) enum Read {
+    Ready(Result<Bytes, Error>),
+    Pending(PendingRead),
+}
+
+/// A read that needs the network: its chunks, what the cache had of them,
+/// and the readahead chunks to fetch with them.
+pub(crate) struct PendingRead {
+    ino: u64,
+    off: u64,
+    len: u64,
+    chunks: Vec<Chunk>,
+    have: Vec<Option<Bytes>>,
+    ahead: Vec<Chunk>,
 }
 
 impl LazyLayer {
@@ -73,16 +98,17 @@ impl LazyLayer {
         nodes: Vec<Node>,
         prefetch_end: Option<u64>,
         cfg: &Config,
-        cache: Arc<ChunkCache>,
+        via: impl Into<FetchVia>,
         rt: Handle,
     ) -> Arc<LazyLayer> {
         let stats = Arc::new(Stats::default());
         let blob_size = source.size();
         let fetcher = Arc::new(Fetcher::new(
             source,
-            cache,
+            via.into().scheduler(cfg),
             stats.clone(),
             FetchSettings::from_config(cfg),
+            rt.clone(),
         ));
         let mut members: Vec<(u64, u64)> = nodes
             .iter()
@@ -115,9 +141,8 @@ impl LazyLayer {
             rt,
             background: Mutex::new(None),
             blob_order,
-            last_blob_end: AtomicU64::new(0),
-            blob_ahead_until: AtomicU64::new(0),
-            slow_failures: Mutex::new(Default::default()),
+            blob_walk: Mutex::new(BlobWalk::default()),
+            slow_failures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -179,69 +204,110 @@ impl LazyLayer {
         self.tree.attr(ino, state_size)
     }
 
-    /// Bytes of a file from the cache only; `None` if some part is not
-    /// cached. Blocking (disk reads), never waits for the network.
-    pub(crate) fn read_cached(&self, ino: u64, off: u64, len: u64) -> Option<Result<Bytes, Error>> {
-        let node = match self.tree.regular(ino) {
-            Some(n) => n,
-            None => return Some(Err(Error::NotAFile)),
+    /// A read of `off..off+len` of a file through `file` (its readahead
+    /// state; `None`: no readahead within the file): the chunks are looked
+    /// up and the cache probed once, readahead decided and started. Answers
+    /// at once if the cache has everything, else hands over the same chunks
+    /// to [`LazyLayer::read_pending`]. Blocking (disk reads), never waits
+    /// for the network.
+    pub(crate) fn read_now(
+        self: &Arc<Self>,
+        ino: u64,
+        file: Option<&OpenFile>,
+        off: u64,
+        len: u64,
+    ) -> Read {
+        let Some(node) = self.tree.regular(ino) else {
+            return Read::Ready(Err(Error::NotAFile));
         };
         let chunks = tree::chunks_for(node, off, len);
         if chunks.is_empty() {
-            return Some(Ok(Bytes::new()));
+            return Read::Ready(Ok(Bytes::new()));
         }
-        let cache = self.fetcher.cache();
-        if !chunks.iter().all(|c| cache.contains(&c.digest)) {
-            return None;
-        }
-        let parts = self.fetcher.get_cached_blocking(chunks)?;
+        let len = len.min(node.size - off);
+        let ahead = self.readahead(ino, node, file, off, len, chunks);
+        let have = self.fetcher.cached(chunks);
+        let hits = have.iter().filter(|b| b.is_some()).count() as u64;
+        self.stats.cache_hits.fetch_add(hits, Relaxed);
         self.stats
-            .cache_hits
-            .fetch_add(chunks.len() as u64, Relaxed);
-        Some(Ok(assemble(chunks, parts, off, len.min(node.size - off))))
+            .cache_misses
+            .fetch_add(chunks.len() as u64 - hits, Relaxed);
+        if hits == chunks.len() as u64 {
+            if !ahead.is_empty() {
+                self.fetcher.start(&ahead, FetchClass::OnDemand);
+            }
+            let parts = have.into_iter().flatten().collect();
+            return Read::Ready(Ok(assemble(chunks, parts, off, len)));
+        }
+        Read::Pending(PendingRead {
+            ino,
+            off,
+            len,
+            chunks: chunks.to_vec(),
+            have,
+            ahead,
+        })
     }
 
-    /// Bytes of a file, fetching what is not cached. Fails (never hangs)
-    /// after the fetch timeout.
+    /// Finish a read that needs the network. Fails (never hangs) after the
+    /// fetch timeout.
+    pub(crate) async fn read_pending(self: &Arc<Self>, p: PendingRead) -> Result<Bytes, Error> {
+        let timeout = self.fetcher.scheduler().timeout();
+        let memory = SLOW_FAILURE_MEMORY.min(timeout / 2);
+        let recent = self.slow_failures.lock().get(&p.ino).copied();
+        if recent.is_some_and(|t| t.elapsed() < memory) {
+            return Err(self.read_error(p.ino, FetchError::Timeout(timeout)));
+        }
+        let started = Instant::now();
+        let got = self
+            .fetcher
+            .get(&p.chunks, p.have, &p.ahead, started + timeout)
+            .await;
+        match got {
+            Ok(parts) => {
+                if recent.is_some() {
+                    self.slow_failures.lock().remove(&p.ino);
+                }
+                Ok(assemble(&p.chunks, parts, p.off, p.len))
+            }
+            Err(e) => {
+                if !e.is_corrupt() && started.elapsed() >= timeout / 2 {
+                    self.slow_failures.lock().insert(p.ino, Instant::now());
+                }
+                Err(self.read_error(p.ino, e))
+            }
+        }
+    }
+
+    /// Bytes of a file, fetching what is not cached, without readahead
+    /// within the file (tests; FUSE uses `read_now` and `read_pending`).
+    #[cfg(test)]
     pub(crate) async fn read(
         self: &Arc<Self>,
         ino: u64,
         off: u64,
         len: u64,
     ) -> Result<Bytes, Error> {
-        let node = self.tree.regular(ino).ok_or(Error::NotAFile)?;
+        match self.read_now(ino, None, off, len) {
+            Read::Ready(r) => r,
+            Read::Pending(p) => self.read_pending(p).await,
+        }
+    }
+
+    /// Bytes of a file from the cache only; `None` if some part is not cached.
+    #[cfg(test)]
+    pub(crate) fn read_cached(&self, ino: u64, off: u64, len: u64) -> Option<Result<Bytes, Error>> {
+        let Some(node) = self.tree.regular(ino) else {
+            return Some(Err(Error::NotAFile));
+        };
         let chunks = tree::chunks_for(node, off, len);
-        if chunks.is_empty() {
-            return Ok(Bytes::new());
-        }
-        let timeout = self.cfg.fetch_timeout();
-        let memory = SLOW_FAILURE_MEMORY.min(timeout / 2);
-        let recent = self.slow_failures.lock().get(&ino).copied();
-        if recent.is_some_and(|t| t.elapsed() < memory) {
-            return Err(self.read_error(ino, FetchError::Timeout(timeout)));
-        }
-        let started = Instant::now();
-        let got = tokio::time::timeout(
-            timeout,
-            self.fetcher.get_chunks(chunks, FetchClass::OnDemand),
-        )
-        .await
-        .map_err(|_| FetchError::Timeout(timeout))
-        .and_then(|got| got.into_iter().collect::<Result<Vec<_>, _>>());
-        match got {
-            Ok(parts) => {
-                if recent.is_some() {
-                    self.slow_failures.lock().remove(&ino);
-                }
-                Ok(assemble(chunks, parts, off, len.min(node.size - off)))
-            }
-            Err(e) => {
-                if !e.is_corrupt() && started.elapsed() >= timeout / 2 {
-                    self.slow_failures.lock().insert(ino, Instant::now());
-                }
-                Err(self.read_error(ino, e))
-            }
-        }
+        let parts: Option<Vec<Bytes>> = self.fetcher.cached(chunks).into_iter().collect();
+        Some(Ok(assemble(
+            chunks,
+            parts?,
+            off,
+            len.min(node.size.saturating_sub(off)),
+        )))
     }
 
     fn read_error(&self, ino: u64, e: FetchError) -> Error {
@@ -263,82 +329,70 @@ impl LazyLayer {
         }
     }
 
-    /// Note a read of `off..off+len` through `file` and fetch ahead of it:
-    /// the next `readahead_bytes` of the file for a sequential reader, and
-    /// the next `blob_readahead_bytes` of the blob when reads walk the blob
-    /// in order across files. Never waits.
-    pub(crate) fn readahead(self: &Arc<Self>, ino: u64, file: &OpenFile, off: u64, len: u64) {
-        let Some(node) = self.tree.regular(ino) else {
-            return;
-        };
-        let mut wanted: Vec<Chunk> = Vec::new();
-        self.file_readahead(node, file, off, len, &mut wanted);
-        if let (Some(first), Some(last)) = (
-            tree::chunks_for(node, off, len).first(),
-            tree::chunks_for(node, off, len).last(),
-        ) {
-            self.blob_readahead(first.blob_offset, last.blob_end, &mut wanted);
-        }
-        wanted.retain(|c| !self.fetcher.is_resident(c));
-        if wanted.is_empty() {
-            return;
-        }
-        let fetcher = self.fetcher.clone();
-        self.rt.spawn(async move {
-            fetcher.get_chunks(&wanted, FetchClass::OnDemand).await;
-        });
-    }
-
-    fn file_readahead(
+    /// The chunks to fetch ahead of a read of `chunks` (`off..off+len` of
+    /// `node`): the file's window (`readahead_bytes` at most) and the blob
+    /// walk's (`blob_readahead_bytes` at most), both adaptive; none the read
+    /// itself needs or the layer already has.
+    fn readahead(
         &self,
+        ino: u64,
         node: &Node,
-        file: &OpenFile,
+        file: Option<&OpenFile>,
         off: u64,
         len: u64,
-        out: &mut Vec<Chunk>,
-    ) {
-        let end = off.saturating_add(len);
-        let last = file.last_end.swap(end, Relaxed);
-        let window = self.cfg.readahead_bytes;
-        if window == 0 || (off != last && off != 0) {
-            return;
+        chunks: &[Chunk],
+    ) -> Vec<Chunk> {
+        let mut out: Vec<Chunk> = Vec::new();
+        let end = off + len;
+        if let Some(f) = file {
+            let ahead =
+                f.window
+                    .lock()
+                    .advance(off, end, self.cfg.readahead_bytes, FILE_SLACK, true);
+            if let Some((from, to)) = ahead {
+                out.extend(tree::chunks_for(node, from, to - from).iter().cloned());
+            }
         }
-        // Fetch again only when the reader is halfway into the last window.
-        let until = file.ahead_until.load(Relaxed);
-        if end + window / 2 < until {
-            return;
+        if let (Some(first), Some(last)) = (chunks.first(), chunks.last()) {
+            self.blob_readahead(ino, first.blob_offset, last.blob_end, &mut out);
         }
-        let from = end.max(until);
-        let target = end.saturating_add(window).min(node.size);
-        if from >= target {
-            return;
-        }
-        file.ahead_until.store(target, Relaxed);
-        out.extend(tree::chunks_for(node, from, target - from).iter().cloned());
+        let mut seen: HashSet<(u64, u64)> = chunks
+            .iter()
+            .map(|c| (c.blob_offset, c.inner_offset))
+            .collect();
+        out.retain(|c| {
+            seen.insert((c.blob_offset, c.inner_offset)) && !self.fetcher.is_resident(c)
+        });
+        out
     }
 
-    /// Reads whose members follow the previous read's in the blob (within
-    /// the coalescing gap) are a reader walking the blob: fetch ahead.
-    fn blob_readahead(&self, start: u64, end: u64, out: &mut Vec<Chunk>) {
-        let window = self.cfg.blob_readahead_bytes;
-        let prev = self.last_blob_end.swap(end, Relaxed);
-        let forward = end > prev && start <= prev.saturating_add(self.cfg.coalesce_gap_bytes);
-        if window == 0 || !forward {
+    /// Reads whose members follow the previous file's in the blob (within
+    /// the coalescing gap) are a reader walking the blob: fetch ahead in it.
+    /// Reads within one file leave the decision to the file's window.
+    fn blob_readahead(&self, ino: u64, start: u64, end: u64, out: &mut Vec<Chunk>) {
+        let mut walk = self.blob_walk.lock();
+        if walk.last_ino == ino {
+            walk.window.note(end);
             return;
         }
-        let until = self.blob_ahead_until.load(Relaxed);
-        if end + window / 2 < until {
+        walk.last_ino = ino;
+        let ahead = walk.window.advance(
+            start,
+            end,
+            self.cfg.blob_readahead_bytes,
+            self.cfg.coalesce_gap_bytes,
+            false,
+        );
+        drop(walk);
+        let Some((from, to)) = ahead else {
             return;
-        }
-        let from = end.max(until);
-        let target = end.saturating_add(window);
-        self.blob_ahead_until.store(target, Relaxed);
+        };
         let nodes = self.tree.nodes();
         let i = self.blob_order.partition_point(|e| e.0 < from);
         out.extend(
             self.blob_order[i..]
                 .iter()
-                .take_while(|e| e.0 < target)
+                .take_while(|e| e.0 < to)
                 .map(|&(_, n, k)| nodes[n as usize].chunks[k as usize].clone()),
         );
     }
@@ -359,86 +413,6 @@ impl LazyLayer {
         out.sort_by_key(|c| (c.blob_offset, c.inner_offset));
         out
     }
-
-    /// Fetch the prioritized range `[0, prefetch end)` in one request, bounded
-    /// by `prefetch_timeout_sec`. Does nothing without a prefetch landmark or
-    /// with `noprefetch`.
-    pub async fn prefetch(self: &Arc<Self>) -> Result<PrefetchReport, Error> {
-        let Some(end) = self.prefetch_end.filter(|_| !self.cfg.noprefetch) else {
-            return Ok(PrefetchReport::default());
-        };
-        let cache = self.fetcher.cache().clone();
-        let chunks: Vec<Chunk> = self
-            .all_chunks(Some(end))
-            .into_iter()
-            .filter(|c| {
-                let have = cache.contains(&c.digest);
-                if have {
-                    self.fetcher.mark_resident(c);
-                }
-                !have
-            })
-            .collect();
-        let before = self.stats.prefetch_bytes.load(Relaxed);
-        let t0 = Instant::now();
-        let fut = self.fetcher.get_chunks(&chunks, FetchClass::Prefetch);
-        let got = tokio::time::timeout(self.cfg.prefetch_timeout(), fut)
-            .await
-            .map_err(|_| Error::Unavailable {
-                layer: self.digest.clone(),
-                source: FetchError::Timeout(self.cfg.prefetch_timeout()),
-            })?;
-        for r in got {
-            r.map_err(|e| {
-                if e.is_corrupt() {
-                    warn!(layer = %self.digest, error = %e, "prefetched chunk failed verification");
-                    Error::Corrupt {
-                        layer: self.digest.clone(),
-                        path: "(prefetch)".into(),
-                        source: e,
-                    }
-                } else {
-                    Error::Unavailable {
-                        layer: self.digest.clone(),
-                        source: e,
-                    }
-                }
-            })?;
-        }
-        let report = PrefetchReport {
-            chunks: chunks.len(),
-            fetched_bytes: self.stats.prefetch_bytes.load(Relaxed) - before,
-        };
-        info!(layer = %self.digest, chunks = report.chunks, bytes = report.fetched_bytes,
-              elapsed = ?t0.elapsed(), "prefetched");
-        Ok(report)
-    }
-
-    /// Start fetching the whole layer in the background (unless disabled),
-    /// at lower priority than reads. Stops when the layer is dropped, when
-    /// all is cached, or when the disk cache is too full to hold more.
-    pub fn start_background_fetch(self: &Arc<Self>) {
-        if self.cfg.no_background_fetch {
-            return;
-        }
-        let mut slot = self.background.lock();
-        if slot.is_some() {
-            return;
-        }
-        // A fresh mount means a pull or a container start is under way:
-        // background fetch waits for its quiet period from now.
-        crate::fetch::note_foreground();
-        let weak = Arc::downgrade(self);
-        *slot = Some(self.rt.spawn(background_fetch(weak)));
-    }
-
-    /// Whether background fetch is still running.
-    pub fn background_running(&self) -> bool {
-        self.background
-            .lock()
-            .as_ref()
-            .is_some_and(|h| !h.is_finished())
-    }
 }
 
 impl Drop for LazyLayer {
@@ -446,85 +420,6 @@ impl Drop for LazyLayer {
         if let Some(h) = self.background.lock().take() {
             h.abort();
         }
-    }
-}
-
-async fn background_fetch(weak: Weak<LazyLayer>) {
-    let (chunks, batch_bytes, concurrency, max_fill) = match weak.upgrade() {
-        Some(l) => (
-            l.all_chunks(None),
-            l.cfg.background_request_bytes.max(1),
-            l.cfg.background_concurrency.max(1),
-            l.cfg.background_max_cache_fill,
-        ),
-        None => return,
-    };
-    let mut batches: Vec<Vec<Chunk>> = Vec::new();
-    let mut cur: Vec<Chunk> = Vec::new();
-    let mut cur_bytes = 0;
-    for c in chunks {
-        let len = c.blob_end - c.blob_offset;
-        if !cur.is_empty() && cur_bytes + len > batch_bytes {
-            batches.push(std::mem::take(&mut cur));
-            cur_bytes = 0;
-        }
-        cur_bytes += len;
-        cur.push(c);
-    }
-    if !cur.is_empty() {
-        batches.push(cur);
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut backoff = Duration::from_millis(500);
-    let mut queue = batches.into_iter();
-    let mut retry: Option<Vec<Chunk>> = None;
-    loop {
-        while tasks.len() < concurrency {
-            let Some(batch) = retry.take().or_else(|| queue.next()) else {
-                break;
-            };
-            let Some(fetcher) = weak.upgrade().map(|l| l.fetcher.clone()) else {
-                return;
-            };
-            fetcher.wait_quiet().await;
-            drop(fetcher);
-            let Some(layer) = weak.upgrade() else { return };
-            let cache = layer.fetcher.cache();
-            if cache.has_disk() && cache.disk_fill() >= max_fill {
-                info!(layer = %layer.digest, "background fetch stops: disk cache is full");
-                return;
-            }
-            let batch: Vec<Chunk> = batch
-                .into_iter()
-                .filter(|c| !layer.fetcher.is_resident(c))
-                .collect();
-            if batch.is_empty() {
-                continue;
-            }
-            let fetcher = layer.fetcher.clone();
-            drop(layer);
-            tasks.spawn(async move {
-                let res = fetcher.get_chunks(&batch, FetchClass::Background).await;
-                let failed = res
-                    .iter()
-                    .any(|r| r.as_ref().is_err_and(|e| !e.is_corrupt()));
-                failed.then_some(batch)
-            });
-        }
-        let Some(done) = tasks.join_next().await else {
-            break;
-        };
-        if let Ok(Some(batch)) = done {
-            // Source unavailable: wait and try that batch again.
-            retry = Some(batch);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        } else {
-            backoff = Duration::from_millis(500);
-        }
-    }
-    if let Some(l) = weak.upgrade() {
-        info!(layer = %l.digest, fetched = l.fetched_bytes(), size = l.blob_size, "background fetch done");
     }
 }
 

@@ -1,38 +1,39 @@
 //! Layer behaviour over a fake source: fetch sharing, coalescing, faults,
 //! prefetch, background fetch, readahead.
 
+use crate::layer::{OpenFile, Read};
 use crate::testutil::{sha, FakeSource, TestLayer};
-use crate::{ChunkCache, Config, Error, LazyLayer};
+use crate::{ChunkCache, Config, Error, FetchVia, LazyLayer, Scheduler};
 use estargz::index::NodeKind;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn data(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
         .collect()
 }
 
-struct Fixture {
-    layer: Arc<LazyLayer>,
-    src: Arc<FakeSource>,
-    t: TestLayer,
+pub(crate) struct Fixture {
+    pub(crate) layer: Arc<LazyLayer>,
+    pub(crate) src: Arc<FakeSource>,
+    pub(crate) t: TestLayer,
 }
 
-fn cfg() -> Config {
+pub(crate) fn cfg() -> Config {
     Config {
         fetch_timeout_sec: 1,
         no_background_fetch: true,
         readahead_bytes: 0,
-        // Tests in this process read in parallel; the quiet period is
-        // process-wide, so only the test of it turns it on.
+        blob_readahead_bytes: 0,
+        // Only the tests of the quiet period wait for it.
         background_quiet_ms: 0,
         ..Config::default()
     }
 }
 
-fn fixture(t: TestLayer, cfg: Config, cache: Arc<ChunkCache>) -> Fixture {
+pub(crate) fn fixture(t: TestLayer, cfg: Config, via: impl Into<FetchVia>) -> Fixture {
     let src = Arc::new(FakeSource::new(t.blob.clone()));
     let layer = LazyLayer::from_nodes(
         src.clone(),
@@ -40,17 +41,17 @@ fn fixture(t: TestLayer, cfg: Config, cache: Arc<ChunkCache>) -> Fixture {
         t.nodes.clone(),
         None,
         &cfg,
-        cache,
+        via,
         tokio::runtime::Handle::current(),
     );
     Fixture { layer, src, t }
 }
 
-fn ino(t: &TestLayer, path: &str) -> u64 {
+pub(crate) fn ino(t: &TestLayer, path: &str) -> u64 {
     t.id(path) as u64 + 1
 }
 
-fn sample() -> TestLayer {
+pub(crate) fn sample() -> TestLayer {
     let mut t = TestLayer::new(1000);
     t.file("big", &data(10_500, 1), 0o644);
     t.file("small", b"hello", 0o644);
@@ -132,16 +133,24 @@ async fn concurrent_readers_share_one_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_chunks_in_two_layers_are_fetched_once() {
     let cache = Arc::new(ChunkCache::memory_only(1 << 20));
-    let a = fixture(sample(), cfg(), cache.clone());
+    let sched = Scheduler::new(cache, &cfg());
+    let a = fixture(sample(), cfg(), sched.clone());
     let mut t = TestLayer::new(1000);
     t.file("elsewhere/copy", &data(10_500, 1), 0o644);
-    let b = fixture(t, cfg(), cache);
-    a.layer.read(ino(&a.t, "big"), 0, 10_500).await.unwrap();
-    let got = b
-        .layer
-        .read(ino(&b.t, "elsewhere/copy"), 0, 10_500)
-        .await
-        .unwrap();
+    let b = fixture(t, cfg(), sched);
+    a.src.delay_ms.store(200, SeqCst);
+    b.src.delay_ms.store(200, SeqCst);
+    // At the same time: the second joins the first's request.
+    let (la, lb) = (a.layer.clone(), b.layer.clone());
+    let (ia, ib) = (ino(&a.t, "big"), ino(&b.t, "elsewhere/copy"));
+    let ra = tokio::spawn(async move { la.read(ia, 0, 10_500).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got = lb.read(ib, 0, 10_500).await.unwrap();
+    ra.await.unwrap().unwrap();
+    assert_eq!(&got[..], &data(10_500, 1)[..]);
+    assert_eq!((a.src.requests(), b.src.requests()), (1, 0));
+    // And afterwards from the cache.
+    let got = b.layer.read(ib, 0, 10_500).await.unwrap();
     assert_eq!(&got[..], &data(10_500, 1)[..]);
     assert_eq!(b.src.requests(), 0);
 }
@@ -406,20 +415,26 @@ async fn background_fetch_yields_to_readers() {
     );
 }
 
+/// A read through an open file, as FUSE does it.
+pub(crate) async fn read_via(f: &Fixture, file: &OpenFile, name: &str, off: u64, len: u64) {
+    let i = ino(&f.t, name);
+    match f.layer.read_now(i, Some(file), off, len) {
+        Read::Ready(r) => r.map(drop).unwrap(),
+        Read::Pending(p) => f.layer.read_pending(p).await.map(drop).unwrap(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_reader_gets_readahead() {
     let mut t = TestLayer::new(1000);
     t.file("seq", &data(20_000, 9), 0o644);
     let c = Config {
         readahead_bytes: 8000,
-        blob_readahead_bytes: 0,
         ..cfg()
     };
     let f = fixture(t, c, Arc::new(ChunkCache::memory_only(1 << 20)));
     let i = ino(&f.t, "seq");
-    let of = crate::layer::OpenFile::default();
-    f.layer.readahead(i, &of, 0, 1000);
-    f.layer.read(i, 0, 1000).await.unwrap();
+    read_via(&f, &OpenFile::default(), "seq", 0, 1000).await;
     // Wait for the readahead to land, then the next 8 KB are cached.
     let t0 = Instant::now();
     while f.layer.read_cached(i, 1000, 7000).is_none() && t0.elapsed() < Duration::from_secs(2) {
@@ -430,11 +445,6 @@ async fn sequential_reader_gets_readahead() {
         f.layer.read_cached(i, 12_000, 1000).is_none(),
         "not beyond the window"
     );
-    // A random reader does not trigger it.
-    let of = crate::layer::OpenFile::default();
-    f.layer.readahead(i, &of, 15_000, 10);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(f.layer.read_cached(i, 16_000, 1000).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -491,7 +501,6 @@ async fn reading_files_in_blob_order_fetches_ahead_across_files() {
         ..cfg()
     };
     let f = fixture(t, c, Arc::new(ChunkCache::memory_only(1 << 20)));
-    let of = crate::layer::OpenFile::default();
     let wait_cached = |name: &str| {
         let i = ino(&f.t, name);
         let l = f.layer.clone();
@@ -505,20 +514,23 @@ async fn reading_files_in_blob_order_fetches_ahead_across_files() {
     };
     // f00 then f01: the second read follows the first in the blob.
     for name in ["f00", "f01"] {
-        f.layer.readahead(ino(&f.t, name), &of, 0, 1000);
-        f.layer.read(ino(&f.t, name), 0, 1000).await.unwrap();
+        read_via(&f, &OpenFile::default(), name, 0, 1000).await;
     }
     assert!(wait_cached("f03").await, "files after f01 fetched ahead");
-    let members: u64 = f.t.nodes[f.t.id("f02") as usize].chunks[0].blob_end
-        - f.t.nodes[f.t.id("f02") as usize].chunks[0].blob_offset;
-    assert!(5000 / members >= 2);
+    let member = |name: &str| {
+        let c = &f.t.nodes[f.t.id(name) as usize].chunks[0];
+        (c.blob_offset, c.blob_end - c.blob_offset)
+    };
+    assert!(5000 / member("f02").1 >= 2);
     assert!(
         f.layer.read_cached(ino(&f.t, "f20"), 0, 1000).is_none(),
         "bounded by the window"
     );
-    // A jump elsewhere is not a walk: nothing more is fetched.
+    // A jump elsewhere is not a walk: only the file read is fetched.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let before = f.src.requests();
-    f.layer.readahead(ino(&f.t, "f25"), &of, 0, 1000);
+    read_via(&f, &OpenFile::default(), "f25", 0, 1000).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(f.src.requests(), before);
+    assert_eq!(f.src.requests(), before + 1);
+    assert_eq!(*f.src.ranges.lock().last().unwrap(), member("f25"));
 }

@@ -3,11 +3,15 @@
 //! Layers of this crate, each using only the ones before it:
 //! - `source`: [`RangeSource`], random access to a blob (registry or file).
 //! - `chunk`: one chunk = one gzip member, verified against its digest;
-//!   [`FetchError`]; the table of chunks in flight.
+//!   [`FetchError`].
 //! - `cache`: [`ChunkCache`], verified chunks by digest, in memory and on
 //!   disk, capped, least recently used out first; shared by all layers.
-//! - `fetch`: singleflight, coalesced ranged requests, timeouts, background
-//!   priority.
+//! - `scheduler`: [`Scheduler`], shared by all layers like the cache: the
+//!   chunks in flight (singleflight), foreground/background priority,
+//!   concurrency limits, the fetch timeout.
+//! - `fetch`: one layer's requests: coalesced spans, multi-range requests,
+//!   answers decoded and settled chunk by chunk.
+//! - `readahead`: adaptive readahead windows.
 //! - `tree` + `layer` (+ `open`): [`LazyLayer`], the files of a layer as
 //!   overlayfs wants them (whiteouts), reads, readahead, prefetch, background
 //!   fetch; no FUSE.
@@ -29,6 +33,8 @@ mod layer;
 mod lru;
 mod mounts;
 mod open;
+mod readahead;
+mod scheduler;
 mod source;
 mod stats;
 mod tree;
@@ -40,6 +46,7 @@ pub use error::{Error, NotEstargz};
 pub use fuse::{mount, MountHandle};
 pub use layer::{LazyLayer, PrefetchReport};
 pub use mounts::{cleanup_dead_mounts, is_fuse_mounted};
+pub use scheduler::{FetchVia, Scheduler};
 pub use source::{FileSource, RangeSource, SourceError};
 pub use stats::{Stats, StatsSnapshot};
 
@@ -47,5 +54,7 @@ pub use stats::{Stats, StatsSnapshot};
 mod fuse_tests;
 #[cfg(test)]
 mod layer_tests;
+#[cfg(test)]
+mod readpath_tests;
 #[cfg(test)]
 mod testutil;

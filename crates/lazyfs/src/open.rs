@@ -2,9 +2,9 @@
 //! reads, the TOC checked against the digest the image promised, then the
 //! validated index (all parsing in `estargz`).
 
-use crate::cache::ChunkCache;
 use crate::error::{Error, NotEstargz};
 use crate::layer::LazyLayer;
+use crate::scheduler::FetchVia;
 use crate::source::RangeSource;
 use crate::Config;
 use estargz::reader::{parse_toc_member, toc_region, verify_toc_digest, TAIL_READ};
@@ -15,15 +15,18 @@ use tokio::runtime::Handle;
 impl LazyLayer {
     /// Read footer and TOC from `source`, verify the TOC against `toc_digest`
     /// (the `containerd.io/snapshot/stargz/toc.digest` annotation) when given,
-    /// and build the layer. Does not prefetch or start background fetch.
+    /// and build the layer, fetching through `via` (the process's
+    /// `Scheduler`, or a cache alone). Does not prefetch or start background
+    /// fetch.
     pub async fn open(
         source: Arc<dyn RangeSource>,
         layer_digest: &str,
         toc_digest: Option<&str>,
         cfg: &Config,
-        cache: Arc<ChunkCache>,
+        via: impl Into<FetchVia>,
         rt: Handle,
     ) -> Result<Arc<LazyLayer>, Error> {
+        let via = via.into();
         let (index, _) = read_index(source.as_ref(), layer_digest, toc_digest, cfg).await?;
         let prefetch_end = index.prefetch_end();
         Ok(LazyLayer::from_nodes(
@@ -32,7 +35,7 @@ impl LazyLayer {
             index.nodes,
             prefetch_end,
             cfg,
-            cache,
+            via,
             rt,
         ))
     }

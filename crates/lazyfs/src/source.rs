@@ -60,7 +60,14 @@ pub trait RangeSource: Send + Sync {
     /// Exactly `len` bytes at `off` (a shorter answer is an error).
     async fn read(&self, off: u64, len: u64) -> Result<Bytes, SourceError>;
 
-    /// Several ranges; sources that can ask for them in one request override this.
+    /// Whether `read_many` asks for several ranges in one request (else the
+    /// fetcher sends scattered spans as requests of their own, in parallel).
+    fn multi_range(&self) -> bool {
+        false
+    }
+
+    /// Several ranges; sources that can ask for them in one request override
+    /// this and `multi_range`.
     async fn read_many(&self, ranges: &[(u64, u64)]) -> Result<Vec<Bytes>, SourceError> {
         let mut out = Vec::with_capacity(ranges.len());
         for &(off, len) in ranges {
@@ -148,6 +155,12 @@ mod registry_source {
                 });
             }
             Ok(b)
+        }
+
+        /// One multi-range request where the registry honours them; the
+        /// reader falls back to single ranges by itself where it does not.
+        fn multi_range(&self) -> bool {
+            true
         }
 
         async fn read_many(&self, ranges: &[(u64, u64)]) -> Result<Vec<Bytes>, SourceError> {

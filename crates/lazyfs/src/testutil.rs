@@ -165,6 +165,13 @@ pub struct FakeSource {
     /// Flip a byte at this blob offset in answers.
     pub corrupt_at: Mutex<Option<u64>>,
     pub delay_ms: AtomicU64,
+    /// Answer `read_many` in one request (a registry honouring multi-range).
+    pub multi: AtomicBool,
+    /// The ranges of each multi-range request.
+    pub multi_requests: Mutex<Vec<Vec<(u64, u64)>>>,
+    /// Requests running now, and the most that ever ran at once.
+    pub running: AtomicU64,
+    pub max_running: AtomicU64,
 }
 
 impl FakeSource {
@@ -186,10 +193,58 @@ impl RangeSource for FakeSource {
         self.data.len() as u64
     }
 
+    fn multi_range(&self) -> bool {
+        self.multi.load(SeqCst)
+    }
+
     async fn read(&self, off: u64, len: u64) -> Result<Bytes, SourceError> {
         check_range(self.size(), off, len)?;
         self.requests.fetch_add(1, SeqCst);
         self.ranges.lock().push((off, len));
+        let _running = Running::new(self);
+        self.misbehave().await?;
+        Ok(self.answer(off, len))
+    }
+
+    async fn read_many(&self, ranges: &[(u64, u64)]) -> Result<Vec<Bytes>, SourceError> {
+        if !self.multi.load(SeqCst) {
+            let mut out = Vec::new();
+            for &(off, len) in ranges {
+                out.push(self.read(off, len).await?);
+            }
+            return Ok(out);
+        }
+        for &(off, len) in ranges {
+            check_range(self.size(), off, len)?;
+        }
+        self.requests.fetch_add(1, SeqCst);
+        self.ranges.lock().extend_from_slice(ranges);
+        self.multi_requests.lock().push(ranges.to_vec());
+        let _running = Running::new(self);
+        self.misbehave().await?;
+        Ok(ranges.iter().map(|&(o, l)| self.answer(o, l)).collect())
+    }
+}
+
+/// Counts a request while it runs.
+struct Running<'a>(&'a FakeSource);
+
+impl<'a> Running<'a> {
+    fn new(s: &'a FakeSource) -> Self {
+        let now = s.running.fetch_add(1, SeqCst) + 1;
+        s.max_running.fetch_max(now, SeqCst);
+        Running(s)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, SeqCst);
+    }
+}
+
+impl FakeSource {
+    async fn misbehave(&self) -> Result<(), SourceError> {
         let d = self.delay_ms.load(SeqCst);
         if d > 0 {
             tokio::time::sleep(Duration::from_millis(d)).await;
@@ -203,12 +258,16 @@ impl RangeSource for FakeSource {
                 "connection refused (fake)",
             )));
         }
+        Ok(())
+    }
+
+    fn answer(&self, off: u64, len: u64) -> Bytes {
         let mut v = self.data.slice(off as usize..(off + len) as usize).to_vec();
         if let Some(at) = *self.corrupt_at.lock() {
             if at >= off && at < off + len {
                 v[(at - off) as usize] ^= 0x55;
             }
         }
-        Ok(Bytes::from(v))
+        Bytes::from(v)
     }
 }

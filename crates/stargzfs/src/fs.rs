@@ -1,5 +1,5 @@
 //! [`StargzFs`]: the `RemoteFs` the daemon hands the snapshotter. Opens the
-//! layer a Prepare's labels name (reusing one opened ahead), prefetches,
+//! layer a Prepare's labels name (reusing one opened ahead), starts its prefetch,
 //! mounts it with lazyfs and keeps the mount handle until unmount.
 
 use crate::config::Config;
@@ -8,7 +8,7 @@ use crate::open::{first, LayerFacts, Opener};
 use crate::preopen::{self, Preopened};
 use async_trait::async_trait;
 use futures::FutureExt;
-use lazyfs::{ChunkCache, LazyLayer, MountHandle};
+use lazyfs::{ChunkCache, LazyLayer, MountHandle, Scheduler};
 use registry::Reference;
 use snapshot_labels::annotations::TOC_DIGEST;
 use snapshot_labels::labels::{DIGEST_KEYS, REF_KEYS};
@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::runtime::Handle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 pub struct StargzFs {
     opener: Opener,
@@ -37,12 +37,15 @@ impl StargzFs {
             info!(mount = %dead.display(), "cleaned a dead mount from a previous run");
         }
         let cache = Arc::new(ChunkCache::new(&lcfg.cache_config()).map_err(Error::Cache)?);
+        // One scheduler for every layer: in-flight chunks, priorities and
+        // limits are decided across layers.
+        let sched = Scheduler::new(cache, &lcfg);
         let client = registry::Client::new(cfg.client()).map_err(Error::Client)?;
         Ok(StargzFs {
             opener: Opener {
                 client,
                 cfg: lcfg,
-                cache,
+                sched,
                 rt: Handle::current(),
             },
             preopened: Arc::new(Preopened::default()),
@@ -134,10 +137,9 @@ impl StargzFs {
 
     async fn mount_layer(&self, mountpoint: &Path, labels: &Labels) -> Result<(), Error> {
         let layer = self.open_layer(labels).await?;
-        if let Err(e) = layer.prefetch().await {
-            // The layer still works without its prefetch; reads fetch on demand.
-            warn!(layer = %layer.digest(), error = %e, "prefetch incomplete");
-        }
+        // The prioritized files are fetched while the mount goes on; reads
+        // of them join that request.
+        layer.start_prefetch();
         // A dead FUSE mount left here by a crashed daemon would make the new mount fail.
         if let Some(parent) = mountpoint.parent() {
             let _ = lazyfs::cleanup_dead_mounts(parent);

@@ -3,7 +3,7 @@
 //! image manifest, then footer and TOC from the registry blob.
 
 use crate::error::Error;
-use lazyfs::{ChunkCache, LazyLayer};
+use lazyfs::{LazyLayer, Scheduler};
 use registry::Reference;
 use snapshot_labels::annotations::TOC_DIGEST;
 use snapshotter::Labels;
@@ -27,7 +27,7 @@ pub(crate) fn first<'a>(labels: &'a Labels, keys: &[&str]) -> Option<&'a str> {
 pub(crate) struct Opener {
     pub client: registry::Client,
     pub cfg: lazyfs::Config,
-    pub cache: Arc<ChunkCache>,
+    pub sched: Arc<Scheduler>,
     pub rt: Handle,
 }
 
@@ -78,7 +78,7 @@ impl Opener {
             &digest,
             Some(&toc),
             &self.cfg,
-            self.cache.clone(),
+            self.sched.clone(),
             self.rt.clone(),
         )
         .await?)

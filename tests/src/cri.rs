@@ -129,6 +129,16 @@ impl Cri {
             .image
     }
 
+    /// `ImageFsInfo`: the image filesystems' usage as the kubelet's image
+    /// GC sees it.
+    pub fn image_fs_info(&self) -> Vec<cri::FilesystemUsage> {
+        let req = cri::ImageFsInfoRequest {};
+        self.images(|mut c| async move { c.image_fs_info(req).await })
+            .expect("ImageFsInfo")
+            .into_inner()
+            .image_filesystems
+    }
+
     /// `ListImages` without a filter.
     pub fn list_images(&self) -> Vec<cri::Image> {
         let req = cri::ListImagesRequest { filter: None };

@@ -121,12 +121,25 @@ fn containerd_snapshotter_testsuite_passes_over_the_socket() {
         .lines()
         .filter(|l| l.trim_start().starts_with("--- FAIL"))
         .collect();
-    eprintln!("containerd snapshotter suite: {passed} passed, {} failed", failed.len());
+    let skipped: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("--- SKIP"))
+        .collect();
+    eprintln!(
+        "containerd snapshotter suite: {passed} passed, {} failed, skipped {skipped:?}",
+        failed.len()
+    );
     assert!(
         out.status.success() && failed.is_empty(),
         "containerd's snapshotter suite failed ({failed:?}):\n{text}"
     );
-    // 21 subtests plus the top-level test: none skipped silently.
-    assert!(passed >= 22, "only {passed} passed:\n{text}");
+    // The suite skips Rename itself on every kernel (issues.go: "rename test
+    // still fails on some kernels with overlay"); nothing else may skip.
+    assert!(
+        skipped.iter().all(|l| l.contains("/Rename ")),
+        "skipped: {skipped:?}"
+    );
+    // 21 subtests (one of them that skip) plus the top-level test.
+    assert!(passed >= 21, "only {passed} passed:\n{text}");
     e2e::containerd::unmount_under(tmp.path());
 }

@@ -4,7 +4,7 @@
 # "kubelet" is scripts' cri-pod (tests/src/bin/cri_pod.rs: PullImage,
 # RunPodSandbox, CreateContainer, StartContainer over CRI runtime.v1).
 #   1. installs the Debian packages, builds rsnap, the daemon and cri-pod
-#      (release);
+#      (release; PROFILE=debug for a debug build);
 #   2. makes a sample image (busybox + 24 MiB of data) and converts it to
 #      eStargz, and a pause image for the pod sandbox;
 #   3. pushes them to a private docker-registry on 127.0.0.1;
@@ -25,10 +25,15 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 log "dependencies"
 "$repo/scripts/install-deps.sh"
 
-log "build rsnap, remote-snapshotter and cri-pod (release)"
+# PROFILE=debug uses (and builds) the debug binaries instead.
+profile="${PROFILE:-release}"
+log "build rsnap, remote-snapshotter and cri-pod ($profile)"
 t0=$(now)
-(cd "$repo" && cargo build --release -q -p rsnap -p remote-snapshotter -p e2e --bin cri-pod)
-bin="${CARGO_TARGET_DIR:-$repo/target}/release"
+flag=(--release)
+[ "$profile" = release ] || flag=()
+(cd "$repo" && cargo build "${flag[@]}" -q -p rsnap -p remote-snapshotter &&
+  cargo build "${flag[@]}" -q -p e2e --bin cri-pod)
+bin="${CARGO_TARGET_DIR:-$repo/target}/$profile"
 t_build=$(secs "$t0" "$(now)")
 
 lib_init

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const GO_PACKAGES: [&str; 2] = ["golang-go", "golang-github-containerd-containerd-dev"];
-const SUITE_PKG: &str = "/usr/share/gocode/src/github.com/containerd/containerd/snapshots/testsuite";
+const SUITE_PKG: &str =
+    "/usr/share/gocode/src/github.com/containerd/containerd/snapshots/testsuite";
 
 fn daemon_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_remote-snapshotter"))
@@ -25,7 +26,10 @@ fn daemon_bin() -> PathBuf {
 /// Debian); the reason if that is not possible.
 fn go_toolchain() -> Result<(), String> {
     let have = || {
-        Command::new("go").arg("version").output().is_ok_and(|o| o.status.success())
+        Command::new("go")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
             && Path::new(SUITE_PKG).is_dir()
     };
     if have() {
@@ -114,9 +118,12 @@ fn containerd_snapshotter_testsuite_passes_over_the_socket() {
         .current_dir(tmp.path())
         .output()
         .expect("run the Go suite");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
-    let passed = text.lines().filter(|l| l.trim_start().starts_with("--- PASS")).count();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let passed = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("--- PASS"))
+        .count();
     let failed: Vec<&str> = text
         .lines()
         .filter(|l| l.trim_start().starts_with("--- FAIL"))

@@ -227,7 +227,11 @@ fn cri_pulls_estargz_lazily_runs_pods_and_removes_images() {
         let all = cri.image_fs_info();
         assert_eq!(all.len(), 1, "one image filesystem: {all:?}");
         let f = all[0].clone();
-        let mp = f.fs_id.as_ref().map(|i| i.mountpoint.clone()).unwrap_or_default();
+        let mp = f
+            .fs_id
+            .as_ref()
+            .map(|i| i.mountpoint.clone())
+            .unwrap_or_default();
         assert!(mp.ends_with("io.containerd.snapshotter.v1.remote"), "{f:?}");
         (
             f.used_bytes.map_or(0, |u| u.value),
@@ -242,7 +246,10 @@ fn cri_pulls_estargz_lazily_runs_pods_and_removes_images() {
     });
     let (used, inodes) = usage;
     eprintln!("ImageFsInfo with both images: {used} bytes, {inodes} inodes");
-    assert!(used >= app.plain_size, "used bytes {used} count the gzip image's files");
+    assert!(
+        used >= app.plain_size,
+        "used bytes {used} count the gzip image's files"
+    );
     assert!(inodes > 10, "inodes {inodes}");
 
     // The lazy image's layers are FUSE mounts under our root until the
@@ -282,14 +289,18 @@ fn cri_pulls_estargz_lazily_runs_pods_and_removes_images() {
     // Removing the gzip image too empties the image filesystem but for the
     // small sandbox image (a remote layer counts what it keeps on disk
     // under its snapshot, which is nothing).
-    cri.remove_image(&plain_ref).expect("RemoveImage of the gzip image");
+    cri.remove_image(&plain_ref)
+        .expect("RemoveImage of the gzip image");
     let mut used_after = used;
     e2e::process::wait_until(Duration::from_secs(30), || {
         used_after = fs_info(&cri).0;
         used_after * 4 < app.plain_size
     });
     eprintln!("ImageFsInfo after RemoveImage of both: {used_after} bytes");
-    assert!(used_after * 4 < app.plain_size, "usage {used} -> {used_after}");
+    assert!(
+        used_after * 4 < app.plain_size,
+        "usage {used} -> {used_after}"
+    );
 
     drop(cri);
     let mut stack = stack;

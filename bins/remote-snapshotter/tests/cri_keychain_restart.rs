@@ -131,7 +131,9 @@ fn pull_secrets_survive_sigterm_and_sigkill_restarts() {
     let app_ref = format!("{}/priv/app:v1", proxy.host());
     let sha = |f: &str| format!("sha256sum /data/{f}");
 
-    kubelet.pull(&sandbox_image).expect("PullImage of the sandbox image");
+    kubelet
+        .pull(&sandbox_image)
+        .expect("PullImage of the sandbox image");
     proxy.reset();
     kubelet
         .pull_with_auth(
@@ -153,7 +155,10 @@ fn pull_secrets_survive_sigterm_and_sigkill_restarts() {
     assert_eq!(mode(&dir), 0o700, "keychain directory mode");
     assert_eq!(mode(&file), 0o600, "keychain file mode");
     let stored = std::fs::read_to_string(&file).unwrap();
-    assert!(stored.contains(USER) && stored.contains("priv/app"), "{file:?} holds the pull's entry");
+    assert!(
+        stored.contains(USER) && stored.contains("priv/app"),
+        "{file:?} holds the pull's entry"
+    );
 
     // A container before any restart reads one file.
     let run = |pod: &str, file: &str, expected: &str| {
@@ -174,7 +179,11 @@ fn pull_secrets_survive_sigterm_and_sigkill_restarts() {
             }
         };
         let c = p.start_container("app", &app_ref, &["/bin/sh", "-c", &sha(file)]);
-        assert_eq!(p.wait_exited(&c, Duration::from_secs(60)), 0, "{pod}: exit code");
+        assert_eq!(
+            p.wait_exited(&c, Duration::from_secs(60)),
+            0,
+            "{pod}: exit code"
+        );
         assert_eq!(p.log("app"), expected, "{pod}: output");
     };
     run("before", FILES[0], &sums[0]);
@@ -204,7 +213,11 @@ fn pull_secrets_survive_sigterm_and_sigkill_restarts() {
             stack.ctrd.as_ref().unwrap(),
             &["snapshots", "--snapshotter", "remote", "ls"],
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         // A new container reads a file nobody read: lazily, from the
         // registry, with the stored secret (no pull in between).
@@ -223,7 +236,10 @@ fn pull_secrets_survive_sigterm_and_sigkill_restarts() {
     drop(stack.ctrd.take());
     common::stop(stack.daemon.take().unwrap(), libc::SIGINT);
     let log = std::fs::read_to_string(s.join("daemon.log")).unwrap();
-    assert!(log.contains("CRI keychain loaded"), "the daemon loaded the file");
+    assert!(
+        log.contains("CRI keychain loaded"),
+        "the daemon loaded the file"
+    );
     let b64 = base64_basic(USER, PASSWORD);
     for secret in [PASSWORD, b64.as_str()] {
         assert!(!log.contains(secret), "a secret in the daemon log");

@@ -51,7 +51,11 @@ fn build_image(dir: &Path, marker: &str, seed: u64) -> (u64, String) {
         &src,
         "v1",
         layers,
-        &["/bin/sh", "-c", "cat /etc/marker; echo; sha256sum /data/mid.bin"],
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /etc/marker; echo; sha256sum /data/mid.bin",
+        ],
     );
     rsnap_ok(&[
         "convert",
@@ -167,10 +171,16 @@ fn token_registry_secrets_through_our_image_service_make_pulls_lazy() {
     let run = |pod: &str, image: &str, expected: &str| {
         let p = kubelet.run_pod(pod, PodNetwork::Host, &logs.join(pod));
         let c = p.start_container("app", image, &[]);
-        assert_eq!(p.wait_exited(&c, Duration::from_secs(60)), 0, "{pod}: exit code");
+        assert_eq!(
+            p.wait_exited(&c, Duration::from_secs(60)),
+            0,
+            "{pod}: exit code"
+        );
         assert_eq!(p.log("app"), expected, "{pod}: output");
     };
-    kubelet.pull(&sandbox_image).expect("PullImage of the sandbox image");
+    kubelet
+        .pull(&sandbox_image)
+        .expect("PullImage of the sandbox image");
 
     // Wrong secrets through our image service fail the pull (ErrImagePull)
     // and leave nothing behind in the keychain; the errors carry no secret.
@@ -201,15 +211,24 @@ fn token_registry_secrets_through_our_image_service_make_pulls_lazy() {
         .pull_with_auth(&reference("direct"), Some(password.clone()))
         .expect("PullImage with the secret straight to containerd");
     let fetched = proxy.bytes_down();
-    eprintln!("token registry, no keychain: {fetched} registry bytes of {}", built[2].0);
+    eprintln!(
+        "token registry, no keychain: {fetched} registry bytes of {}",
+        built[2].0
+    );
     assert_eq!(counter("remote_mounts"), mounts0, "nothing mounted lazily");
     assert_eq!(fallbacks() - fallbacks0, LAYERS, "fallbacks");
-    assert!(fetched * 10 >= built[2].0 * 9, "full pull read only {fetched}");
+    assert!(
+        fetched * 10 >= built[2].0 * 9,
+        "full pull read only {fetched}"
+    );
     run("direct", &reference("direct"), &built[2].1);
 
     // Through our image service: password, then identity token; each
     // image's layers mount lazily with tokens the daemon fetched itself.
-    for (i, (name, auth)) in [("pw", password), ("idt", identity)].into_iter().enumerate() {
+    for (i, (name, auth)) in [("pw", password), ("idt", identity)]
+        .into_iter()
+        .enumerate()
+    {
         let (mounts0, fallbacks0) = (counter("remote_mounts"), fallbacks());
         proxy.reset();
         kubelet
@@ -218,9 +237,16 @@ fn token_registry_secrets_through_our_image_service_make_pulls_lazy() {
         let pulled = proxy.bytes_down();
         let size = built[i].0;
         eprintln!("token registry, {name} through our keychain: {pulled} registry bytes of {size}");
-        assert_eq!(counter("remote_mounts") - mounts0, LAYERS, "{name}: remote mounts");
+        assert_eq!(
+            counter("remote_mounts") - mounts0,
+            LAYERS,
+            "{name}: remote mounts"
+        );
         assert_eq!(fallbacks(), fallbacks0, "{name}: fallbacks");
-        assert!(pulled * 10 < size, "{name}: lazy pull read {pulled} of {size}");
+        assert!(
+            pulled * 10 < size,
+            "{name}: lazy pull read {pulled} of {size}"
+        );
         run(name, &reference(name), &built[i].1);
         let after = proxy.bytes_down();
         assert!(after * 3 < size, "{name}: pull+run read {after} of {size}");
@@ -233,8 +259,9 @@ fn token_registry_secrets_through_our_image_service_make_pulls_lazy() {
         "the daemon asked for a token with the password"
     );
     assert!(
-        seen.iter().any(|r| r.param("client_id") == Some("remote-snapshotter")
-            && r.param("refresh_token") == Some(IDENTITY)),
+        seen.iter()
+            .any(|r| r.param("client_id") == Some("remote-snapshotter")
+                && r.param("refresh_token") == Some(IDENTITY)),
         "the daemon asked for a token with the identity token"
     );
 

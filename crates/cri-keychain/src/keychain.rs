@@ -283,8 +283,7 @@ impl Keychain {
 /// Whether a secret last used at `last_used` is no longer to be used at
 /// `now`: unused for longer than the TTL, or a token past its own expiry.
 fn expired(c: &Credentials, last_used: u64, x: Expiry, now: u64) -> bool {
-    if x
-        .ttl
+    if x.ttl
         .is_some_and(|ttl| now.saturating_sub(last_used) > ttl.as_secs())
     {
         return true;
@@ -401,7 +400,10 @@ mod tests {
 
     #[test]
     fn token_expiry_is_read_from_a_jwt_only() {
-        assert_eq!(jwt_expiry(&jwt(r#"{"exp":1700000000,"sub":"x"}"#)), Some(1700000000));
+        assert_eq!(
+            jwt_expiry(&jwt(r#"{"exp":1700000000,"sub":"x"}"#)),
+            Some(1700000000)
+        );
         assert_eq!(jwt_expiry(&jwt(r#"{"exp":1.5e9}"#)), Some(1500000000));
         assert_eq!(jwt_expiry(&jwt(r#"{"sub":"x"}"#)), None);
         assert_eq!(jwt_expiry(&jwt(r#"{"exp":-1}"#)), None);
@@ -459,7 +461,11 @@ mod tests {
         let k = Keychain::persistent(store.clone(), day).unwrap();
         k.insert("reg.io", "a/b", basic.clone());
         k.insert("reg.io", "old", Credentials::IdentityToken("i".into()));
-        k.insert("reg.io", "tok", Credentials::RegistryToken(jwt(r#"{"exp":1}"#)));
+        k.insert(
+            "reg.io",
+            "tok",
+            Credentials::RegistryToken(jwt(r#"{"exp":1}"#)),
+        );
         // A refused secret put back: the file follows.
         let prev = k.insert("reg.io", "a/b", Credentials::RegistryToken("bad".into()));
         k.restore("reg.io", "a/b", prev);
@@ -485,9 +491,17 @@ mod tests {
         let t0 = store.load().unwrap()[0].last_used;
         k.credentials_at("h", "r", t0 + 1);
         k.flush();
-        assert_eq!(store.load().unwrap()[0].last_used, t0, "within a minute: not moved");
+        assert_eq!(
+            store.load().unwrap()[0].last_used,
+            t0,
+            "within a minute: not moved"
+        );
         k.credentials_at("h", "r", t0 + 3600);
-        assert_eq!(store.load().unwrap()[0].last_used, t0, "not written on lookup");
+        assert_eq!(
+            store.load().unwrap()[0].last_used,
+            t0,
+            "not written on lookup"
+        );
         k.flush();
         assert_eq!(store.load().unwrap()[0].last_used, t0 + 3600);
     }

@@ -18,5 +18,5 @@ pub mod reference;
 pub mod store;
 
 pub use keychain::{Credentials, Expiry, Keychain};
-pub use store::{Store, StoreError};
 pub use proxy::{connect_upstream, serve, ImageServiceProxy, ProxyError};
+pub use store::{Store, StoreError};

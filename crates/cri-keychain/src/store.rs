@@ -249,7 +249,10 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&d.path().join("kc")), 0o700);
         assert_eq!(mode(&s.path()), 0o600);
-        assert!(!d.path().join("kc").join(TMP).exists(), "renamed into place");
+        assert!(
+            !d.path().join("kc").join(TMP).exists(),
+            "renamed into place"
+        );
         s.save(&entries()[..1]).unwrap();
         assert_eq!(s.load().unwrap(), entries()[..1].to_vec());
     }
@@ -285,7 +288,10 @@ mod tests {
         let e = s.load().unwrap_err();
         let text = format!("{e} {e:?}");
         assert!(matches!(e, StoreError::Malformed { .. }), "{text}");
-        assert!(!text.contains("hunter2") && !text.contains("s3cr3t"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cr3t"),
+            "{text}"
+        );
         fs::write(s.path(), r#"{"version":2,"entries":[]}"#).unwrap();
         assert!(matches!(
             s.load().unwrap_err(),

@@ -8,6 +8,9 @@ PACKAGES=(
   containerd runc docker-registry skopeo stargz-snapshotter busybox-static
   fuse3 protobuf-compiler jq debootstrap ca-certificates gzip tar
   containernetworking-plugins iproute2
+  # containerd's own snapshotter test suite (Go, built offline from Debian's
+  # sources by bins/remote-snapshotter/tests/containerd_testsuite.rs)
+  golang-go golang-github-containerd-containerd-dev
 )
 # Extra packages for the benchmark/demo are requested with EXTRA_PACKAGES.
 read -r -a EXTRA <<<"${EXTRA_PACKAGES:-}"

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 pub use k8s_cri::v1 as api;
+/// The status codes of CRI errors (e.g. to retry `Unavailable`).
+pub use tonic::Code;
 
 /// How a pod's network is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +131,16 @@ impl Cri {
             .image
     }
 
+    /// `ImageFsInfo`: the image filesystems' usage as the kubelet's image
+    /// GC sees it.
+    pub fn image_fs_info(&self) -> Vec<cri::FilesystemUsage> {
+        let req = cri::ImageFsInfoRequest {};
+        self.images(|mut c| async move { c.image_fs_info(req).await })
+            .expect("ImageFsInfo")
+            .into_inner()
+            .image_filesystems
+    }
+
     /// `ListImages` without a filter.
     pub fn list_images(&self) -> Vec<cri::Image> {
         let req = cri::ListImagesRequest { filter: None };
@@ -148,6 +160,17 @@ impl Cri {
 
     /// `RunPodSandbox` with a minimal pod config: logs under `log_dir`.
     pub fn run_pod(&self, name: &str, network: PodNetwork, log_dir: &Path) -> Pod<'_> {
+        self.try_run_pod(name, network, log_dir)
+            .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}"))
+    }
+
+    /// [`Cri::run_pod`], returning the runtime's error.
+    pub fn try_run_pod(
+        &self,
+        name: &str,
+        network: PodNetwork,
+        log_dir: &Path,
+    ) -> Result<Pod<'_>, tonic::Status> {
         std::fs::create_dir_all(log_dir).unwrap();
         let mode = match network {
             PodNetwork::Host => cri::NamespaceMode::Node,
@@ -186,16 +209,15 @@ impl Cri {
             runtime_handler: String::new(),
         };
         let id = self
-            .runtime(|mut c| async move { c.run_pod_sandbox(req).await })
-            .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}"))
+            .runtime(|mut c| async move { c.run_pod_sandbox(req).await })?
             .into_inner()
             .pod_sandbox_id;
-        Pod {
+        Ok(Pod {
             cri: self,
             id,
             config,
             log_dir: log_dir.to_path_buf(),
-        }
+        })
     }
 }
 

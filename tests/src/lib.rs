@@ -12,6 +12,7 @@ pub mod process;
 pub mod registry;
 pub mod tcpproxy;
 pub mod tls;
+pub mod tokenauth;
 pub mod wanproxy;
 
 use std::net::TcpListener;

@@ -81,6 +81,10 @@ pub struct CriKeychainConfig {
     /// A socket of its own for the image service; unset: the daemon's
     /// `--address`, beside the snapshots service.
     pub listen_path: Option<PathBuf>,
+    /// Keep what was learnt under the daemon's root (default true).
+    pub persist: Option<bool>,
+    /// Forget a secret unused for this long (default 7 days; 0: never).
+    pub credential_ttl_sec: Option<u64>,
 }
 
 impl CriKeychainConfig {
@@ -91,6 +95,26 @@ impl CriKeychainConfig {
         self.image_service_path
             .clone()
             .unwrap_or_else(|| PathBuf::from(Self::DEFAULT_IMAGE_SERVICE_PATH))
+    }
+
+    /// A week: a node's images are pulled again (with their secret) far
+    /// more often than that, and a layer is usually complete in the cache
+    /// long before.
+    pub const DEFAULT_CREDENTIAL_TTL_SEC: u64 = 7 * 24 * 3600;
+
+    pub fn persist(&self) -> bool {
+        self.persist.unwrap_or(true)
+    }
+
+    /// How long an unused secret is kept; `None`: for ever.
+    pub fn credential_ttl(&self) -> Option<std::time::Duration> {
+        match self
+            .credential_ttl_sec
+            .unwrap_or(Self::DEFAULT_CREDENTIAL_TTL_SEC)
+        {
+            0 => None,
+            s => Some(std::time::Duration::from_secs(s)),
+        }
     }
 }
 
@@ -385,11 +409,20 @@ insecure = true
         )
         .unwrap();
         assert!(c.cri_keychain.enable_keychain);
+        assert!(c.cri_keychain.persist(), "kept on disk unless opted out");
+        assert_eq!(
+            c.cri_keychain.credential_ttl(),
+            Some(std::time::Duration::from_secs(7 * 24 * 3600))
+        );
         assert_eq!(c.cri_keychain.image_service_path(), Path::new("/c.sock"));
         assert_eq!(
             c.cri_keychain.listen_path.as_deref(),
             Some(Path::new("/l.sock"))
         );
+        assert_eq!(c.warnings(), Vec::<String>::new());
+        let c = Config::parse("[cri_keychain]\npersist = false\ncredential_ttl_sec = 0\n").unwrap();
+        assert!(!c.cri_keychain.persist());
+        assert_eq!(c.cri_keychain.credential_ttl(), None, "0: kept for ever");
         assert_eq!(c.warnings(), Vec::<String>::new());
     }
 

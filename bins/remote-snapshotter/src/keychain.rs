@@ -1,8 +1,50 @@
 //! The CRI keychain as the registry client's credential source: what the
-//! kubelet's `PullImage` requests carried, per host and repository.
+//! kubelet's `PullImage` requests carried, per host and repository; kept
+//! under the daemon's root unless `[cri_keychain] persist = false`.
 
-use cri_keychain::{Credentials, Keychain};
+use crate::config::CriKeychainConfig;
+use cri_keychain::{Credentials, Expiry, Keychain, Store};
 use stargzfs::{Credential, CredentialSource};
+use std::path::Path;
+use std::time::Duration;
+
+/// The directory of the keychain file under the daemon's root.
+pub const DIR: &str = "cri-keychain";
+
+/// The keychain `cfg` asks for: loaded from `root` (before any layer is
+/// restored, so that private layers mount again), or in memory only. A file
+/// that cannot be read does not stop the daemon: it starts empty, and the
+/// next pull's secret replaces the file.
+pub fn open(cfg: &CriKeychainConfig, root: &Path) -> Keychain {
+    if !cfg.persist() {
+        return Keychain::new();
+    }
+    let expiry = Expiry {
+        ttl: cfg.credential_ttl(),
+    };
+    match Keychain::persistent(Store::new(&root.join(DIR)), expiry) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "CRI keychain file unreadable; starting with an empty keychain");
+            let _ = std::fs::rename(
+                root.join(DIR).join("credentials.json"),
+                root.join(DIR).join("credentials.json.unreadable"),
+            );
+            Keychain::persistent(Store::new(&root.join(DIR)), expiry).unwrap_or_default()
+        }
+    }
+}
+
+/// Writes last-used times and forgets expired secrets every `period`.
+pub async fn flush_every(k: Keychain, period: Duration) {
+    let mut t = tokio::time::interval(period);
+    t.tick().await;
+    loop {
+        t.tick().await;
+        let k = k.clone();
+        let _ = tokio::task::spawn_blocking(move || k.flush()).await;
+    }
+}
 
 /// [`Keychain`] seen by `stargzfs`'s registry client.
 #[derive(Debug, Clone)]

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     let keychain = cfg
         .cri_keychain
         .enable_keychain
-        .then(cri_keychain::Keychain::new);
+        .then(|| keychain::open(&cfg.cri_keychain, &args.root));
     if let Some(k) = &keychain {
         fs_cfg.credentials = Some(Arc::new(keychain::KeychainSource(k.clone())));
     }
@@ -106,6 +106,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(metrics::serve(l, snap.metrics()));
     }
 
+    if let Some(k) = keychain.clone() {
+        tokio::spawn(keychain::flush_every(k, std::time::Duration::from_secs(60)));
+    }
+
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = rx.clone();
@@ -115,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut routes = snapshotter::server::routes(snap.clone());
     let mut cri_server = None;
-    if let Some(k) = keychain {
+    if let Some(k) = keychain.clone() {
         let upstream = cfg.cri_keychain.image_service_path();
         let proxy =
             cri_keychain::ImageServiceProxy::new(cri_keychain::connect_upstream(&upstream), k);
@@ -160,6 +164,10 @@ async fn main() -> anyhow::Result<()> {
             Err(_) => tracing::warn!("CRI image service did not stop in 10s"),
             _ => {}
         }
+    }
+    if let Some(k) = keychain {
+        // Last-used times since the last flush.
+        let _ = tokio::task::spawn_blocking(move || k.flush()).await;
     }
     if unmount {
         snap.unmount_all().await;

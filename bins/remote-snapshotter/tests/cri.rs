@@ -221,6 +221,49 @@ fn cri_pulls_estargz_lazily_runs_pods_and_removes_images() {
     assert_eq!(pod.log("app"), app.expected, "fallback container output");
     drop(pod);
 
+    // ImageFsInfo: what the kubelet's image GC weighs; containerd 1.6 sums
+    // our snapshots' Usage under its per-snapshotter path.
+    let fs_info = |cri: &Cri| {
+        let all = cri.image_fs_info();
+        assert_eq!(all.len(), 1, "one image filesystem: {all:?}");
+        let f = all[0].clone();
+        let mp = f
+            .fs_id
+            .as_ref()
+            .map(|i| i.mountpoint.clone())
+            .unwrap_or_default();
+        assert!(mp.ends_with("io.containerd.snapshotter.v1.remote"), "{f:?}");
+        (
+            f.used_bytes.map_or(0, |u| u.value),
+            f.inodes_used.map_or(0, |u| u.value),
+        )
+    };
+    // (It answers from stats containerd collects every 10 s.)
+    let mut usage = (0, 0);
+    e2e::process::wait_until(Duration::from_secs(30), || {
+        usage = fs_info(&cri);
+        usage.0 >= app.plain_size
+    });
+    let (used, inodes) = usage;
+    eprintln!("ImageFsInfo with both images: {used} bytes, {inodes} inodes");
+    assert!(
+        used >= app.plain_size,
+        "used bytes {used} count the gzip image's files"
+    );
+    assert!(inodes > 10, "inodes {inodes}");
+
+    // The lazy image's layers are FUSE mounts under our root until the
+    // image is removed.
+    let snapshots_dir = stack.scratch.path().join("root/snapshots");
+    let fuse_mounts = || {
+        let table = mountinfo::read_self().expect("mountinfo");
+        table
+            .iter()
+            .filter(|m| m.fs_type == "fuse.rsnap" && m.mount_point.starts_with(&snapshots_dir))
+            .count() as u64
+    };
+    assert_eq!(fuse_mounts(), LAYERS, "the lazy image's layers are mounted");
+
     // RemoveImage forgets the image (and removing it again is not an error,
     // as the kubelet expects); the other images stay.
     cri.remove_image(&lazy_ref).expect("RemoveImage");
@@ -235,6 +278,28 @@ fn cri_pulls_estargz_lazily_runs_pods_and_removes_images() {
     assert!(
         listed.iter().any(|i| i.repo_tags.contains(&plain_ref)),
         "{listed:?}"
+    );
+    // containerd's GC (synchronous for CRI's RemoveImage) removed the
+    // layers' snapshots in our daemon: their FUSE mounts are gone (the
+    // chunks they read stay in the cache, evicted by its LRU like any).
+    assert!(
+        e2e::process::wait_until(Duration::from_secs(20), || fuse_mounts() == 0),
+        "the removed image's layers are still mounted"
+    );
+    // Removing the gzip image too empties the image filesystem but for the
+    // small sandbox image (a remote layer counts what it keeps on disk
+    // under its snapshot, which is nothing).
+    cri.remove_image(&plain_ref)
+        .expect("RemoveImage of the gzip image");
+    let mut used_after = used;
+    e2e::process::wait_until(Duration::from_secs(30), || {
+        used_after = fs_info(&cri).0;
+        used_after * 4 < app.plain_size
+    });
+    eprintln!("ImageFsInfo after RemoveImage of both: {used_after} bytes");
+    assert!(
+        used_after * 4 < app.plain_size,
+        "usage {used} -> {used_after}"
     );
 
     drop(cri);

@@ -9,11 +9,14 @@
 //! snapshotter can fetch that image's layers while containerd pulls it.
 //!
 //! Layers: [`reference`] (image reference -> host, repository),
-//! [`keychain`] (what was learnt, in memory), [`proxy`] (the gRPC service).
+//! [`keychain`] (what was learnt, with its expiry), [`store`] (the
+//! keychain on disk, to survive restarts), [`proxy`] (the gRPC service).
 
 pub mod keychain;
 pub mod proxy;
 pub mod reference;
+pub mod store;
 
-pub use keychain::{Credentials, Keychain};
+pub use keychain::{Credentials, Expiry, Keychain};
 pub use proxy::{connect_upstream, serve, ImageServiceProxy, ProxyError};
+pub use store::{Store, StoreError};

@@ -168,8 +168,9 @@ impl Core {
             .get(key)?
             .ok_or_else(|| Error::NotFound(key.to_string()))?;
         if txn.has_children(key)? {
+            // containerd's wording: its snapshotter test suite checks it.
             return Err(Error::FailedPrecondition(format!(
-                "snapshot {key:?} has children"
+                "failed to remove snapshot {key:?}: cannot remove snapshot with child"
             )));
         }
         txn.delete(key)?;

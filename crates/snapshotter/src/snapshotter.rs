@@ -348,7 +348,7 @@ impl Snapshotter {
         let k = key.to_string();
         if self.run(move |c| c.has_children(&k)).await? {
             return Err(Error::FailedPrecondition(format!(
-                "snapshot {key:?} has children"
+                "failed to remove snapshot {key:?}: cannot remove snapshot with child"
             )));
         }
         let mp = self.core.layout().fs(rec.id);

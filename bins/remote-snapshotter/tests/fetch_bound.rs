@@ -97,7 +97,6 @@ fn toc_region(blob: &[u8]) -> u64 {
 }
 
 #[test]
-#[ignore = "issue #10: on main the run fetches 16.8 MB for 9.8 MB read (1.70x; bound 1.5x + 256 KiB = 15.0 MB): the fixed 8 MiB readahead around every read; un-ignore once readahead adapts"]
 fn lazy_pull_and_run_fetch_about_what_the_container_reads() {
     if !e2e::require_root_tools(&["docker-registry", "containerd", "ctr", "runc", "skopeo"]) {
         return;

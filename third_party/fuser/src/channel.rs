@@ -8,9 +8,20 @@ use nix::errno::Errno;
 use crate::dev_fuse::DevFuse;
 use crate::passthrough::BackingId;
 
+/// rsnap patch: told `+1` for each request read that expects a reply and
+/// `-1` for each reply written, so a process can wait for (or count) the
+/// requests it has read and not yet answered.
+pub type InFlightHook = Arc<dyn Fn(i64) + Send + Sync>;
+
 /// A raw communication channel to the FUSE kernel driver
-#[derive(Debug, Clone)]
-pub(crate) struct Channel(Arc<DevFuse>);
+#[derive(Clone)]
+pub(crate) struct Channel(Arc<DevFuse>, pub(crate) Option<InFlightHook>);
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Channel").field(&self.0).finish()
+    }
+}
 
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -23,11 +34,11 @@ impl Channel {
     /// given path. The kernel driver will delegate filesystem operations of
     /// the given path to the channel.
     pub(crate) fn new(device: Arc<DevFuse>) -> Self {
-        Self(device)
+        Self(device, None)
     }
 
     /// Receives data up to the capacity of the given buffer (can block).
-    fn receive(&self, buffer: &mut [u8]) -> nix::Result<usize> {
+    pub(crate) fn receive(&self, buffer: &mut [u8]) -> nix::Result<usize> {
         nix::unistd::read(&self.0, buffer)
     }
 
@@ -53,7 +64,7 @@ impl Channel {
     pub(crate) fn sender(&self) -> ChannelSender {
         // Since write/writev syscalls are threadsafe, we can simply create
         // a sender by using the same file and use it in other threads.
-        ChannelSender(self.0.clone())
+        ChannelSender(self.0.clone(), self.1.clone())
     }
 
     /// Clone the FUSE device fd using FUSE_DEV_IOC_CLONE ioctl.
@@ -75,15 +86,32 @@ impl Channel {
             crate::ll::ioctl::fuse_dev_ioc_clone(new_dev.as_raw_fd(), &mut source_fd)?;
         }
 
-        Ok(Channel::new(Arc::new(new_dev)))
+        Ok(Channel(Arc::new(new_dev), self.1.clone()))
     }
 }
 
-#[derive(Clone, Debug)]
-pub(crate) struct ChannelSender(Arc<DevFuse>);
+#[derive(Clone)]
+pub(crate) struct ChannelSender(Arc<DevFuse>, Option<InFlightHook>);
+
+impl std::fmt::Debug for ChannelSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ChannelSender").field(&self.0).finish()
+    }
+}
 
 impl ChannelSender {
     pub(crate) fn send(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<()> {
+        // rsnap patch: a reply (unique != 0, fuse_out_header bytes 8..16)
+        // ends one request in flight; notifications have unique 0.
+        if let Some(hook) = &self.1 {
+            let unique = bufs
+                .first()
+                .and_then(|b| b.get(8..16))
+                .map_or(0, |u| u64::from_ne_bytes(u.try_into().unwrap_or_default()));
+            if unique != 0 {
+                hook(-1);
+            }
+        }
         let rc = nix::sys::uio::writev(&self.0, bufs)?;
         // writev is atomic, so do not need to check how many bytes are written.
         // libfuse does not do it either

@@ -121,6 +121,30 @@ impl Drop for UmountOnDrop {
     }
 }
 
+/// rsnap patch: what a process needs to hand a live FUSE connection to
+/// another process without losing a request.
+#[derive(Clone, Default)]
+pub struct Handover {
+    /// When this fd (an eventfd) becomes readable, every worker stops
+    /// reading requests and returns; requests it had already read are still
+    /// answered by whoever holds their replies. Each worker's fd is made
+    /// non-blocking and polled together with this one, so a request is
+    /// either read and dispatched or left in the kernel's queue for the
+    /// next reader, never lost.
+    pub stop: Option<Arc<OwnedFd>>,
+    /// Told `+1` per request read that expects a reply, `-1` per reply.
+    pub in_flight: Option<crate::channel::InFlightHook>,
+}
+
+impl std::fmt::Debug for Handover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handover")
+            .field("stop", &self.stop)
+            .field("in_flight", &self.in_flight.is_some())
+            .finish()
+    }
+}
+
 /// The session data structure
 #[derive(Debug)]
 pub struct Session<FS: Filesystem> {
@@ -139,6 +163,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// rsnap patch: see [`Handover`].
+    pub(crate) handover: Handover,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +212,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            handover: Handover::default(),
         };
 
         session.handshake()?;
@@ -214,11 +241,51 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            handover: Handover::default(),
         };
 
         session.handshake()?;
 
         Ok(session)
+    }
+
+    /// rsnap patch: wrap a /dev/fuse fd (or a `FUSE_DEV_IOC_CLONE` of one)
+    /// whose connection another process already initialised: no INIT is
+    /// read or answered, requests are served from the first read on. The
+    /// filesystem's `init` is not called; the caller must serve what the
+    /// first process negotiated (same inode numbers, same file handles).
+    pub fn from_fd_initialized(
+        filesystem: FS,
+        fd: OwnedFd,
+        acl: SessionACL,
+        config: Config,
+    ) -> Self {
+        Session {
+            filesystem: FilesystemHolder {
+                fs: Some(filesystem),
+            },
+            ch: Channel::new(Arc::new(DevFuse(File::from(fd)))),
+            mount: UmountOnDrop {
+                mount: Arc::new(Mutex::new(None)),
+            },
+            allowed: acl,
+            session_owner: geteuid(),
+            proto_version: None,
+            config,
+            handover: Handover::default(),
+        }
+    }
+
+    /// rsnap patch: install the [`Handover`] hooks; call before `spawn`/`run`.
+    pub fn set_handover(&mut self, handover: Handover) {
+        self.ch.1 = handover.in_flight.clone();
+        self.handover = handover;
+    }
+
+    /// rsnap patch: the protocol version the kernel sent in INIT (`None`
+    /// for a session made by [`Session::from_fd_initialized`]).
+    pub fn proto_version(&self) -> Option<Version> {
+        self.proto_version
     }
 
     /// Run the session loop in a background thread. If the returned handle is dropped,
@@ -252,6 +319,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            handover,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -298,6 +366,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                handover: handover.clone(),
             };
             threads.push(
                 thread::Builder::new()
@@ -518,10 +587,99 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    pub(crate) handover: Handover,
+}
+
+/// FUSE_FORGET and FUSE_BATCH_FORGET: the only requests without a reply.
+fn expects_reply(req: &[u8]) -> bool {
+    let opcode = req
+        .get(4..8)
+        .map_or(0, |o| u32::from_ne_bytes(o.try_into().unwrap_or_default()));
+    opcode != 2 && opcode != 42
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
+    /// rsnap patch: wait until the channel has a request (`true`) or the
+    /// stop fd fired (`false`).
+    fn wait_readable(&self, stop: &OwnedFd) -> io::Result<bool> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        loop {
+            let mut fds = [
+                PollFd::new(self.ch.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                return Ok(false);
+            }
+            if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+                return Ok(true);
+            }
+        }
+    }
+
     fn event_loop(&self) -> io::Result<()> {
+        if let Some(stop) = self.handover.stop.clone() {
+            // Non-blocking, so a request another reader took first sends
+            // us back to poll (EAGAIN) instead of blocking past a stop.
+            nix::fcntl::fcntl(
+                &self.ch,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )?;
+            let mut buf = FuseReadBuf::new();
+            let buf = buf.as_mut();
+            loop {
+                if !self.wait_readable(&stop)? {
+                    return Ok(());
+                }
+                match self.ch.receive(buf) {
+                    Ok(size) => {
+                        if !self.dispatch_one(&buf[..size])? {
+                            return Ok(());
+                        }
+                    }
+                    Err(
+                        nix::errno::Errno::EAGAIN
+                        | nix::errno::Errno::EINTR
+                        | nix::errno::Errno::ENOENT,
+                    ) => continue,
+                    Err(nix::errno::Errno::ENODEV) => return Ok(()),
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        self.event_loop_blocking()
+    }
+
+    /// One request: `Ok(false)` when the session ends (DESTROY).
+    fn dispatch_one(&self, data: &[u8]) -> io::Result<bool> {
+        if let Some(hook) = &self.handover.in_flight {
+            if expects_reply(data) {
+                hook(1);
+            }
+        }
+        match RequestWithSender::new(self.ch.sender(), data) {
+            Some(req) => {
+                if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                    req.reply::<ReplyEmpty>().ok();
+                    Ok(false)
+                } else {
+                    req.dispatch(self);
+                    Ok(true)
+                }
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "Invalid request",
+            )),
+        }
+    }
+
+    fn event_loop_blocking(&self) -> io::Result<()> {
         // Buffer for receiving requests from the kernel. Only one is allocated and
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
@@ -530,24 +688,11 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {
-                Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
-                    // Dispatch request
-                    Some(req) => {
-                        if let Ok(Operation::Destroy(_)) = req.request.operation() {
-                            req.reply::<ReplyEmpty>().ok();
-                            return Ok(());
-                        } else {
-                            req.dispatch(self)
-                        }
+                Ok(size) => {
+                    if !self.dispatch_one(&buf[..size])? {
+                        return Ok(());
                     }
-                    // Quit loop on illegal request
-                    None => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "Invalid request",
-                        ));
-                    }
-                },
+                }
                 Err(nix::errno::Errno::ENODEV) => return Ok(()),
                 Err(err) => return Err(err.into()),
             }

@@ -2,6 +2,7 @@
 //! each owns its clap `Args` and a `run` function. Logic lives in the crates.
 
 mod convert;
+mod layers;
 mod mount;
 mod net;
 mod pull;
@@ -33,6 +34,8 @@ enum Cmd {
     Mount(mount::Args),
     /// Pull an image lazily into containerd through the remote snapshotter.
     Pull(pull::Args),
+    /// List the remote layers mounted under a daemon's root: image, fetched %, state.
+    Layers(layers::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Toc(a) => toc::run(a),
         Cmd::Mount(a) => mount::run(a),
         Cmd::Pull(a) => pull::run(a),
+        Cmd::Layers(a) => layers::run(a),
     }
 }

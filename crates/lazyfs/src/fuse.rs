@@ -501,13 +501,19 @@ pub fn adopt(
     anchor: OwnedFd,
     proto: Option<(u32, u32)>,
 ) -> Result<MountHandle, Error> {
+    // As `mount` does: the mount table has real paths (the mount point
+    // itself is not touched: nothing may wait on this connection here).
+    let mp = match (mountpoint.parent(), mountpoint.file_name()) {
+        (Some(d), Some(n)) => d.canonicalize().map_or(mountpoint.to_path_buf(), |d| d.join(n)),
+        _ => mountpoint.to_path_buf(),
+    };
     let (session, stop, _) = serve(&layer, &anchor, true).map_err(|source| Error::Mount {
-        path: mountpoint.to_path_buf(),
+        path: mp.clone(),
         source,
     })?;
-    info!(layer = %layer.digest(), mount = %mountpoint.display(), "serving a handed-over mount");
+    info!(layer = %layer.digest(), mount = %mp.display(), "serving a handed-over mount");
     Ok(MountHandle {
-        mountpoint: mountpoint.to_path_buf(),
+        mountpoint: mp,
         layer,
         session: Some(session),
         anchor,

@@ -362,3 +362,83 @@ fn serve_one(
         None,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn wait(mut f: impl FnMut() -> bool) -> bool {
+        (0..250).any(|_| f() || {
+            std::thread::sleep(Duration::from_millis(20));
+            false
+        })
+    }
+
+    fn state(mp: &str) -> ConnState {
+        ConnState {
+            mountpoint: mp.into(),
+            layer_digest: "sha256:aa".into(),
+            labels: [("k".to_string(), "v".to_string())].into(),
+            proto: Some((7, 41)),
+            mounted_at: 1,
+        }
+    }
+
+    #[test]
+    fn holder_keeps_fds_and_gives_back_the_same_open_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fd.sock");
+        let cfg = HolderConfig {
+            idle_exit: Duration::from_secs(600),
+            prune_every: Duration::from_secs(600),
+        };
+        let p = sock.clone();
+        std::thread::spawn(move || run_holder(&p, &cfg));
+        let store = FdStore::new(&sock);
+        assert!(wait(|| store.is_running()));
+        let (mut rd, wr) = std::io::pipe().unwrap();
+        let wr: OwnedFd = wr.into();
+        store.put("/m/1", &state("/m/1"), wr.as_fd()).unwrap();
+        drop(wr);
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, state("/m/1"));
+        // The fd that came back writes into the same pipe.
+        let mut w = std::fs::File::from(listed.into_iter().next().unwrap().1);
+        w.write_all(b"hi").unwrap();
+        drop(w);
+        let mut got = [0u8; 2];
+        rd.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
+        // Put without an fd is refused; del releases.
+        assert!(store.call(&Req::Put { key: "x".into(), state: state("x") }, None).map(check).unwrap().is_err());
+        store.del("/m/1").unwrap();
+        assert!(store.list().unwrap().is_empty());
+        // The holder closed its copy: the pipe's writer is gone.
+        let mut rest = Vec::new();
+        rd.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn holder_exits_when_idle_and_drops_entries_whose_mount_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fd.sock");
+        let cfg = HolderConfig {
+            idle_exit: Duration::from_millis(300),
+            prune_every: Duration::from_millis(50),
+        };
+        let p = sock.clone();
+        let t = std::thread::spawn(move || run_holder(&p, &cfg));
+        let store = FdStore::new(&sock);
+        assert!(wait(|| store.is_running()));
+        let (_rd, wr) = std::io::pipe().unwrap();
+        let wr: OwnedFd = wr.into();
+        // Not a FUSE mount: pruned at the next tick, then idle, then exit.
+        store.put("/nowhere", &state("/nowhere"), wr.as_fd()).unwrap();
+        t.join().unwrap().unwrap();
+        assert!(!sock.exists());
+        assert!(!store.is_running());
+    }
+}

@@ -165,6 +165,7 @@ impl Collector for FsFigures {
     }
 }
 
+#[cfg(test)]
 pub fn render(metrics: &Arc<Metrics>) -> String {
     render_with(metrics, None)
 }

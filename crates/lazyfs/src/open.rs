@@ -94,17 +94,6 @@ impl LazyLayer {
     }
 }
 
-/// The validated index of the blob and its TOC digest.
-pub async fn read_index(
-    source: &dyn RangeSource,
-    layer: &str,
-    toc_digest: Option<&str>,
-    cfg: &Config,
-) -> Result<(Index, String), Error> {
-    let toc = read_toc_member(source, layer, cfg).await?;
-    index_from_member(&toc, layer, toc_digest).await
-}
-
 /// Footer and TOC member from the blob, in at most two ranged reads.
 pub async fn read_toc_member(
     source: &dyn RangeSource,

@@ -65,7 +65,7 @@ impl StargzFs {
         })
     }
 
-    async fn open_layer(&self, labels: &Labels) -> Result<Arc<LazyLayer>, Error> {
+    pub(crate) async fn open_layer(&self, labels: &Labels) -> Result<Arc<LazyLayer>, Error> {
         let image = first(labels, &REF_KEYS).ok_or(Error::NoImageRef)?;
         let digest = first(labels, &DIGEST_KEYS).ok_or(Error::NoLayerDigest)?;
         let image = Reference::parse(image).map_err(Error::Reference)?;

@@ -52,6 +52,8 @@ pub use stats::{Stats, StatsSnapshot};
 #[cfg(test)]
 mod fuse_tests;
 #[cfg(test)]
+mod handover_tests;
+#[cfg(test)]
 mod layer_tests;
 #[cfg(test)]
 mod testutil;

@@ -221,10 +221,16 @@ async fn main() -> anyhow::Result<()> {
     } else {
         // Replies to requests already read go out; a read that needs the
         // registry may take up to the fetch timeout.
-        let drain = fs_cfg.fetch_timeout.unwrap_or(std::time::Duration::from_secs(10))
+        let drain = fs_cfg
+            .fetch_timeout
+            .unwrap_or(std::time::Duration::from_secs(10))
             + std::time::Duration::from_secs(5);
         let (n, left) = remote.hand_over_all(drain).await;
-        tracing::info!(mounts = n, unanswered = left, "mounts left for the next process");
+        tracing::info!(
+            mounts = n,
+            unanswered = left,
+            "mounts left for the next process"
+        );
     }
     tracing::info!("stopped");
     Ok(())

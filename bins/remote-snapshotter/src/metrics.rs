@@ -143,9 +143,11 @@ impl Collector for FsFigures {
             ConstCounter::new(*v).encode(e)?;
         }
         let per_layer: [(&str, &str, fn(&stargzfs::LayerInfo) -> u64); 3] = [
-            ("layer_fetched_bytes", "Bytes of the layer's blob fetched", |l| {
-                l.fetched
-            }),
+            (
+                "layer_fetched_bytes",
+                "Bytes of the layer's blob fetched",
+                |l| l.fetched,
+            ),
             (
                 "layer_requests",
                 "Ranged requests sent for the layer",
@@ -249,7 +251,10 @@ mod tests {
             }],
         };
         let text = render_with(&m, Some(f));
-        assert!(text.contains("remote_snapshotter_handover_adopted_total 2"), "{text}");
+        assert!(
+            text.contains("remote_snapshotter_handover_adopted_total 2"),
+            "{text}"
+        );
         assert!(
             text.contains("remote_snapshotter_layer_fetched_bytes{layer=\"sha256:ab\"} 40"),
             "{text}"

@@ -773,7 +773,11 @@ fn daemon_sigkill_and_containerd_restart_under_running_containers() {
     // and removed cleanly.
     read_ok(&ctrd, &before, &files, 21);
     let old = exec(&ctrd, &before, &format!("cat {} >/dev/null", file(17)));
-    assert!(old.ok, "the container across the crash cannot read: {}", old.text);
+    assert!(
+        old.ok,
+        "the container across the crash cannot read: {}",
+        old.text
+    );
     ctrd.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &before]);
     e2e::process::wait_until(Duration::from_secs(10), || {
         ctrd.ctr(&["tasks", "rm", "-f", &before]).status.success()

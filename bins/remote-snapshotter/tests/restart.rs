@@ -12,8 +12,8 @@ mod common;
 
 use common::Stack;
 use e2e::containerd::{mounts_under, unique_id, Containerd, NAMESPACE};
-use e2e::image::{busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout};
 use e2e::image::LayerBuilder;
+use e2e::image::{busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout};
 use e2e::process::{wait_until, Service};
 use e2e::registry::{skopeo_push, Registry, RegistryOptions};
 use std::path::{Path, PathBuf};
@@ -33,7 +33,9 @@ fn small(i: usize) -> String {
 }
 
 fn hex(data: &[u8]) -> String {
-    sha256_digest(data).trim_start_matches("sha256:").to_string()
+    sha256_digest(data)
+        .trim_start_matches("sha256:")
+        .to_string()
 }
 
 /// busybox + a data layer: one large file and a few small ones.
@@ -168,7 +170,9 @@ impl CacheDropper {
                     if let Ok(f) = std::fs::File::open(&p) {
                         use std::os::fd::AsRawFd;
                         // SAFETY: a valid fd; advice only.
-                        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+                        unsafe {
+                            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED)
+                        };
                     }
                 }
                 std::thread::sleep(Duration::from_millis(30));
@@ -196,7 +200,14 @@ fn run_sums(ctrd: &Containerd, image: &str, ids: &[usize]) -> std::process::Outp
 /// `ctr run --rm` a container of `image` that checksums `paths`.
 fn run_paths(ctrd: &Containerd, image: &str, paths: &[String]) -> std::process::Output {
     let id = unique_id("c");
-    let mut args = vec!["run", "--rm", "--snapshotter=remote", image, &id, "sha256sum"];
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--snapshotter=remote",
+        image,
+        &id,
+        "sha256sum",
+    ];
     args.extend(paths.iter().map(String::as_str));
     common::ctr_when_reconnected(ctrd, &args)
 }
@@ -228,7 +239,10 @@ fn a_container_reads_through_upgrade_crash_and_containerd_crash() {
     let metrics = format!("127.0.0.1:{}", e2e::free_port());
     let built = PathBuf::from(common::bin());
     st.daemon = Some(start_daemon(&s, &built, &metrics));
-    st.ctrd = Some(Containerd::start(&s, Some(&st.daemon.as_ref().unwrap().sock)));
+    st.ctrd = Some(Containerd::start(
+        &s,
+        Some(&st.daemon.as_ref().unwrap().sock),
+    ));
     pull(st.ctrd.as_ref().unwrap(), &image);
 
     // The reader: checks every read of the big file, counts ok and bad.
@@ -250,8 +264,17 @@ fn a_container_reads_through_upgrade_crash_and_containerd_crash() {
         "-c",
         &script,
     ]);
-    let (ok0, bad0) = progress(st.ctrd.as_ref().unwrap(), &id, 0, 5, Duration::from_secs(60));
-    assert!(ok0 >= 5 && bad0 == 0, "the loop does not read: {ok0} ok, {bad0} bad");
+    let (ok0, bad0) = progress(
+        st.ctrd.as_ref().unwrap(),
+        &id,
+        0,
+        5,
+        Duration::from_secs(60),
+    );
+    assert!(
+        ok0 >= 5 && bad0 == 0,
+        "the loop does not read: {ok0} ok, {bad0} bad"
+    );
     let _dropper = CacheDropper::start(&s.join("root"));
     let mut figures = Vec::new();
 
@@ -266,10 +289,22 @@ fn a_container_reads_through_upgrade_crash_and_containerd_crash() {
     common::stop(st.daemon.take().unwrap(), libc::SIGTERM);
     st.daemon = Some(start_daemon(&s, &copy, &metrics));
     let down = t.elapsed();
-    let after = progress(st.ctrd.as_ref().unwrap(), &id, before.0 + before.1, 10, Duration::from_secs(60));
+    let after = progress(
+        st.ctrd.as_ref().unwrap(),
+        &id,
+        before.0 + before.1,
+        10,
+        Duration::from_secs(60),
+    );
     assert_eq!(after.1, bad0, "reads failed across the upgrade: {after:?}");
-    assert!(after.0 >= before.0 + 10, "the loop stalled after the upgrade: {before:?} -> {after:?}");
-    assert!(metric(&metrics, "handover_adopted") >= 1, "the new binary did not adopt the mounts");
+    assert!(
+        after.0 >= before.0 + 10,
+        "the loop stalled after the upgrade: {before:?} -> {after:?}"
+    );
+    assert!(
+        metric(&metrics, "handover_adopted") >= 1,
+        "the new binary did not adopt the mounts"
+    );
     figures.push(format!(
         "upgrade: daemon away {} ; reads {} -> {} ; failures 0",
         secs(down),
@@ -283,10 +318,19 @@ fn a_container_reads_through_upgrade_crash_and_containerd_crash() {
     st.daemon.as_mut().unwrap().svc.kill();
     st.daemon = Some(start_daemon(&s, &built, &metrics));
     let down = t.elapsed();
-    let after = progress(st.ctrd.as_ref().unwrap(), &id, before.0 + before.1, 10, Duration::from_secs(60));
+    let after = progress(
+        st.ctrd.as_ref().unwrap(),
+        &id,
+        before.0 + before.1,
+        10,
+        Duration::from_secs(60),
+    );
     let lost_b = after.1 - before.1;
     let abandoned_b = metric(&metrics, "handover_abandoned_requests");
-    assert!(after.0 >= before.0 + 10, "the loop stalled after a SIGKILL: {before:?} -> {after:?}");
+    assert!(
+        after.0 >= before.0 + 10,
+        "the loop stalled after a SIGKILL: {before:?} -> {after:?}"
+    );
     assert!(lost_b <= 2, "{lost_b} reads failed across a SIGKILL");
     figures.push(format!(
         "sigkill: daemon away {} ; reads {} -> {} ; failed reads {lost_b} ; requests aborted by the kernel {abandoned_b}",
@@ -302,10 +346,22 @@ fn a_container_reads_through_upgrade_crash_and_containerd_crash() {
     st.ctrd.as_mut().unwrap().restart();
     st.daemon = Some(start_daemon(&s, &built, &metrics));
     let down = t.elapsed();
-    let after = progress(st.ctrd.as_ref().unwrap(), &id, before.0 + before.1, 10, Duration::from_secs(60));
+    let after = progress(
+        st.ctrd.as_ref().unwrap(),
+        &id,
+        before.0 + before.1,
+        10,
+        Duration::from_secs(60),
+    );
     let lost_c = after.1 - before.1;
-    assert!(after.0 >= before.0 + 10, "the loop stalled after both were killed: {before:?} -> {after:?}");
-    assert!(lost_c <= 2, "{lost_c} reads failed across a daemon+containerd SIGKILL");
+    assert!(
+        after.0 >= before.0 + 10,
+        "the loop stalled after both were killed: {before:?} -> {after:?}"
+    );
+    assert!(
+        lost_c <= 2,
+        "{lost_c} reads failed across a daemon+containerd SIGKILL"
+    );
     figures.push(format!(
         "sigkill daemon+containerd: away {} ; reads {} -> {} ; failed reads {lost_c}",
         secs(down),
@@ -315,12 +371,34 @@ fn a_container_reads_through_upgrade_crash_and_containerd_crash() {
     // A new container of the image starts on the adopted mounts.
     let out = common::ctr_when_reconnected(
         st.ctrd.as_ref().unwrap(),
-        &["run", "--rm", "--snapshotter=remote", &image, &unique_id("n"), "sha256sum", BIG],
+        &[
+            "run",
+            "--rm",
+            "--snapshotter=remote",
+            &image,
+            &unique_id("n"),
+            "sha256sum",
+            BIG,
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}  {BIG}\n", hex(&big)));
-    let bad = exec(st.ctrd.as_ref().unwrap(), &id, "cat /tmp/bad /tmp/err 2>/dev/null");
-    eprintln!("loop's failure log: {}", String::from_utf8_lossy(&bad.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}  {BIG}\n", hex(&big))
+    );
+    let bad = exec(
+        st.ctrd.as_ref().unwrap(),
+        &id,
+        "cat /tmp/bad /tmp/err 2>/dev/null",
+    );
+    eprintln!(
+        "loop's failure log: {}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
     eprintln!("FIGURE restart-reads: {}", figures.join(" | "));
     exec(st.ctrd.as_ref().unwrap(), &id, "touch /tmp/stop");
 }
@@ -351,7 +429,10 @@ fn a_cached_image_starts_after_a_restart_with_the_registry_down() {
     let metrics = format!("127.0.0.1:{}", e2e::free_port());
     let built = PathBuf::from(common::bin());
     st.daemon = Some(start_daemon(&s, &built, &metrics));
-    st.ctrd = Some(Containerd::start(&s, Some(&st.daemon.as_ref().unwrap().sock)));
+    st.ctrd = Some(Containerd::start(
+        &s,
+        Some(&st.daemon.as_ref().unwrap().sock),
+    ));
     pull(st.ctrd.as_ref().unwrap(), &image);
     let sums = |ids: &[usize]| -> String {
         ids.iter()
@@ -374,11 +455,18 @@ fn a_cached_image_starts_after_a_restart_with_the_registry_down() {
     for _ in 0..2 {
         let t = Instant::now();
         let out = run_sums(st.ctrd.as_ref().unwrap(), &image, &[0, 1]);
-        assert!(out.status.success(), "cached run with the registry down: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cached run with the registry down: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout), sums(&[0, 1]));
         starts.push(secs(t.elapsed()));
     }
-    assert!(metric(&metrics, "toc_opened_from_disk") >= 2, "layers not opened from the kept TOCs");
+    assert!(
+        metric(&metrics, "toc_opened_from_disk") >= 2,
+        "layers not opened from the kept TOCs"
+    );
     // An uncached file fails with EIO, within the fetch timeout (+ slack).
     // The big file: before the small ones in the blob, so the blob
     // readahead of their reads did not fetch it.
@@ -392,7 +480,10 @@ fn a_cached_image_starts_after_a_restart_with_the_registry_down() {
         "expected EIO: {err}{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(eio_in < Duration::from_secs(FETCH_TIMEOUT * 3 + 8), "EIO only after {eio_in:?}");
+    assert!(
+        eio_in < Duration::from_secs(FETCH_TIMEOUT * 3 + 8),
+        "EIO only after {eio_in:?}"
+    );
 
     // The registry returns: the same read succeeds, nothing restarted.
     let mut reg2 = Registry::start_with(&s, opts);
@@ -403,8 +494,15 @@ fn a_cached_image_starts_after_a_restart_with_the_registry_down() {
         out = run_paths(st.ctrd.as_ref().unwrap(), &image, &uncached);
     }
     let back = t.elapsed();
-    assert!(out.status.success(), "no recovery: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}  {BIG}\n", hex(&big)));
+    assert!(
+        out.status.success(),
+        "no recovery: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}  {BIG}\n", hex(&big))
+    );
     eprintln!(
         "FIGURE registry-down-restart: socket up {} ; cached container starts {} ; uncached read EIO in {} ; after the registry returned ok in {}",
         secs(socket_up),

@@ -45,7 +45,9 @@ struct StateFile {
 
 /// The state file, or the state word when it cannot be read in time.
 fn read_state(mp: &Path, digest: &str) -> Result<StateFile, &'static str> {
-    let path = mp.join(".stargz-snapshotter").join(format!("{digest}.json"));
+    let path = mp
+        .join(".stargz-snapshotter")
+        .join(format!("{digest}.json"));
     let (tx, rx) = std::sync::mpsc::channel();
     // A detached thread: a mount nobody serves blocks it until served.
     std::thread::spawn(move || {
@@ -65,7 +67,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let held: HashMap<PathBuf, lazyfs::handover::ConnState> =
         lazyfs::handover::FdStore::new(root.join("fdstore.sock"))
             .list()
-            .map(|l| l.into_iter().map(|(s, _fd)| (s.mountpoint.clone(), s)).collect())
+            .map(|l| {
+                l.into_iter()
+                    .map(|(s, _fd)| (s.mountpoint.clone(), s))
+                    .collect()
+            })
             .unwrap_or_default();
     let mut rows = Vec::new();
     for m in mounts

@@ -504,7 +504,9 @@ pub fn adopt(
     // As `mount` does: the mount table has real paths (the mount point
     // itself is not touched: nothing may wait on this connection here).
     let mp = match (mountpoint.parent(), mountpoint.file_name()) {
-        (Some(d), Some(n)) => d.canonicalize().map_or(mountpoint.to_path_buf(), |d| d.join(n)),
+        (Some(d), Some(n)) => d
+            .canonicalize()
+            .map_or(mountpoint.to_path_buf(), |d| d.join(n)),
         _ => mountpoint.to_path_buf(),
     };
     let (session, stop, _) = serve(&layer, &anchor, true).map_err(|source| Error::Mount {

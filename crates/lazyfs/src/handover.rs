@@ -299,7 +299,10 @@ pub fn run_holder(path: &Path, cfg: &HolderConfig) -> std::io::Result<()> {
 /// the mount point itself must not be touched (a stat could wait for a
 /// server that is not there yet).
 fn canonical(p: &Path) -> PathBuf {
-    match (p.parent().and_then(|d| d.canonicalize().ok()), p.file_name()) {
+    match (
+        p.parent().and_then(|d| d.canonicalize().ok()),
+        p.file_name(),
+    ) {
         (Some(d), Some(n)) => d.join(n),
         _ => p.to_path_buf(),
     }
@@ -329,7 +332,13 @@ fn serve_one(
         Req::Put { key, state } => {
             let Some(fd) = fds.pop() else {
                 let error = Some("put without an fd".to_string());
-                return reply(&Answer { error, ..Default::default() }, None);
+                return reply(
+                    &Answer {
+                        error,
+                        ..Default::default()
+                    },
+                    None,
+                );
             };
             debug!(key, "fd holder: holding");
             held.insert(key, (state, fd));
@@ -368,9 +377,11 @@ mod tests {
     use std::io::{Read, Write};
 
     fn wait(mut f: impl FnMut() -> bool) -> bool {
-        (0..250).any(|_| f() || {
-            std::thread::sleep(Duration::from_millis(20));
-            false
+        (0..250).any(|_| {
+            f() || {
+                std::thread::sleep(Duration::from_millis(20));
+                false
+            }
         })
     }
 
@@ -411,7 +422,17 @@ mod tests {
         rd.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"hi");
         // Put without an fd is refused; del releases.
-        assert!(store.call(&Req::Put { key: "x".into(), state: state("x") }, None).map(check).unwrap().is_err());
+        assert!(store
+            .call(
+                &Req::Put {
+                    key: "x".into(),
+                    state: state("x")
+                },
+                None
+            )
+            .map(check)
+            .unwrap()
+            .is_err());
         store.del("/m/1").unwrap();
         assert!(store.list().unwrap().is_empty());
         // The holder closed its copy: the pipe's writer is gone.
@@ -435,7 +456,9 @@ mod tests {
         let (_rd, wr) = std::io::pipe().unwrap();
         let wr: OwnedFd = wr.into();
         // Not a FUSE mount: pruned at the next tick, then idle, then exit.
-        store.put("/nowhere", &state("/nowhere"), wr.as_fd()).unwrap();
+        store
+            .put("/nowhere", &state("/nowhere"), wr.as_fd())
+            .unwrap();
         t.join().unwrap().unwrap();
         assert!(!sock.exists());
         assert!(!store.is_running());

@@ -32,7 +32,9 @@ fn a_stopped_session_hands_its_connection_to_a_new_one_without_failed_reads() {
         .enable_all()
         .build()
         .unwrap();
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
     let mut t = TestLayer::new(1 << 16);
     t.dir("d", 0o755);
     t.file("d/f", &data, 0o644);
@@ -58,7 +60,10 @@ fn a_stopped_session_hands_its_connection_to_a_new_one_without_failed_reads() {
         })
     };
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!reader.is_finished(), "a read failed or finished without a server");
+    assert!(
+        !reader.is_finished(),
+        "a read failed or finished without a server"
+    );
     // ... and the new session answers it, without INIT.
     let second = adopt(layer(&t, &rt), dir.path(), kept, proto).expect("adopt");
     let (got, waited) = reader.join().unwrap();

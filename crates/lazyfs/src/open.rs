@@ -7,9 +7,9 @@ use crate::error::{Error, NotEstargz};
 use crate::layer::LazyLayer;
 use crate::source::RangeSource;
 use crate::Config;
+use bytes::Bytes;
 use estargz::reader::{parse_toc_member, toc_region, verify_toc_digest, TAIL_READ};
 use estargz::Index;
-use bytes::Bytes;
 use std::sync::Arc;
 use tokio::runtime::Handle;
 
@@ -70,7 +70,14 @@ impl LazyLayer {
         rt: Handle,
     ) -> Result<Arc<LazyLayer>, Error> {
         let (index, _) = index_from_member(toc, layer_digest, Some(toc_digest)).await?;
-        Ok(Self::from_index(source, layer_digest, index, cfg, cache, rt))
+        Ok(Self::from_index(
+            source,
+            layer_digest,
+            index,
+            cfg,
+            cache,
+            rt,
+        ))
     }
 
     fn from_index(
@@ -171,8 +178,8 @@ pub async fn index_from_member(
             expected: toc_digest.unwrap_or_default().to_string(),
             actual: digest.clone(),
         })?;
-        let index = Index::from_toc(&toc, start, size)
-            .map_err(|e| invalid(estargz::Error::Toc(e)))?;
+        let index =
+            Index::from_toc(&toc, start, size).map_err(|e| invalid(estargz::Error::Toc(e)))?;
         Ok((index, digest))
     })?;
     Ok((index, digest))

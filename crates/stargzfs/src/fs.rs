@@ -4,8 +4,8 @@
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::open::{first, LayerFacts, Opener};
 use crate::handover::Handover;
+use crate::open::{first, LayerFacts, Opener};
 use crate::preopen::{self, Preopened};
 use crate::toc_store::TocStore;
 use async_trait::async_trait;
@@ -44,7 +44,10 @@ impl StargzFs {
         // not connected"); clear them before the snapshotter restores its
         // layers. Handed-over ones are alive but not served until adopted:
         // `adopt_inherited` clears the rest after adopting them.
-        if handover.as_ref().is_none_or(|h| h.inherited_paths().is_empty()) {
+        if handover
+            .as_ref()
+            .is_none_or(|h| h.inherited_paths().is_empty())
+        {
             for dead in lazyfs::cleanup_dead_mounts(&cfg.root).unwrap_or_default() {
                 info!(mount = %dead.display(), "cleaned a dead mount from a previous run");
             }

@@ -82,7 +82,10 @@ impl Handover {
                 for (st, fd) in list {
                     inh.insert(st.mountpoint.clone(), (st, fd));
                 }
-                info!(mounts = inh.len(), "took over FUSE connections from the fd holder");
+                info!(
+                    mounts = inh.len(),
+                    "took over FUSE connections from the fd holder"
+                );
                 inh.len()
             }
             Err(e) => {
@@ -103,7 +106,9 @@ impl Handover {
     /// Put back one that could not be served now (retried on next mount).
     pub fn put_back(&self, st: ConnState, fd: OwnedFd) {
         self.stats.adopt_failures.fetch_add(1, Relaxed);
-        self.inherited.lock().insert(st.mountpoint.clone(), (st, fd));
+        self.inherited
+            .lock()
+            .insert(st.mountpoint.clone(), (st, fd));
     }
 
     fn spawn_holder(&self) -> std::io::Result<()> {

@@ -32,8 +32,8 @@ pub use fs::StargzFs;
 pub use handover::{fd_store_path, HandoverStats, LayerInfo};
 /// The fd holder's loop, for the daemon's `fd-holder` mode.
 pub use lazyfs::handover::{run_holder as run_fd_holder, HolderConfig as FdHolderConfig};
-pub use toc_store::{TocStore, TocStoreStats};
 /// The `[resolver]` table's typed form, for building a [`Config`].
 pub use registry::HostsConfig;
 /// What [`Config::credentials`] is built from.
 pub use registry::{Credential, CredentialSource};
+pub use toc_store::{TocStore, TocStoreStats};

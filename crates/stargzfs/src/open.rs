@@ -102,7 +102,12 @@ impl Opener {
     /// The layer from its kept TOC, without a request: `None` if there is
     /// none, it is for another TOC digest, or it fails its checks (then it
     /// is deleted and the caller reads the TOC from the registry).
-    async fn open_kept(&self, image: &Reference, digest: &str, toc: &str) -> Option<Arc<LazyLayer>> {
+    async fn open_kept(
+        &self,
+        image: &Reference,
+        digest: &str,
+        toc: &str,
+    ) -> Option<Arc<LazyLayer>> {
         let tocs = self.tocs.clone();
         let d = digest.to_string();
         let kept = tokio::task::spawn_blocking(move || tocs.load(&d))

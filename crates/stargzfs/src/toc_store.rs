@@ -56,12 +56,16 @@ impl TocStore {
     fn path(&self, layer_digest: &str) -> Option<PathBuf> {
         // Only a well-formed digest names a file: no path tricks from labels.
         let hex = layer_digest.strip_prefix("sha256:")?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.dir.join(hex))
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| self.dir.join(hex))
     }
 
     /// Keep the TOC of `layer_digest`, which matched `toc_digest`.
-    pub fn save(&self, layer_digest: &str, toc_digest: &str, toc: &TocBytes) -> std::io::Result<()> {
+    pub fn save(
+        &self,
+        layer_digest: &str,
+        toc_digest: &str,
+        toc: &TocBytes,
+    ) -> std::io::Result<()> {
         let Some(path) = self.path(layer_digest) else {
             return Ok(());
         };
@@ -116,7 +120,10 @@ impl TocStore {
     /// Delete a kept TOC that turned out bad (and count it).
     pub fn discard(&self, layer_digest: &str, why: &str) {
         if let Some(path) = self.path(layer_digest) {
-            warn!(layer = layer_digest, why, "kept TOC is corrupt; deleting it, reading the TOC from the registry");
+            warn!(
+                layer = layer_digest,
+                why, "kept TOC is corrupt; deleting it, reading the TOC from the registry"
+            );
             self.stats.corrupt.fetch_add(1, Relaxed);
             let _ = std::fs::remove_file(path);
         }

@@ -136,13 +136,16 @@ impl FsFigures {
     }
 }
 
+/// One per-layer figure read from a [`stargzfs::LayerInfo`].
+type LayerFigure = fn(&stargzfs::LayerInfo) -> u64;
+
 impl Collector for FsFigures {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (name, help, v) in &self.counters {
             let e = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(*v).encode(e)?;
         }
-        let per_layer: [(&str, &str, fn(&stargzfs::LayerInfo) -> u64); 3] = [
+        let per_layer: [(&str, &str, LayerFigure); 3] = [
             (
                 "layer_fetched_bytes",
                 "Bytes of the layer's blob fetched",

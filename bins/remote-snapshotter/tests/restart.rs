@@ -372,12 +372,18 @@ fn a_container_reads_through_upgrade_crash_and_containerd_crash() {
     let root = s.join("root");
     let (ok, out, err) = e2e::image::rsnap(&["layers", "--root", root.to_str().unwrap(), "--json"]);
     assert!(ok, "rsnap layers: {err}");
-    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 2, "{out}");
     for r in &rows {
         assert_eq!(r["state"], "served", "{out}");
         assert_eq!(r["held"], true, "{out}");
-        assert!(r["image"].as_str().is_some_and(|i| i.contains("/r/app")), "{out}");
+        assert!(
+            r["image"].as_str().is_some_and(|i| i.contains("/r/app")),
+            "{out}"
+        );
         assert!(r["fetched_percent"].as_f64().is_some(), "{out}");
     }
     // A new container of the image starts on the adopted mounts.

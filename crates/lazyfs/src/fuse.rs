@@ -392,13 +392,12 @@ impl std::fmt::Debug for MountHandle {
     }
 }
 
+/// A running session, its stop fd and the ABI version from INIT.
+type Served = (BackgroundSession, Arc<OwnedFd>, Option<(u32, u32)>);
+
 /// The FUSE session of `layer` on a clone of `anchor`: with the INIT
 /// handshake for a new connection, without for one handed over.
-fn serve(
-    layer: &Arc<LazyLayer>,
-    anchor: &OwnedFd,
-    handed_over: bool,
-) -> std::io::Result<(BackgroundSession, Arc<OwnedFd>, Option<(u32, u32)>)> {
+fn serve(layer: &Arc<LazyLayer>, anchor: &OwnedFd, handed_over: bool) -> std::io::Result<Served> {
     let cfg = layer.config();
     let mut fc = fuser::Config::default();
     fc.acl = SessionACL::All;

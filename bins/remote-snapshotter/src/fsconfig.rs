@@ -29,6 +29,8 @@ pub fn stargz_config(cfg: &Config, root: &Path) -> anyhow::Result<stargzfs::Conf
         hosts,
         // The CRI keychain, when enabled, is set by `main`: it is state, not config.
         credentials: None,
+        // Set by `main` (it knows its own executable).
+        fd_holder: None,
     })
 }
 

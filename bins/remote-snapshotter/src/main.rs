@@ -6,6 +6,14 @@
 //! (`[cri_keychain]`), signals and an optional metrics endpoint. SIGTERM stops serving and keeps state and
 //! mounts for the next start; SIGINT (or `--unmount-on-exit`) also unmounts
 //! every remote layer.
+//!
+//! Mounts outlive the process: each mount's FUSE fd is kept by the fd
+//! holder (this binary run as `remote-snapshotter fd-holder`, started on
+//! demand in its own process group). SIGTERM stops reading requests, answers
+//! those already read and exits; the next start (same or a new binary)
+//! takes the fds back and serves the requests queued meanwhile. After a
+//! crash the same happens; only the requests the dead process had read are
+//! lost (the kernel fails them at once) and counted.
 
 mod config;
 mod fsconfig;
@@ -50,6 +58,23 @@ struct Args {
     /// Unmount all remote layers on any exit, not only on SIGINT.
     #[arg(long)]
     unmount_on_exit: bool,
+    /// Do not keep mounts alive across restarts (no fd holder): mounts die
+    /// with the process, as before.
+    #[arg(long)]
+    no_fd_holder: bool,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// Hold the FUSE fds of the daemon's mounts while no daemon runs (the
+    /// daemon starts this itself; exits once it holds nothing).
+    FdHolder {
+        /// The unix socket to serve (`ROOT/fdstore.sock`).
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
 fn init_logging(a: &Args) -> anyhow::Result<()> {
@@ -72,6 +97,20 @@ async fn main() -> anyhow::Result<()> {
     tune_allocator();
     let args = Args::parse();
     init_logging(&args)?;
+    if let Some(Mode::FdHolder { socket }) = &args.mode {
+        // Survive the signals that stop the daemon's process group or
+        // terminal; it exits by itself once it holds nothing.
+        // SAFETY: setting signal dispositions to ignore, before any thread
+        // of ours depends on them.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+        let cfg = stargzfs::FdHolderConfig::default();
+        return tokio::task::block_in_place(|| stargzfs::run_fd_holder(socket, &cfg))
+            .context("fd holder");
+    }
     let cfg = config::Config::load(&args.config, args.config.as_os_str() == DEFAULT_CONFIG)?;
     for w in cfg.warnings() {
         tracing::warn!("{w}");
@@ -91,9 +130,25 @@ async fn main() -> anyhow::Result<()> {
     if let Some(k) = &keychain {
         fs_cfg.credentials = Some(Arc::new(keychain::KeychainSource(k.clone())));
     }
+    if !args.no_fd_holder {
+        let exe = std::env::current_exe().context("own executable")?;
+        let sock = stargzfs::fd_store_path(&args.root);
+        fs_cfg.fd_holder = Some(vec![
+            exe.into(),
+            "fd-holder".into(),
+            "--socket".into(),
+            sock.into(),
+        ]);
+    }
     let remote = Arc::new(stargzfs::StargzFs::new(&fs_cfg).context("eStargz filesystem")?);
+    // Mounts handed over by the previous process are served before anything
+    // else: their containers' reads are waiting in the kernel.
+    let (adopted, failed) = remote.adopt_inherited().await;
+    if adopted + failed > 0 {
+        tracing::info!(adopted, failed, "handed-over mounts");
+    }
     let snap = Arc::new(
-        snapshotter::Snapshotter::open(&args.root, remote)
+        snapshotter::Snapshotter::open(&args.root, remote.clone())
             .await
             .with_context(|| format!("opening state in {}", args.root.display()))?,
     );
@@ -103,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("metrics address {addr}"))?;
         tracing::info!(%addr, "serving metrics");
-        tokio::spawn(metrics::serve(l, snap.metrics()));
+        tokio::spawn(metrics::serve(l, snap.metrics(), Some(remote.clone())));
     }
 
     if let Some(k) = keychain.clone() {
@@ -171,6 +226,19 @@ async fn main() -> anyhow::Result<()> {
     }
     if unmount {
         snap.unmount_all().await;
+    } else {
+        // Replies to requests already read go out; a read that needs the
+        // registry may take up to the fetch timeout.
+        let drain = fs_cfg
+            .fetch_timeout
+            .unwrap_or(std::time::Duration::from_secs(10))
+            + std::time::Duration::from_secs(5);
+        let (n, left) = remote.hand_over_all(drain).await;
+        tracing::info!(
+            mounts = n,
+            unanswered = left,
+            "mounts left for the next process"
+        );
     }
     tracing::info!("stopped");
     Ok(())

@@ -1,5 +1,6 @@
 //! Opt-in Prometheus text endpoint (`--metrics-address`) for the remote
-//! protocol's counters. A minimal HTTP/1.1 responder: one GET per
+//! protocol's counters, the restart machinery (handed-over mounts, TOCs
+//! kept on disk, requests a crash abandoned) and per-layer fetch figures. A minimal HTTP/1.1 responder: one GET per
 //! connection, any path, so no web framework is pulled in for it.
 
 use prometheus_client::collector::Collector;
@@ -70,27 +71,143 @@ impl Collector for SnapshotterCollector {
     }
 }
 
+/// Figures of the eStargz filesystem, taken before encoding (some need a lock).
+#[derive(Debug, Default)]
+struct FsFigures {
+    counters: Vec<(&'static str, &'static str, u64)>,
+    layers: Vec<stargzfs::LayerInfo>,
+}
+
+impl FsFigures {
+    async fn take(fs: &stargzfs::StargzFs) -> FsFigures {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = fs.toc_stats();
+        let mut counters = vec![
+            (
+                "toc_opened_from_disk",
+                "Layers opened from their TOC kept on disk (no registry request)",
+                t.opened_from_disk.load(Relaxed),
+            ),
+            (
+                "toc_kept_corrupt",
+                "TOCs kept on disk found corrupt, deleted and read again",
+                t.corrupt.load(Relaxed),
+            ),
+            ("toc_kept", "TOCs written to disk", t.saved.load(Relaxed)),
+        ];
+        if let Some(h) = fs.handover_stats() {
+            counters.extend([
+                (
+                    "handover_adopted",
+                    "Mounts taken over from a previous process and served",
+                    h.adopted.load(Relaxed),
+                ),
+                (
+                    "handover_adopt_failures",
+                    "Handed-over mounts that could not be served when tried",
+                    h.adopt_failures.load(Relaxed),
+                ),
+                (
+                    "handover_handed_over",
+                    "Mounts left to the next process at a graceful stop",
+                    h.handed_over.load(Relaxed),
+                ),
+                (
+                    "handover_abandoned_requests",
+                    "FUSE requests a crashed previous process had read and not answered (failed by the kernel)",
+                    h.abandoned_requests.load(Relaxed),
+                ),
+                (
+                    "handover_undrained_requests",
+                    "FUSE requests unanswered when a graceful stop stopped waiting",
+                    h.undrained_requests.load(Relaxed),
+                ),
+                (
+                    "handover_keep_failures",
+                    "Mounts whose FUSE fd could not be given to the fd holder",
+                    h.keep_failures.load(Relaxed),
+                ),
+            ]);
+        }
+        FsFigures {
+            counters,
+            layers: fs.layers().await,
+        }
+    }
+}
+
+/// One per-layer figure read from a [`stargzfs::LayerInfo`].
+type LayerFigure = fn(&stargzfs::LayerInfo) -> u64;
+
+impl Collector for FsFigures {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, v) in &self.counters {
+            let e = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(*v).encode(e)?;
+        }
+        let per_layer: [(&str, &str, LayerFigure); 3] = [
+            (
+                "layer_fetched_bytes",
+                "Bytes of the layer's blob fetched",
+                |l| l.fetched,
+            ),
+            (
+                "layer_requests",
+                "Ranged requests sent for the layer",
+                |l| l.requests,
+            ),
+            ("layer_size_bytes", "Size of the layer's blob", |l| l.size),
+        ];
+        for (name, help, get) in per_layer {
+            let mut e = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for l in &self.layers {
+                let labels = [("layer", l.digest.as_str())];
+                let g = prometheus_client::metrics::gauge::ConstGauge::new(get(l) as i64);
+                g.encode(e.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
 pub fn render(metrics: &Arc<Metrics>) -> String {
+    render_with(metrics, None)
+}
+
+fn render_with(metrics: &Arc<Metrics>, fs: Option<FsFigures>) -> String {
     let mut reg = Registry::with_prefix("remote_snapshotter");
     reg.register_collector(Box::new(SnapshotterCollector(metrics.clone())));
+    if let Some(f) = fs {
+        reg.register_collector(Box::new(f));
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
     out
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    fs: Option<Arc<stargzfs::StargzFs>>,
+) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
         let metrics = metrics.clone();
+        let fs = fs.clone();
         tokio::spawn(async move {
             // Only the request head matters; bound what we read.
             let mut buf = [0u8; 2048];
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
-            let body = render(&metrics);
+            let figures = match &fs {
+                Some(fs) => Some(FsFigures::take(fs).await),
+                None => None,
+            };
+            let body = render_with(&metrics, figures);
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
@@ -118,6 +235,35 @@ mod tests {
         );
         assert!(
             text.contains("# TYPE remote_snapshotter_remote_mounts counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn renders_filesystem_figures_per_layer() {
+        let m = Arc::new(Metrics::default());
+        let f = FsFigures {
+            counters: vec![("handover_adopted", "h", 2)],
+            layers: vec![stargzfs::LayerInfo {
+                mountpoint: "/m".into(),
+                digest: "sha256:ab".into(),
+                size: 100,
+                fetched: 40,
+                requests: 3,
+                alive: true,
+            }],
+        };
+        let text = render_with(&m, Some(f));
+        assert!(
+            text.contains("remote_snapshotter_handover_adopted_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("remote_snapshotter_layer_fetched_bytes{layer=\"sha256:ab\"} 40"),
+            "{text}"
+        );
+        assert!(
+            text.contains("remote_snapshotter_layer_requests{layer=\"sha256:ab\"} 3"),
             "{text}"
         );
     }

@@ -2,6 +2,7 @@
 //! each owns its clap `Args` and a `run` function. Logic lives in the crates.
 
 mod convert;
+mod layers;
 mod mount;
 mod net;
 mod optimize;
@@ -37,6 +38,8 @@ enum Cmd {
     /// Run an image's workload once, record the files it opens, and convert
     /// it to eStargz with those files first (prefetched at mount time).
     Optimize(optimize::Args),
+    /// List the remote layers mounted under a daemon's root: image, fetched %, state.
+    Layers(layers::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Mount(a) => mount::run(a),
         Cmd::Pull(a) => pull::run(a),
         Cmd::Optimize(a) => optimize::run(a),
+        Cmd::Layers(a) => layers::run(a),
     }
 }

@@ -20,6 +20,7 @@ use fuser::{
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -371,6 +372,14 @@ pub struct MountHandle {
     mountpoint: PathBuf,
     layer: Arc<LazyLayer>,
     session: Option<BackgroundSession>,
+    /// The fd the mount was made with. Never read from: the session serves
+    /// clones of it, so that a dup kept by another process (the fd holder,
+    /// `handover`) keeps the connection alive while requests read by this
+    /// process are still aborted, not stranded, if it dies.
+    anchor: OwnedFd,
+    /// Written to stop the session's workers without unmounting.
+    stop: Arc<OwnedFd>,
+    proto: Option<(u32, u32)>,
 }
 
 impl std::fmt::Debug for MountHandle {
@@ -379,6 +388,43 @@ impl std::fmt::Debug for MountHandle {
             .field("mountpoint", &self.mountpoint)
             .finish_non_exhaustive()
     }
+}
+
+/// A running session, its stop fd and the ABI version from INIT.
+type Served = (BackgroundSession, Arc<OwnedFd>, Option<(u32, u32)>);
+
+/// The FUSE session of `layer` on a clone of `anchor`: with the INIT
+/// handshake for a new connection, without for one handed over.
+fn serve(layer: &Arc<LazyLayer>, anchor: &OwnedFd, handed_over: bool) -> std::io::Result<Served> {
+    let cfg = layer.config();
+    let mut fc = fuser::Config::default();
+    fc.acl = SessionACL::All;
+    fc.n_threads = Some(cfg.fuse_threads.max(1));
+    fc.clone_fd = true;
+    let fs = LayerFs {
+        layer: layer.clone(),
+        files: Mutex::new(HashMap::new()),
+        // File handles of a previous process may still be in use after a
+        // handover: start ours elsewhere (a missing handle only costs that
+        // open file its readahead state).
+        next_fh: AtomicU64::new(((std::process::id() as u64) << 32) | 1),
+    };
+    let clone = crate::handover::clone_fuse_fd(anchor.as_fd())?;
+    let mut session = if handed_over {
+        fuser::Session::from_fd_initialized(fs, clone, SessionACL::All, fc)
+    } else {
+        fuser::Session::from_fd(fs, clone, SessionACL::All, fc)?
+    };
+    let proto = session.proto_version().map(|v| (v.0, v.1));
+    let stop: Arc<OwnedFd> = Arc::new(rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::CLOEXEC,
+    )?);
+    session.set_handover(fuser::Handover {
+        stop: Some(stop.clone()),
+        in_flight: Some(Arc::new(crate::inflight::add)),
+    });
+    Ok((session.spawn()?, stop, proto))
 }
 
 /// Mount `layer` read-only at `mountpoint` (an existing directory), with
@@ -396,11 +442,12 @@ pub fn mount(layer: Arc<LazyLayer>, mountpoint: &Path) -> Result<MountHandle, Er
         path: mp.clone(),
         source,
     };
-    let dev = std::fs::OpenOptions::new()
+    let dev: OwnedFd = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/fuse")
-        .map_err(merr)?;
+        .map_err(merr)?
+        .into();
     let data = format!(
         "fd={},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",
         std::os::fd::AsRawFd::as_raw_fd(&dev)
@@ -418,18 +465,7 @@ pub fn mount(layer: Arc<LazyLayer>, mountpoint: &Path) -> Result<MountHandle, Er
         data.as_c_str(),
     )
     .map_err(|e| merr(e.into()))?;
-    let mut fc = fuser::Config::default();
-    fc.acl = SessionACL::All;
-    fc.n_threads = Some(cfg.fuse_threads.max(1));
-    fc.clone_fd = true;
-    let fs = LayerFs {
-        layer: layer.clone(),
-        files: Mutex::new(HashMap::new()),
-        next_fh: AtomicU64::new(1),
-    };
-    let session =
-        fuser::Session::from_fd(fs, dev.into(), SessionACL::All, fc).and_then(|s| s.spawn());
-    let session = match session {
+    let (session, stop, proto) = match serve(&layer, &dev, false) {
         Ok(s) => s,
         Err(e) => {
             let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
@@ -440,6 +476,9 @@ pub fn mount(layer: Arc<LazyLayer>, mountpoint: &Path) -> Result<MountHandle, Er
         mountpoint: mp,
         layer,
         session: Some(session),
+        anchor: dev,
+        stop,
+        proto,
     };
     if cfg.read_ahead_kb > 0 {
         if let Err(e) = mounts::set_read_ahead_kb(&handle.mountpoint, cfg.read_ahead_kb) {
@@ -450,9 +489,68 @@ pub fn mount(layer: Arc<LazyLayer>, mountpoint: &Path) -> Result<MountHandle, Er
     Ok(handle)
 }
 
+/// Serve a mount another process made and handed over (`anchor` is its
+/// mount fd, from the fd holder): no new mount, no INIT; inode numbers and
+/// replies are the same because `layer` is opened from the same TOC.
+pub fn adopt(
+    layer: Arc<LazyLayer>,
+    mountpoint: &Path,
+    anchor: OwnedFd,
+    proto: Option<(u32, u32)>,
+) -> Result<MountHandle, Error> {
+    // As `mount` does: the mount table has real paths (the mount point
+    // itself is not touched: nothing may wait on this connection here).
+    let mp = match (mountpoint.parent(), mountpoint.file_name()) {
+        (Some(d), Some(n)) => d
+            .canonicalize()
+            .map_or(mountpoint.to_path_buf(), |d| d.join(n)),
+        _ => mountpoint.to_path_buf(),
+    };
+    let (session, stop, _) = serve(&layer, &anchor, true).map_err(|source| Error::Mount {
+        path: mp.clone(),
+        source,
+    })?;
+    info!(layer = %layer.digest(), mount = %mp.display(), "serving a handed-over mount");
+    Ok(MountHandle {
+        mountpoint: mp,
+        layer,
+        session: Some(session),
+        anchor,
+        stop,
+        proto,
+    })
+}
+
 impl MountHandle {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    pub fn layer(&self) -> &Arc<LazyLayer> {
+        &self.layer
+    }
+
+    /// The mount's own `/dev/fuse` fd, to hand to the fd holder.
+    pub fn anchor(&self) -> BorrowedFd<'_> {
+        self.anchor.as_fd()
+    }
+
+    /// FUSE ABI version from INIT (as recorded by the first process).
+    pub fn proto(&self) -> Option<(u32, u32)> {
+        self.proto
+    }
+
+    /// Stop reading requests and return without unmounting: what the
+    /// kernel queues from now on waits for the next process. Replies to
+    /// requests already read still go out (wait for
+    /// [`crate::wait_drained`] before exiting).
+    pub fn stop_serving(mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = rustix::io::write(&*self.stop, &1u64.to_ne_bytes());
+            if session.join().is_err() {
+                warn!(mount = %self.mountpoint.display(), "FUSE session ended with an error");
+            }
+        }
     }
 
     /// Still served by us and still in the mount table.

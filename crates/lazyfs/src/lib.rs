@@ -17,7 +17,9 @@
 //!   fetch; no FUSE.
 //! - `fuse`: [`mount`]`(layer, dir) -> `[`MountHandle`]; the only module that
 //!   knows the FUSE library. `mounts`: finding FUSE mounts and clearing dead
-//!   ones ([`cleanup_dead_mounts`]).
+//!   ones ([`cleanup_dead_mounts`]). `handover`: the fd store that keeps
+//!   mounts' FUSE connections alive across daemon processes ([`adopt`]
+//!   serves one again); `inflight`: requests read and not yet answered.
 //!
 //! Nothing is served that did not match its digest; nothing waits on the
 //! network longer than the configured fetch timeout. The modules are private:
@@ -29,6 +31,8 @@ mod config;
 mod error;
 mod fetch;
 mod fuse;
+pub mod handover;
+mod inflight;
 mod layer;
 mod lru;
 mod mounts;
@@ -43,15 +47,19 @@ pub use cache::{CacheConfig, ChunkCache};
 pub use chunk::{ChunkError, FetchError};
 pub use config::{Config, ConfigError};
 pub use error::{Error, NotEstargz};
-pub use fuse::{mount, MountHandle};
+pub use fuse::{adopt, mount, MountHandle};
+pub use inflight::{in_flight, persist_in as persist_in_flight, wait_drained};
 pub use layer::{LazyLayer, PrefetchReport};
 pub use mounts::{cleanup_dead_mounts, is_fuse_mounted};
 pub use scheduler::{FetchVia, Scheduler};
+pub use open::TocBytes;
 pub use source::{FileSource, RangeSource, SourceError};
 pub use stats::{Stats, StatsSnapshot};
 
 #[cfg(test)]
 mod fuse_tests;
+#[cfg(test)]
+mod handover_tests;
 #[cfg(test)]
 mod layer_tests;
 #[cfg(test)]

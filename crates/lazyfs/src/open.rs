@@ -7,10 +7,21 @@ use crate::layer::LazyLayer;
 use crate::scheduler::FetchVia;
 use crate::source::RangeSource;
 use crate::Config;
+use bytes::Bytes;
 use estargz::reader::{parse_toc_member, toc_region, verify_toc_digest, TAIL_READ};
 use estargz::Index;
 use std::sync::Arc;
 use tokio::runtime::Handle;
+
+/// A blob's TOC member as read from it (gzip, as in the blob), where it
+/// starts and the blob's size: enough to open the layer again without the
+/// registry. Worth nothing until checked against the TOC digest again.
+#[derive(Debug, Clone)]
+pub struct TocBytes {
+    pub member: Bytes,
+    pub toc_offset: u64,
+    pub blob_size: u64,
+}
 
 impl LazyLayer {
     /// Read footer and TOC from `source`, verify the TOC against `toc_digest`
@@ -26,10 +37,61 @@ impl LazyLayer {
         via: impl Into<FetchVia>,
         rt: Handle,
     ) -> Result<Arc<LazyLayer>, Error> {
-        let via = via.into();
-        let (index, _) = read_index(source.as_ref(), layer_digest, toc_digest, cfg).await?;
+        let (layer, _) =
+            Self::open_keeping_toc(source, layer_digest, toc_digest, cfg, via, rt).await?;
+        Ok(layer)
+    }
+
+    /// [`LazyLayer::open`], also returning the TOC bytes it verified (to
+    /// persist them).
+    pub async fn open_keeping_toc(
+        source: Arc<dyn RangeSource>,
+        layer_digest: &str,
+        toc_digest: Option<&str>,
+        cfg: &Config,
+        via: impl Into<FetchVia>,
+        rt: Handle,
+    ) -> Result<(Arc<LazyLayer>, TocBytes), Error> {
+        let toc = read_toc_member(source.as_ref(), layer_digest, cfg).await?;
+        let (index, _) = index_from_member(&toc, layer_digest, toc_digest).await?;
+        let layer = Self::from_index(source, layer_digest, index, cfg, via.into(), rt);
+        Ok((layer, toc))
+    }
+
+    /// Open from TOC bytes kept earlier, without reading the blob: they are
+    /// parsed and hashed again and must match `toc_digest`, or this fails
+    /// (`TocDigestMismatch` / `Invalid`) and the caller reads the blob.
+    /// `source` must be the blob of `toc.blob_size` bytes the TOC came from.
+    pub async fn open_from_toc(
+        source: Arc<dyn RangeSource>,
+        layer_digest: &str,
+        toc: &TocBytes,
+        toc_digest: &str,
+        cfg: &Config,
+        via: impl Into<FetchVia>,
+        rt: Handle,
+    ) -> Result<Arc<LazyLayer>, Error> {
+        let (index, _) = index_from_member(toc, layer_digest, Some(toc_digest)).await?;
+        Ok(Self::from_index(
+            source,
+            layer_digest,
+            index,
+            cfg,
+            via.into(),
+            rt,
+        ))
+    }
+
+    fn from_index(
+        source: Arc<dyn RangeSource>,
+        layer_digest: &str,
+        index: Index,
+        cfg: &Config,
+        via: FetchVia,
+        rt: Handle,
+    ) -> Arc<LazyLayer> {
         let prefetch_end = index.prefetch_end();
-        Ok(LazyLayer::from_nodes(
+        LazyLayer::from_nodes(
             source,
             layer_digest,
             index.nodes,
@@ -37,17 +99,16 @@ impl LazyLayer {
             cfg,
             via,
             rt,
-        ))
+        )
     }
 }
 
-/// The validated index of the blob and its TOC digest.
-pub async fn read_index(
+/// Footer and TOC member from the blob, in at most two ranged reads.
+pub async fn read_toc_member(
     source: &dyn RangeSource,
     layer: &str,
-    toc_digest: Option<&str>,
     cfg: &Config,
-) -> Result<(Index, String), Error> {
+) -> Result<TocBytes, Error> {
     let size = source.size();
     let not_estargz = |reason: NotEstargz| Error::NotEstargz {
         layer: layer.to_string(),
@@ -85,6 +146,26 @@ pub async fn read_index(
         m.extend_from_slice(&tail[..(region.end - tail_start) as usize]);
         m.into()
     };
+    Ok(TocBytes {
+        member,
+        toc_offset: region.start,
+        blob_size: size,
+    })
+}
+
+/// Parse and verify a TOC member (the digest of its JSON against
+/// `toc_digest`, when given) into the validated index.
+pub async fn index_from_member(
+    toc: &TocBytes,
+    layer: &str,
+    toc_digest: Option<&str>,
+) -> Result<(Index, String), Error> {
+    let invalid = |source: estargz::Error| Error::Invalid {
+        layer: layer.to_string(),
+        source,
+    };
+    let member = toc.member.clone();
+    let (start, size) = (toc.toc_offset, toc.blob_size);
     // Up to 64 MiB of JSON: parse off the async threads.
     let (index, digest) = tokio::task::spawn_blocking(move || {
         let (toc, digest) = parse_toc_member(&member)?;
@@ -99,8 +180,8 @@ pub async fn read_index(
             expected: toc_digest.unwrap_or_default().to_string(),
             actual: digest.clone(),
         })?;
-        let index = Index::from_toc(&toc, region.start, size)
-            .map_err(|e| invalid(estargz::Error::Toc(e)))?;
+        let index =
+            Index::from_toc(&toc, start, size).map_err(|e| invalid(estargz::Error::Toc(e)))?;
         Ok((index, digest))
     })?;
     Ok((index, digest))

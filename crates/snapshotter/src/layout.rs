@@ -145,7 +145,16 @@ pub fn mounts_under(prefix: &Path) -> Result<Vec<PathBuf>> {
 
 /// Lazily detaches every mount at or below `path` (deepest first).
 pub fn detach_mounts_under(path: &Path) -> Result<()> {
+    detach_mounts_under_except(path, &[])
+}
+
+/// [`detach_mounts_under`], leaving the mounts at `keep` (and those under
+/// them) alone.
+pub fn detach_mounts_under_except(path: &Path, keep: &[std::path::PathBuf]) -> Result<()> {
     for m in mounts_under(path)? {
+        if keep.iter().any(|k| m.starts_with(k)) {
+            continue;
+        }
         // DETACH: a busy mount (a container still using the layer) must not
         // block removal; the kernel frees it when the last user goes.
         if let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH) {

@@ -80,6 +80,13 @@ pub trait RemoteFs: Send + Sync {
     async fn check(&self, mountpoint: &Path, labels: &Labels) -> Result<(), RemoteFsError>;
     /// Unmounts `mountpoint` and forgets the layer.
     async fn unmount(&self, mountpoint: &Path) -> Result<(), RemoteFsError>;
+    /// Mount points this filesystem serves already, although this process
+    /// did not mount them (handed over by a previous process): at open the
+    /// snapshotter does not detach them, and its restoring `mount` call for
+    /// them must succeed without a new mount.
+    async fn kept_mounts(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
 }
 
 /// Whether a Prepare asks for a remote snapshot: it names a target and

@@ -57,6 +57,9 @@ pub struct Snapshotter {
     remote: Arc<dyn RemoteFs>,
     metrics: Arc<Metrics>,
     layers: parking_lot::Mutex<HashMap<u64, StateCell>>,
+    /// Mounts the RemoteFs took over from a previous process: never
+    /// detached while restoring them.
+    kept: parking_lot::Mutex<std::collections::HashSet<std::path::PathBuf>>,
 }
 
 impl Snapshotter {
@@ -65,12 +68,15 @@ impl Snapshotter {
     /// does not fail the open.
     pub async fn open(root: &Path, remote: Arc<dyn RemoteFs>) -> Result<Snapshotter> {
         let root = root.to_path_buf();
+        let kept = remote.kept_mounts().await;
+        let keep = kept.clone();
         let core = Arc::new(
             tokio::task::spawn_blocking(move || -> Result<Core> {
                 let core = Core::open(&root)?;
                 // Mounts left by a previous process are dead (FUSE) or
-                // stale; every remote layer is mounted afresh below.
-                layout::detach_mounts_under(&core.layout().snapshots())?;
+                // stale; every remote layer is mounted afresh below, except
+                // those the RemoteFs serves already (handed over).
+                layout::detach_mounts_under_except(&core.layout().snapshots(), &keep)?;
                 for p in core.cleanup(true)? {
                     tracing::info!(path = %p.display(), "removed orphan snapshot directory");
                 }
@@ -84,6 +90,7 @@ impl Snapshotter {
             remote,
             metrics: Arc::new(Metrics::default()),
             layers: Default::default(),
+            kept: parking_lot::Mutex::new(kept.into_iter().collect()),
         };
         let remote: Vec<_> = s
             .run(|c| c.all())
@@ -304,7 +311,10 @@ impl Snapshotter {
                 true
             }
         };
-        let _ = layout::detach_mounts_under(&mp);
+        let kept = restoring && self.kept.lock().contains(&mp);
+        if !kept {
+            let _ = layout::detach_mounts_under(&mp);
+        }
         let (ok, fail) = if restoring {
             (&self.metrics.restores, &self.metrics.restore_failures)
         } else {
@@ -313,13 +323,16 @@ impl Snapshotter {
         match self.remote.mount(&mp, &remote.mount_labels).await {
             Ok(()) => {
                 inc(ok);
+                self.kept.lock().remove(&mp);
                 tracing::info!(snapshot = name, "remote layer mounted again");
                 *st = LayerState::Mounted;
                 Ok(())
             }
             Err(e) => {
                 inc(fail);
-                let _ = layout::detach_mounts_under(&mp);
+                if !kept {
+                    let _ = layout::detach_mounts_under(&mp);
+                }
                 *st = LayerState::NeedsMount(e.to_string());
                 Err(Error::Unavailable {
                     snapshot: name.to_string(),

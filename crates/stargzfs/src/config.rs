@@ -32,6 +32,10 @@ pub struct Config {
     /// Credentials per host and repository asked before the docker config
     /// (the daemon's CRI keychain: Kubernetes pull secrets).
     pub credentials: Option<Arc<dyn registry::CredentialSource>>,
+    /// argv that starts the fd holder (`lazyfs::handover::run_holder` on
+    /// [`crate::fd_store_path`]`(root)`); set, mounts survive restarts and
+    /// crashes of the daemon. `None`: they die with it.
+    pub fd_holder: Option<Vec<std::ffi::OsString>>,
 }
 
 impl Config {

@@ -4,8 +4,10 @@
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::handover::Handover;
 use crate::open::{first, LayerFacts, Opener};
 use crate::preopen::{self, Preopened};
+use crate::toc_store::TocStore;
 use async_trait::async_trait;
 use futures::FutureExt;
 use lazyfs::{ChunkCache, LazyLayer, MountHandle, Scheduler};
@@ -20,9 +22,11 @@ use tokio::runtime::Handle;
 use tracing::{debug, info};
 
 pub struct StargzFs {
-    opener: Opener,
+    pub(crate) opener: Opener,
     preopened: Arc<Preopened>,
-    mounts: tokio::sync::Mutex<HashMap<PathBuf, MountHandle>>,
+    pub(crate) mounts: tokio::sync::Mutex<HashMap<PathBuf, MountHandle>>,
+    /// Mounts outliving this process (`handover`); `None`: not configured.
+    pub(crate) handover: Option<Arc<Handover>>,
 }
 
 impl StargzFs {
@@ -31,10 +35,22 @@ impl StargzFs {
     /// `cfg.root`.
     pub fn new(cfg: &Config) -> Result<StargzFs, Error> {
         let lcfg = cfg.layer();
+        let handover = cfg.fd_holder.clone().map(|argv| {
+            let h = Handover::new(&cfg.root, argv);
+            h.collect(&cfg.root.join("fuse-inflight"));
+            Arc::new(h)
+        });
         // FUSE mounts of a daemon that died are dead ("transport endpoint is
-        // not connected"); clear them before the snapshotter restores its layers.
-        for dead in lazyfs::cleanup_dead_mounts(&cfg.root).unwrap_or_default() {
-            info!(mount = %dead.display(), "cleaned a dead mount from a previous run");
+        // not connected"); clear them before the snapshotter restores its
+        // layers. Handed-over ones are alive but not served until adopted:
+        // `adopt_inherited` clears the rest after adopting them.
+        if handover
+            .as_ref()
+            .is_none_or(|h| h.inherited_paths().is_empty())
+        {
+            for dead in lazyfs::cleanup_dead_mounts(&cfg.root).unwrap_or_default() {
+                info!(mount = %dead.display(), "cleaned a dead mount from a previous run");
+            }
         }
         let cache = Arc::new(ChunkCache::new(&lcfg.cache_config()).map_err(Error::Cache)?);
         // One scheduler for every layer: in-flight chunks, priorities and
@@ -47,21 +63,26 @@ impl StargzFs {
                 cfg: lcfg,
                 sched,
                 rt: Handle::current(),
+                tocs: Arc::new(TocStore::new(&cfg.root)),
             },
             preopened: Arc::new(Preopened::default()),
             mounts: tokio::sync::Mutex::new(HashMap::new()),
+            handover,
         })
     }
 
-    async fn open_layer(&self, labels: &Labels) -> Result<Arc<LazyLayer>, Error> {
+    pub(crate) async fn open_layer(&self, labels: &Labels) -> Result<Arc<LazyLayer>, Error> {
         let image = first(labels, &REF_KEYS).ok_or(Error::NoImageRef)?;
         let digest = first(labels, &DIGEST_KEYS).ok_or(Error::NoLayerDigest)?;
         let image = Reference::parse(image).map_err(Error::Reference)?;
         // The manifest, when the labels lack the TOC digest; opening the
         // other layers ahead reuses it rather than fetching it again.
         let mut facts = None;
-        let (size, toc) = match labels.get(TOC_DIGEST) {
-            Some(t) => (None, Some(t.clone())),
+        // A TOC digest kept with a verified TOC spares the manifest (and
+        // the registry, when it is down).
+        let kept = || self.opener.tocs.toc_digest(digest);
+        let (size, toc) = match labels.get(TOC_DIGEST).cloned().or_else(kept) {
+            Some(t) => (None, Some(t)),
             None => {
                 let f = self.opener.layer_facts(&image).await?;
                 let own = f.get(digest).cloned();
@@ -135,7 +156,15 @@ impl StargzFs {
         });
     }
 
-    async fn mount_layer(&self, mountpoint: &Path, labels: &Labels) -> Result<(), Error> {
+    pub(crate) async fn mount_layer(
+        &self,
+        mountpoint: &Path,
+        labels: &Labels,
+    ) -> Result<(), Error> {
+        // Served already (handed over from the previous process)?
+        if self.serve_inherited(mountpoint, labels).await? {
+            return Ok(());
+        }
         let layer = self.open_layer(labels).await?;
         // The prioritized files are fetched while the mount goes on; reads
         // of them join that request.
@@ -163,6 +192,7 @@ impl StargzFs {
             .lock()
             .await
             .insert(mountpoint.to_path_buf(), handle);
+        self.keep_across_restarts(mountpoint, labels).await;
         Ok(())
     }
 
@@ -177,6 +207,11 @@ impl StargzFs {
 
     async fn unmount_layer(&self, mountpoint: &Path) -> Result<(), Error> {
         let handle = self.mounts.lock().await.remove(mountpoint);
+        if let Some(h) = &self.handover {
+            // Unmounted below either way; the holder's fd must not keep it.
+            let (h, mp) = (h.clone(), mountpoint.to_path_buf());
+            let _ = tokio::task::spawn_blocking(move || h.forget(&mp)).await;
+        }
         let mp = mountpoint.to_path_buf();
         tokio::task::spawn_blocking(move || match handle {
             Some(h) => h.unmount().map_err(|source| Error::Unmount {
@@ -212,5 +247,9 @@ impl RemoteFs for StargzFs {
 
     async fn unmount(&self, mountpoint: &Path) -> Result<(), RemoteFsError> {
         Ok(self.unmount_layer(mountpoint).await?)
+    }
+
+    async fn kept_mounts(&self) -> Vec<PathBuf> {
+        self.served_or_inherited().await
     }
 }

@@ -9,21 +9,31 @@
 //!   an ordinary snapshot, or "unavailable, try later".
 //! - `open`: labels -> image reference, layer digest, TOC digest (from the
 //!   labels or the image manifest) -> an opened `lazyfs::LazyLayer`.
+//! - `toc_store`: verified TOCs kept under the root, so a layer opens
+//!   again after a restart without its registry.
 //! - `preopen`: the other layers of the image opened ahead, while
 //!   containerd prepares the first.
+//! - `handover`: mounts that outlive the daemon process: FUSE fds kept by
+//!   the fd holder, taken back and served at the next start.
 //! - [`StargzFs`]: the `RemoteFs` itself: the mount table (one
 //!   `lazyfs::MountHandle` per mount point), check, unmount.
 
 mod config;
 mod error;
 mod fs;
+mod handover;
 mod open;
 mod preopen;
+mod toc_store;
 
 pub use config::Config;
 pub use error::Error;
 pub use fs::StargzFs;
+pub use handover::{fd_store_path, HandoverStats, LayerInfo};
+/// The fd holder's loop, for the daemon's `fd-holder` mode.
+pub use lazyfs::handover::{run_holder as run_fd_holder, HolderConfig as FdHolderConfig};
 /// The `[resolver]` table's typed form, for building a [`Config`].
 pub use registry::HostsConfig;
 /// What [`Config::credentials`] is built from.
 pub use registry::{Credential, CredentialSource};
+pub use toc_store::{TocStore, TocStoreStats};

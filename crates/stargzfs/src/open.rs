@@ -3,6 +3,7 @@
 //! image manifest, then footer and TOC from the registry blob.
 
 use crate::error::Error;
+use crate::toc_store::TocStore;
 use lazyfs::{LazyLayer, Scheduler};
 use registry::Reference;
 use snapshot_labels::annotations::TOC_DIGEST;
@@ -29,6 +30,8 @@ pub(crate) struct Opener {
     pub cfg: lazyfs::Config,
     pub sched: Arc<Scheduler>,
     pub rt: Handle,
+    /// Verified TOCs on disk: a layer opens without its registry after a restart.
+    pub tocs: Arc<TocStore>,
 }
 
 impl Opener {
@@ -65,6 +68,9 @@ impl Opener {
         size: Option<u64>,
         toc: String,
     ) -> Result<Arc<LazyLayer>, Error> {
+        if let Some(layer) = self.open_kept(&image, &digest, &toc).await {
+            return Ok(layer);
+        }
         let reader = self
             .client
             .blob_reader(&image, &digest, size)
@@ -73,7 +79,7 @@ impl Opener {
                 layer: digest.clone(),
                 source,
             })?;
-        Ok(LazyLayer::open(
+        let (layer, bytes) = LazyLayer::open_keeping_toc(
             Arc::new(reader),
             &digest,
             Some(&toc),
@@ -81,6 +87,66 @@ impl Opener {
             self.sched.clone(),
             self.rt.clone(),
         )
-        .await?)
+        .await?;
+        let tocs = self.tocs.clone();
+        // Verified above; a failure to keep it only costs the next restart.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = tocs.save(&digest, &toc, &bytes) {
+                tracing::warn!(layer = %digest, error = %e, "cannot keep the TOC on disk");
+            }
+        })
+        .await;
+        Ok(layer)
+    }
+
+    /// The layer from its kept TOC, without a request: `None` if there is
+    /// none, it is for another TOC digest, or it fails its checks (then it
+    /// is deleted and the caller reads the TOC from the registry).
+    async fn open_kept(
+        &self,
+        image: &Reference,
+        digest: &str,
+        toc: &str,
+    ) -> Option<Arc<LazyLayer>> {
+        let tocs = self.tocs.clone();
+        let d = digest.to_string();
+        let kept = tokio::task::spawn_blocking(move || tocs.load(&d))
+            .await
+            .ok()
+            .flatten()?;
+        if kept.toc_digest != toc {
+            self.tocs.discard(digest, "kept for another TOC digest");
+            return None;
+        }
+        // With the size known, making the reader sends nothing.
+        let reader = self
+            .client
+            .blob_reader(image, digest, Some(kept.toc.blob_size))
+            .await
+            .ok()?;
+        match LazyLayer::open_from_toc(
+            Arc::new(reader),
+            digest,
+            &kept.toc,
+            toc,
+            &self.cfg,
+            self.sched.clone(),
+            self.rt.clone(),
+        )
+        .await
+        {
+            Ok(layer) => {
+                self.tocs
+                    .stats
+                    .opened_from_disk
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(layer = digest, "opened from the TOC kept on disk");
+                Some(layer)
+            }
+            Err(e) => {
+                self.tocs.discard(digest, &e.to_string());
+                None
+            }
+        }
     }
 }

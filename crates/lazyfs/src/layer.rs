@@ -201,6 +201,16 @@ impl LazyLayer {
         Some(Ok(assemble(chunks, parts, off, len.min(node.size - off))))
     }
 
+    /// Whether every chunk of regular file `ino` is cached (memory or
+    /// disk): cheap, reads nothing. For the FUSE front's passthrough.
+    pub(crate) fn fully_cached(&self, ino: u64) -> bool {
+        let Some(node) = self.tree.regular(ino) else {
+            return false;
+        };
+        let cache = self.fetcher.cache();
+        node.chunks.iter().all(|c| cache.contains(&c.digest))
+    }
+
     /// Bytes of a file, fetching what is not cached. Fails (never hangs)
     /// after the fetch timeout.
     pub(crate) async fn read(

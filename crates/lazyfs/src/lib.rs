@@ -13,7 +13,8 @@
 //!   fetch; no FUSE.
 //! - `fuse`: [`mount`]`(layer, dir) -> `[`MountHandle`]; the only module that
 //!   knows the FUSE library. `mounts`: finding FUSE mounts and clearing dead
-//!   ones ([`cleanup_dead_mounts`]).
+//!   ones ([`cleanup_dead_mounts`]). `materialize`: whole files of a layer
+//!   written out from verified cached chunks, for FUSE passthrough.
 //!
 //! Nothing is served that did not match its digest; nothing waits on the
 //! network longer than the configured fetch timeout. The modules are private:
@@ -27,6 +28,7 @@ mod fetch;
 mod fuse;
 mod layer;
 mod lru;
+mod materialize;
 mod mounts;
 mod open;
 mod source;

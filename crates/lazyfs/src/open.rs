@@ -1,12 +1,15 @@
 //! Opening a layer from its blob: the footer and TOC in at most two ranged
-//! reads, the TOC checked against the digest the image promised, then the
-//! validated index (all parsing in `estargz`).
+//! reads (one fewer when the caller already has the blob's tail, say from
+//! the suffix-range request that also told it the blob's size), the TOC
+//! checked against the digest the image promised, then the validated index
+//! (all parsing in `estargz`).
 
 use crate::cache::ChunkCache;
 use crate::error::{Error, NotEstargz};
 use crate::layer::LazyLayer;
 use crate::source::RangeSource;
 use crate::Config;
+use bytes::Bytes;
 use estargz::reader::{parse_toc_member, toc_region, verify_toc_digest, TAIL_READ};
 use estargz::Index;
 use std::sync::Arc;
@@ -24,7 +27,21 @@ impl LazyLayer {
         cache: Arc<ChunkCache>,
         rt: Handle,
     ) -> Result<Arc<LazyLayer>, Error> {
-        let (index, _) = read_index(source.as_ref(), layer_digest, toc_digest, cfg).await?;
+        Self::open_with_tail(source, Bytes::new(), layer_digest, toc_digest, cfg, cache, rt).await
+    }
+
+    /// [`LazyLayer::open`] with the blob's last `tail.len()` bytes already
+    /// at hand: the TOC is then read only if it does not fit in them.
+    pub async fn open_with_tail(
+        source: Arc<dyn RangeSource>,
+        tail: Bytes,
+        layer_digest: &str,
+        toc_digest: Option<&str>,
+        cfg: &Config,
+        cache: Arc<ChunkCache>,
+        rt: Handle,
+    ) -> Result<Arc<LazyLayer>, Error> {
+        let (index, _) = read_index(source.as_ref(), tail, layer_digest, toc_digest, cfg).await?;
         let prefetch_end = index.prefetch_end();
         Ok(LazyLayer::from_nodes(
             source,
@@ -38,9 +55,11 @@ impl LazyLayer {
     }
 }
 
-/// The validated index of the blob and its TOC digest.
+/// The validated index of the blob and its TOC digest. `tail`: the blob's
+/// last bytes if the caller has them (empty: read here).
 pub async fn read_index(
     source: &dyn RangeSource,
+    tail: Bytes,
     layer: &str,
     toc_digest: Option<&str>,
     cfg: &Config,
@@ -69,8 +88,14 @@ pub async fn read_index(
     if size < estargz::footer::LEGACY_FOOTER_SIZE as u64 {
         return Err(not_estargz(NotEstargz::TooSmall { size }));
     }
-    let tail_start = size - size.min(TAIL_READ);
-    let tail = read(tail_start, size - tail_start).await?;
+    let (tail_start, tail) = if tail.len() as u64 >= estargz::footer::FOOTER_SIZE as u64
+        && tail.len() as u64 <= size
+    {
+        (size - tail.len() as u64, tail)
+    } else {
+        let start = size - size.min(TAIL_READ);
+        (start, read(start, size - start).await?)
+    };
     let footer = estargz::parse_footer(&tail).map_err(|e| not_estargz(NotEstargz::Footer(e)))?;
     let region = toc_region(&footer, size).map_err(invalid)?;
     let member = if region.start >= tail_start {

@@ -7,7 +7,6 @@ use crate::error::Error;
 use crate::open::{first, LayerFacts, Opener};
 use crate::preopen::{self, Preopened};
 use async_trait::async_trait;
-use futures::FutureExt;
 use lazyfs::{ChunkCache, LazyLayer, MountHandle};
 use registry::Reference;
 use snapshot_labels::annotations::TOC_DIGEST;

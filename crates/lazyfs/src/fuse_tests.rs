@@ -515,6 +515,34 @@ fn fully_cached_files_are_passed_through_to_the_kernel() {
     }
     assert_eq!(through(), 2);
     assert_eq!(reads(), before, "reads of a passed-through file reached the daemon");
+
+    // As a container sees it: overlayfs stacks on the mount (passthrough
+    // makes the mount stacked itself; one more level is within the limit).
+    let ovl = tempfile::tempdir().unwrap();
+    let (upper, work, merged) = (ovl.path().join("u"), ovl.path().join("w"), ovl.path().join("m"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        m.dir.path().display(),
+        upper.display(),
+        work.display()
+    );
+    let opts = std::ffi::CString::new(opts).unwrap();
+    rustix::mount::mount(
+        "overlay",
+        &merged,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        opts.as_c_str(),
+    )
+    .expect("overlayfs over a passthrough mount");
+    let via_overlay = std::fs::read(merged.join("big"));
+    let _ = rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::DETACH);
+    assert!(via_overlay.unwrap() == big);
+    assert_eq!(through(), 3);
+    assert_eq!(reads(), before);
     // A file never read stays on the daemon's path.
     assert_eq!(std::fs::read(m.p("other")).unwrap(), data(200_000, 6));
     assert!(reads() > before);

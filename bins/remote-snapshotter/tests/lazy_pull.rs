@@ -257,7 +257,9 @@ fn a_lazy_pull_costs_one_request_per_layer() {
         .map(|s| format!("{} {} {:?} {}", s.method, s.path, s.range, s.status))
         .collect();
     assert!(
-        !seen.iter().any(|s| s.method == "HEAD" && s.path.contains("/blobs/")),
+        !seen
+            .iter()
+            .any(|s| s.method == "HEAD" && s.path.contains("/blobs/")),
         "a HEAD for a blob: {list:#?}"
     );
     let ranged: Vec<_> = seen

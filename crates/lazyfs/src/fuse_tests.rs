@@ -485,7 +485,10 @@ fn fully_cached_files_are_passed_through_to_the_kernel() {
         return;
     };
     let hex = crate::testutil::sha(&big);
-    let copy = cache_dir.path().join("files").join(hex.trim_start_matches("sha256:"));
+    let copy = cache_dir
+        .path()
+        .join("files")
+        .join(hex.trim_start_matches("sha256:"));
     let reads = || m.counters().reads.load(SeqCst);
     let through = || m.counters().passthrough_opens.load(SeqCst);
 
@@ -514,12 +517,20 @@ fn fully_cached_files_are_passed_through_to_the_kernel() {
         assert!(std::fs::read(m.p("big")).unwrap() == big);
     }
     assert_eq!(through(), 2);
-    assert_eq!(reads(), before, "reads of a passed-through file reached the daemon");
+    assert_eq!(
+        reads(),
+        before,
+        "reads of a passed-through file reached the daemon"
+    );
 
     // As a container sees it: overlayfs stacks on the mount (passthrough
     // makes the mount stacked itself; one more level is within the limit).
     let ovl = tempfile::tempdir().unwrap();
-    let (upper, work, merged) = (ovl.path().join("u"), ovl.path().join("w"), ovl.path().join("m"));
+    let (upper, work, merged) = (
+        ovl.path().join("u"),
+        ovl.path().join("w"),
+        ovl.path().join("m"),
+    );
     for d in [&upper, &work, &merged] {
         std::fs::create_dir(d).unwrap();
     }

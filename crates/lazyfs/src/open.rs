@@ -27,7 +27,16 @@ impl LazyLayer {
         cache: Arc<ChunkCache>,
         rt: Handle,
     ) -> Result<Arc<LazyLayer>, Error> {
-        Self::open_with_tail(source, Bytes::new(), layer_digest, toc_digest, cfg, cache, rt).await
+        Self::open_with_tail(
+            source,
+            Bytes::new(),
+            layer_digest,
+            toc_digest,
+            cfg,
+            cache,
+            rt,
+        )
+        .await
     }
 
     /// [`LazyLayer::open`] with the blob's last `tail.len()` bytes already
@@ -88,14 +97,13 @@ pub async fn read_index(
     if size < estargz::footer::LEGACY_FOOTER_SIZE as u64 {
         return Err(not_estargz(NotEstargz::TooSmall { size }));
     }
-    let (tail_start, tail) = if tail.len() as u64 >= estargz::footer::FOOTER_SIZE as u64
-        && tail.len() as u64 <= size
-    {
-        (size - tail.len() as u64, tail)
-    } else {
-        let start = size - size.min(TAIL_READ);
-        (start, read(start, size - start).await?)
-    };
+    let (tail_start, tail) =
+        if tail.len() as u64 >= estargz::footer::FOOTER_SIZE as u64 && tail.len() as u64 <= size {
+            (size - tail.len() as u64, tail)
+        } else {
+            let start = size - size.min(TAIL_READ);
+            (start, read(start, size - start).await?)
+        };
     let footer = estargz::parse_footer(&tail).map_err(|e| not_estargz(NotEstargz::Footer(e)))?;
     let region = toc_region(&footer, size).map_err(invalid)?;
     let member = if region.start >= tail_start {

@@ -215,7 +215,11 @@ impl Client {
             })
             .await?;
             let authority = eps[used].spec.authority.clone();
-            (suffix_answer(resp, tail, self.inner.cfg.stall_timeout).await?, used, authority)
+            (
+                suffix_answer(resp, tail, self.inner.cfg.stall_timeout).await?,
+                used,
+                authority,
+            )
         };
         let reader = |size, first_ep| BlobReader {
             inner: Arc::new(ReaderInner {

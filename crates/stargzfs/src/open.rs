@@ -107,7 +107,12 @@ impl Opener {
         .await?)
     }
 
-    pub async fn open(self, image: Reference, digest: String, toc: String) -> Result<Arc<LazyLayer>, Error> {
+    pub async fn open(
+        self,
+        image: Reference,
+        digest: String,
+        toc: String,
+    ) -> Result<Arc<LazyLayer>, Error> {
         let tail = self.tail(&image, &digest).await?;
         self.open_tail(&digest, tail, &toc).await
     }

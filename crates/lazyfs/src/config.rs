@@ -50,9 +50,9 @@ pub struct Config {
     /// the overlayfs mount above decides setuid and device access for them.
     pub nosuid_nodev: bool,
     /// Answer opens of fully cached files with FUSE passthrough (kernel
-    /// >= 6.9 and a disk cache): a copy of the file under `cache_dir/files`
-    /// is read by the kernel directly. Off by default: it makes the mount a
-    /// stacked filesystem, so an overlay on an overlay on it (overlayfs
+    /// 6.9 or later, and a disk cache): the kernel reads a copy of the file
+    /// under `cache_dir/files` directly. Off by default: it makes the mount
+    /// a stacked filesystem, so an overlay on an overlay on it (overlayfs
     /// inside a container) passes the kernel's stacking limit.
     pub passthrough: bool,
     /// Chunk cache directory (chunks in `<dir>/chunks`); none: memory only.

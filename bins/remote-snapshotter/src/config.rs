@@ -291,7 +291,7 @@ insecure = true
         // The keys the issue names, among others.
         assert!(n >= 30, "{n}");
         for k in [
-            "fuse.passthrough",
+            "fuse.merge_buffer_size",
             "directory_cache.sync_add",
             "blob.check_always",
             "blob.valid_interval",

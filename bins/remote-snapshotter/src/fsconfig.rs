@@ -23,6 +23,7 @@ pub fn stargz_config(cfg: &Config, root: &Path) -> anyhow::Result<stargzfs::Conf
         max_concurrency: cfg.max_concurrency.map(|n| n as usize),
         fetch_timeout: cfg.blob.fetching_timeout_sec.map(Duration::from_secs),
         cache_max_bytes: cfg.cache.max_size,
+        passthrough: cfg.fuse.passthrough.unwrap_or(false),
         retries: cfg.blob.max_retries,
         // stargz's first backoff; the registry client doubles it per retry.
         retry_base: cfg.blob.min_wait_msec.map(Duration::from_millis),
@@ -51,6 +52,8 @@ min_wait_msec = 30
 fetching_timeout_sec = 5
 [cache]
 max_size = 1024
+[fuse]
+passthrough = true
 [[resolver.host."registry.example".mirrors]]
 host = "mirror.example"
 "#,
@@ -63,6 +66,9 @@ host = "mirror.example"
         assert_eq!(s.max_concurrency, Some(4));
         assert_eq!(s.fetch_timeout, Some(Duration::from_secs(5)));
         assert_eq!(s.cache_max_bytes, Some(1024));
+        assert!(s.passthrough);
+        let off = stargz_config(&Config::parse("").unwrap(), Path::new("/s")).unwrap();
+        assert!(!off.passthrough, "passthrough is off unless asked for");
         assert_eq!(s.retries, Some(7));
         assert_eq!(s.retry_base, Some(Duration::from_millis(30)));
         assert_eq!(

@@ -6,6 +6,7 @@
 
 mod common;
 
+use e2e::authfront::{Front, FrontOptions};
 use e2e::containerd::{Containerd, NAMESPACE};
 use e2e::image::{
     busybox_layer, pseudo_random, rsnap, rsnap_ok, sha256_digest, write_oci_layout, LayerBuilder,
@@ -216,4 +217,72 @@ fn rsnap_pull_reports_an_unknown_image_clearly() {
     ]);
     assert!(!ok);
     assert!(err.contains("none/such"), "{err}");
+}
+
+/// The round trips of a lazy pull, counted so they cannot creep back: no
+/// HEAD for a blob's size, and one ranged request per layer (footer, TOC
+/// and size in one suffix range), the other layers' opened alongside the
+/// manifest that holds their TOC digests.
+#[test]
+fn a_lazy_pull_costs_one_request_per_layer() {
+    if !e2e::require_root_tools(&["docker-registry", "containerd", "ctr", "runc", "skopeo"]) {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let src = scratch.path().join("src");
+    let dst = scratch.path().join("dst");
+    let (app, _) = build_app(&src);
+    rsnap_ok(&[
+        "convert",
+        &format!("oci:{}:v1", src.display()),
+        &format!("oci:{}:v1", dst.display()),
+    ]);
+    let reg = Registry::start(scratch.path());
+    skopeo_push(&dst, "v1", &format!("{}/lazy/app:v1", reg.host()));
+    let front = Front::start(reg.port, FrontOptions::default());
+    std::fs::write(
+        scratch.path().join("config.toml"),
+        "no_background_fetch = true\n",
+    )
+    .unwrap();
+    let daemon = common::start(scratch.path(), &[]);
+    let ctrd = Containerd::start(scratch.path(), Some(&daemon.sock));
+
+    let image = format!("{}/lazy/app:v1", front.host());
+    let out = pull(&ctrd, &image);
+    assert!(out.contains("3 lazy, 0 fetched"), "not lazy: {out}");
+    let seen = front.seen();
+    let list: Vec<String> = seen
+        .iter()
+        .map(|s| format!("{} {} {:?} {}", s.method, s.path, s.range, s.status))
+        .collect();
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.method == "HEAD" && s.path.contains("/blobs/")),
+        "a HEAD for a blob: {list:#?}"
+    );
+    let ranged: Vec<_> = seen
+        .iter()
+        .filter(|s| s.path.contains("/blobs/") && s.range.is_some())
+        .collect();
+    assert_eq!(ranged.len(), 3, "ranged requests: {list:#?}");
+    assert!(
+        ranged
+            .iter()
+            .all(|s| s.range.as_deref() == Some("bytes=-65536") && s.status == 206),
+        "{list:#?}"
+    );
+    // rsnap's own manifest and the daemon's one (for the other layers' TOC
+    // digests), rsnap's config; nothing else.
+    assert!(seen.len() <= 6, "{list:#?}");
+
+    let run = ctrd.run(&image, Some("remote"), &["sh", "-c", &checksum_cmd(&app)]);
+    assert_eq!(run, expected(&app), "container output");
+    drop(ctrd);
+    common::stop(daemon, libc::SIGINT);
+    assert!(
+        e2e::containerd::mounts_under(scratch.path()).is_empty(),
+        "mounts left behind"
+    );
 }

@@ -53,6 +53,12 @@ pub struct Config {
     /// Mount the FUSE filesystem `nosuid,nodev`. Containers are unaffected:
     /// the overlayfs mount above decides setuid and device access for them.
     pub nosuid_nodev: bool,
+    /// Answer opens of fully cached files with FUSE passthrough (kernel
+    /// 6.9 or later, and a disk cache): the kernel reads a copy of the file
+    /// under `cache_dir/files` directly. Off by default: it makes the mount
+    /// a stacked filesystem, so an overlay on an overlay on it (overlayfs
+    /// inside a container) passes the kernel's stacking limit.
+    pub passthrough: bool,
     /// Chunk cache directory (chunks in `<dir>/chunks`); none: memory only.
     pub cache_dir: Option<PathBuf>,
     pub cache_max_bytes: u64,
@@ -78,6 +84,7 @@ impl Default for Config {
             fuse_threads: 4,
             read_ahead_kb: 4096,
             nosuid_nodev: true,
+            passthrough: false,
             cache_dir: None,
             cache_max_bytes: 10 << 30,
             memory_cache_bytes: 128 << 20,

@@ -5,9 +5,15 @@
 //! slow fetch never holds a FUSE thread and never stalls other readers.
 //! The layer never changes, so attributes and entries (negative ones too)
 //! get long TTLs and file pages stay cached across opens (`FOPEN_KEEP_CACHE`).
+//! With `passthrough` on and a kernel that offers it, an open of a file whose
+//! chunks are all cached is answered with a backing file (`materialize`) and
+//! its reads never reach us (`backing`).
+
+mod backing;
 
 use crate::error::Error;
 use crate::layer::{LazyLayer, OpenFile, Read};
+use crate::materialize::FileStore;
 use crate::mounts;
 use crate::tree::{Attr, Inode};
 use estargz::index::NodeKind;
@@ -32,8 +38,51 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 
 struct LayerFs {
     layer: Arc<LazyLayer>,
+    /// Open handles served by us (passthrough handles are not here).
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
+    /// Whole-file copies for passthrough; `None`: passthrough is off or
+    /// there is no disk cache.
+    store: Option<Arc<FileStore>>,
+    /// The kernel agreed to passthrough (set in `init`).
+    passthrough: bool,
+    modes: backing::Modes,
+    counters: Arc<Counters>,
+}
+
+/// What the FUSE front did, for tests and debugging.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// LOOKUP requests.
+    pub lookups: AtomicU64,
+    /// READ requests of layer files.
+    pub reads: AtomicU64,
+    /// Opens answered with a backing file.
+    pub passthrough_opens: AtomicU64,
+}
+
+impl LayerFs {
+    fn new(layer: Arc<LazyLayer>) -> LayerFs {
+        let cfg = layer.config();
+        let store = match (&cfg.cache_dir, cfg.passthrough) {
+            (Some(dir), true) => Some(Arc::new(FileStore::new(dir))),
+            _ => None,
+        };
+        LayerFs {
+            layer,
+            files: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            store,
+            passthrough: false,
+            modes: backing::Modes::default(),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The store, if opens may be passed through on this mount.
+    fn passthrough_store(&self) -> Option<&Arc<FileStore>> {
+        self.store.as_ref().filter(|_| self.passthrough)
+    }
 }
 
 /// Linux's `new_encode_dev`, the format of FUSE's `rdev`.
@@ -154,10 +203,19 @@ impl Filesystem for LayerFs {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.set_max_background(64);
+        // Stack depth 1: backing files must be on a plain filesystem, and
+        // overlayfs may still stack on this mount (it then reaches the
+        // kernel's limit of 2). Not offered (kernel < 6.9): no passthrough.
+        if self.store.is_some() {
+            self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            info!(layer = %self.layer.digest(), granted = self.passthrough, "FUSE passthrough");
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.counters.lookups.fetch_add(1, Relaxed);
         let tree = self.layer.tree();
         let found = name.to_str().and_then(|n| tree.lookup(parent.0, n));
         match found.and_then(|ino| self.layer.attr(ino)) {
@@ -197,8 +255,22 @@ impl Filesystem for LayerFs {
             None => return reply.error(Errno::ENOENT),
         }
         let fh = self.next_fh.fetch_add(1, Relaxed);
+        let Some(store) = self.passthrough_store() else {
+            self.files.lock().insert(fh, Arc::new(OpenFile::default()));
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        };
+        let path = store.ready_path(&self.layer, ino.0);
+        // Registered first: a read may arrive as soon as the reply is out.
         self.files.lock().insert(fh, Arc::new(OpenFile::default()));
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        if self
+            .modes
+            .open(ino.0, path.as_deref(), FileHandle(fh), reply)
+        {
+            self.files.lock().remove(&fh);
+            self.counters.passthrough_opens.fetch_add(1, Relaxed);
+        } else {
+            store.request(&self.layer, ino.0);
+        }
     }
 
     fn read(
@@ -213,6 +285,7 @@ impl Filesystem for LayerFs {
         reply: ReplyData,
     ) {
         let (ino, len) = (ino.0, size as u64);
+        self.counters.reads.fetch_add(1, Relaxed);
         if let Some(Inode::StateFile) = self.layer.tree().inode(ino) {
             let json = self.layer.state_json();
             let lo = (offset as usize).min(json.len());
@@ -238,15 +311,25 @@ impl Filesystem for LayerFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.files.lock().remove(&fh.0);
+        let cached = self.files.lock().remove(&fh.0).is_some();
         reply.ok();
+        if fh.0 == 0 {
+            return; // the state file
+        }
+        if let Some(store) = self.passthrough_store() {
+            self.modes.release(ino.0, !cached);
+            // Read to the end, say: the next open may pass through.
+            if cached {
+                store.request(&self.layer, ino.0);
+            }
+        }
     }
 
     fn flush(
@@ -380,6 +463,7 @@ pub struct MountHandle {
     /// Written to stop the session's workers without unmounting.
     stop: Arc<OwnedFd>,
     proto: Option<(u32, u32)>,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for MountHandle {
@@ -391,7 +475,7 @@ impl std::fmt::Debug for MountHandle {
 }
 
 /// A running session, its stop fd and the ABI version from INIT.
-type Served = (BackgroundSession, Arc<OwnedFd>, Option<(u32, u32)>);
+type Served = (BackgroundSession, Arc<OwnedFd>, Option<(u32, u32)>, Arc<Counters>);
 
 /// The FUSE session of `layer` on a clone of `anchor`: with the INIT
 /// handshake for a new connection, without for one handed over.
@@ -401,14 +485,12 @@ fn serve(layer: &Arc<LazyLayer>, anchor: &OwnedFd, handed_over: bool) -> std::io
     fc.acl = SessionACL::All;
     fc.n_threads = Some(cfg.fuse_threads.max(1));
     fc.clone_fd = true;
-    let fs = LayerFs {
-        layer: layer.clone(),
-        files: Mutex::new(HashMap::new()),
-        // File handles of a previous process may still be in use after a
-        // handover: start ours elsewhere (a missing handle only costs that
-        // open file its readahead state).
-        next_fh: AtomicU64::new(((std::process::id() as u64) << 32) | 1),
-    };
+    let mut fs = LayerFs::new(layer.clone());
+    // File handles of a previous process may still be in use after a
+    // handover: start ours elsewhere (a missing handle only costs that open
+    // file its readahead state).
+    fs.next_fh = AtomicU64::new(((std::process::id() as u64) << 32) | 1);
+    let counters = fs.counters.clone();
     let clone = crate::handover::clone_fuse_fd(anchor.as_fd())?;
     let mut session = if handed_over {
         fuser::Session::from_fd_initialized(fs, clone, SessionACL::All, fc)
@@ -424,7 +506,7 @@ fn serve(layer: &Arc<LazyLayer>, anchor: &OwnedFd, handed_over: bool) -> std::io
         stop: Some(stop.clone()),
         in_flight: Some(Arc::new(crate::inflight::add)),
     });
-    Ok((session.spawn()?, stop, proto))
+    Ok((session.spawn()?, stop, proto, counters))
 }
 
 /// Mount `layer` read-only at `mountpoint` (an existing directory), with
@@ -465,7 +547,7 @@ pub fn mount(layer: Arc<LazyLayer>, mountpoint: &Path) -> Result<MountHandle, Er
         data.as_c_str(),
     )
     .map_err(|e| merr(e.into()))?;
-    let (session, stop, proto) = match serve(&layer, &dev, false) {
+    let (session, stop, proto, counters) = match serve(&layer, &dev, false) {
         Ok(s) => s,
         Err(e) => {
             let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
@@ -479,6 +561,7 @@ pub fn mount(layer: Arc<LazyLayer>, mountpoint: &Path) -> Result<MountHandle, Er
         anchor: dev,
         stop,
         proto,
+        counters,
     };
     if cfg.read_ahead_kb > 0 {
         if let Err(e) = mounts::set_read_ahead_kb(&handle.mountpoint, cfg.read_ahead_kb) {
@@ -506,7 +589,7 @@ pub fn adopt(
             .map_or(mountpoint.to_path_buf(), |d| d.join(n)),
         _ => mountpoint.to_path_buf(),
     };
-    let (session, stop, _) = serve(&layer, &anchor, true).map_err(|source| Error::Mount {
+    let (session, stop, _, counters) = serve(&layer, &anchor, true).map_err(|source| Error::Mount {
         path: mp.clone(),
         source,
     })?;
@@ -518,6 +601,7 @@ pub fn adopt(
         anchor,
         stop,
         proto,
+        counters,
     })
 }
 
@@ -551,6 +635,9 @@ impl MountHandle {
                 warn!(mount = %self.mountpoint.display(), "FUSE session ended with an error");
             }
         }
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Still served by us and still in the mount table.

@@ -28,6 +28,10 @@ struct Mounted {
 
 impl Mounted {
     fn new(t: &TestLayer, cfg: Config) -> Option<Mounted> {
+        Mounted::with_cache(t, cfg, Arc::new(ChunkCache::memory_only(64 << 20)))
+    }
+
+    fn with_cache(t: &TestLayer, cfg: Config, cache: Arc<ChunkCache>) -> Option<Mounted> {
         if !e2e::require_root_tools(&[]) {
             return None;
         }
@@ -44,7 +48,7 @@ impl Mounted {
             t.nodes.clone(),
             None,
             &cfg,
-            Arc::new(ChunkCache::memory_only(64 << 20)),
+            cache,
             rt.handle().clone(),
         );
         let handle = mount(layer, dir.path()).expect("mount");
@@ -58,6 +62,10 @@ impl Mounted {
 
     fn p(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    fn counters(&self) -> &crate::fuse::Counters {
+        self.handle.as_ref().unwrap().counters()
     }
 }
 
@@ -413,4 +421,155 @@ fn big_directories_list_completely() {
             .unwrap()
             .is_file());
     }
+}
+
+#[test]
+fn landmarks_are_hidden_and_missing_names_are_cached_by_the_kernel() {
+    let mut t = sample();
+    t.file(".no.prefetch.landmark", b"\x0f", 0o644);
+    t.file(".prefetch.landmark", b"\x0f", 0o644);
+    t.file("etc/.prefetch.landmark", b"not a landmark here", 0o644);
+    let Some(m) = Mounted::new(&t, cfg()) else {
+        return;
+    };
+    let root: Vec<String> = std::fs::read_dir(m.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!root.iter().any(|n| n.contains("landmark")), "{root:?}");
+    assert!(!m.p(".prefetch.landmark").exists());
+    assert!(!m.p(".no.prefetch.landmark").exists());
+    assert!(m.p("etc/.prefetch.landmark").exists());
+
+    // A missing name is asked once, then answered by the kernel (overlayfs
+    // asks every lower layer for every name it looks up).
+    let lookups = || m.counters().lookups.load(SeqCst);
+    assert!(!m.p("etc/nothing-here").exists());
+    let after_first = lookups();
+    for _ in 0..5 {
+        assert!(!m.p("etc/nothing-here").exists());
+        assert!(!m.p(".prefetch.landmark").exists());
+    }
+    assert_eq!(lookups(), after_first, "negative entries not cached");
+}
+
+/// A mount with a disk cache and `passthrough` as given; the cache dir.
+fn passthrough_mount(t: &TestLayer, on: bool) -> Option<(Mounted, tempfile::TempDir)> {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        passthrough: on,
+        cache_dir: Some(cache_dir.path().to_path_buf()),
+        ..cfg()
+    };
+    let cache = Arc::new(ChunkCache::new(&cfg.cache_config()).unwrap());
+    let m = Mounted::with_cache(t, cfg, cache)?;
+    Some((m, cache_dir))
+}
+
+fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn fully_cached_files_are_passed_through_to_the_kernel() {
+    use std::io::Read;
+    let mut t = TestLayer::new(64 << 10);
+    let big = data(3 << 20, 5);
+    t.file("big", &big, 0o644);
+    t.file("other", &data(200_000, 6), 0o644);
+    let Some((m, cache_dir)) = passthrough_mount(&t, true) else {
+        return;
+    };
+    let hex = crate::testutil::sha(&big);
+    let copy = cache_dir
+        .path()
+        .join("files")
+        .join(hex.trim_start_matches("sha256:"));
+    let reads = || m.counters().reads.load(SeqCst);
+    let through = || m.counters().passthrough_opens.load(SeqCst);
+
+    // First open: nothing cached, read through the daemon. A second open
+    // while it is live stays cached even once a copy exists: the kernel
+    // refuses an inode open both ways at once.
+    let mut first = std::fs::File::open(m.p("big")).unwrap();
+    let mut got = Vec::new();
+    first.read_to_end(&mut got).unwrap();
+    assert!(got == big);
+    assert!(reads() > 0);
+    let mut second = std::fs::File::open(m.p("big")).unwrap();
+    wait_for("the file to be materialized", || copy.exists());
+    let mut third = std::fs::File::open(m.p("big")).unwrap();
+    assert_eq!(through(), 0);
+    let mut got = Vec::new();
+    third.read_to_end(&mut got).unwrap();
+    second.read_to_end(&mut Vec::new()).unwrap();
+    assert!(got == big);
+    drop((first, second, third));
+
+    // Now every open is passed through: the kernel reads the copy, no read
+    // reaches us, and the bytes are the same.
+    let before = reads();
+    for _ in 0..2 {
+        assert!(std::fs::read(m.p("big")).unwrap() == big);
+    }
+    assert_eq!(through(), 2);
+    assert_eq!(
+        reads(),
+        before,
+        "reads of a passed-through file reached the daemon"
+    );
+
+    // As a container sees it: overlayfs stacks on the mount (passthrough
+    // makes the mount stacked itself; one more level is within the limit).
+    let ovl = tempfile::tempdir().unwrap();
+    let (upper, work, merged) = (
+        ovl.path().join("u"),
+        ovl.path().join("w"),
+        ovl.path().join("m"),
+    );
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        m.dir.path().display(),
+        upper.display(),
+        work.display()
+    );
+    let opts = std::ffi::CString::new(opts).unwrap();
+    rustix::mount::mount(
+        "overlay",
+        &merged,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        opts.as_c_str(),
+    )
+    .expect("overlayfs over a passthrough mount");
+    let via_overlay = std::fs::read(merged.join("big"));
+    let _ = rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::DETACH);
+    assert!(via_overlay.unwrap() == big);
+    assert_eq!(through(), 3);
+    assert_eq!(reads(), before);
+    // A file never read stays on the daemon's path.
+    assert_eq!(std::fs::read(m.p("other")).unwrap(), data(200_000, 6));
+    assert!(reads() > before);
+}
+
+#[test]
+fn without_passthrough_reads_stay_on_the_daemon() {
+    let mut t = TestLayer::new(64 << 10);
+    let big = data(1 << 20, 7);
+    t.file("big", &big, 0o644);
+    let Some((m, cache_dir)) = passthrough_mount(&t, false) else {
+        return;
+    };
+    assert!(std::fs::read(m.p("big")).unwrap() == big);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(std::fs::read(m.p("big")).unwrap() == big);
+    assert_eq!(m.counters().passthrough_opens.load(SeqCst), 0);
+    assert!(!cache_dir.path().join("files").exists());
 }

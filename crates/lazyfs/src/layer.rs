@@ -249,6 +249,16 @@ impl LazyLayer {
         })
     }
 
+    /// Whether every chunk of regular file `ino` is cached (memory or
+    /// disk): cheap, reads nothing. For the FUSE front's passthrough.
+    pub(crate) fn fully_cached(&self, ino: u64) -> bool {
+        let Some(node) = self.tree.regular(ino) else {
+            return false;
+        };
+        let cache = self.fetcher.cache();
+        node.chunks.iter().all(|c| cache.contains(&c.digest))
+    }
+
     /// Finish a read that needs the network. Fails (never hangs) after the
     /// fetch timeout.
     pub(crate) async fn read_pending(self: &Arc<Self>, p: PendingRead) -> Result<Bytes, Error> {

@@ -20,6 +20,8 @@
 //!   ones ([`cleanup_dead_mounts`]). `handover`: the fd store that keeps
 //!   mounts' FUSE connections alive across daemon processes ([`adopt`]
 //!   serves one again); `inflight`: requests read and not yet answered.
+//!   `materialize`: whole files of a layer written out from verified cached
+//!   chunks, for FUSE passthrough.
 //!
 //! Nothing is served that did not match its digest; nothing waits on the
 //! network longer than the configured fetch timeout. The modules are private:
@@ -35,6 +37,7 @@ pub mod handover;
 mod inflight;
 mod layer;
 mod lru;
+mod materialize;
 mod mounts;
 mod open;
 mod readahead;

@@ -37,22 +37,32 @@ impl LazyLayer {
         via: impl Into<FetchVia>,
         rt: Handle,
     ) -> Result<Arc<LazyLayer>, Error> {
-        let (layer, _) =
-            Self::open_keeping_toc(source, layer_digest, toc_digest, cfg, via, rt).await?;
+        let (layer, _) = Self::open_keeping_toc(
+            source,
+            Bytes::new(),
+            layer_digest,
+            toc_digest,
+            cfg,
+            via,
+            rt,
+        )
+        .await?;
         Ok(layer)
     }
 
-    /// [`LazyLayer::open`], also returning the TOC bytes it verified (to
-    /// persist them).
+    /// [`LazyLayer::open`] with the blob's last `tail.len()` bytes already
+    /// at hand (empty: read here), also returning the TOC bytes it verified
+    /// (to persist them). The TOC is read only if it does not fit in `tail`.
     pub async fn open_keeping_toc(
         source: Arc<dyn RangeSource>,
+        tail: Bytes,
         layer_digest: &str,
         toc_digest: Option<&str>,
         cfg: &Config,
         via: impl Into<FetchVia>,
         rt: Handle,
     ) -> Result<(Arc<LazyLayer>, TocBytes), Error> {
-        let toc = read_toc_member(source.as_ref(), layer_digest, cfg).await?;
+        let toc = read_toc_member(source.as_ref(), tail, layer_digest, cfg).await?;
         let (index, _) = index_from_member(&toc, layer_digest, toc_digest).await?;
         let layer = Self::from_index(source, layer_digest, index, cfg, via.into(), rt);
         Ok((layer, toc))
@@ -104,8 +114,10 @@ impl LazyLayer {
 }
 
 /// Footer and TOC member from the blob, in at most two ranged reads.
+/// `tail`: the blob's last bytes if the caller has them (empty: read here).
 pub async fn read_toc_member(
     source: &dyn RangeSource,
+    tail: Bytes,
     layer: &str,
     cfg: &Config,
 ) -> Result<TocBytes, Error> {
@@ -133,8 +145,13 @@ pub async fn read_toc_member(
     if size < estargz::footer::LEGACY_FOOTER_SIZE as u64 {
         return Err(not_estargz(NotEstargz::TooSmall { size }));
     }
-    let tail_start = size - size.min(TAIL_READ);
-    let tail = read(tail_start, size - tail_start).await?;
+    let (tail_start, tail) =
+        if tail.len() as u64 >= estargz::footer::FOOTER_SIZE as u64 && tail.len() as u64 <= size {
+            (size - tail.len() as u64, tail)
+        } else {
+            let start = size - size.min(TAIL_READ);
+            (start, read(start, size - start).await?)
+        };
     let footer = estargz::parse_footer(&tail).map_err(|e| not_estargz(NotEstargz::Footer(e)))?;
     let region = toc_region(&footer, size).map_err(invalid)?;
     let member = if region.start >= tail_start {

@@ -5,7 +5,9 @@
 //! a character device 0/0 named NAME, and `.wh..wh..opq` disappears and marks
 //! its directory with `trusted.overlay.opaque=y`. A hidden directory
 //! `/.stargz-snapshotter` holds `<layer digest>.json` with fetch progress;
-//! readdir of `/` does not list it.
+//! readdir of `/` does not list it. The eStargz landmark files at the root
+//! (`.prefetch.landmark`, `.no.prefetch.landmark`) are format markers, not
+//! image content: hidden from lookup and readdir, as the reference does.
 
 use estargz::index::{Chunk, Node, NodeId, NodeKind, ROOT};
 use std::borrow::Cow;
@@ -67,6 +69,9 @@ impl Tree {
             for (name, &child) in &n.children {
                 if nodes.get(child as usize).is_none() || child == ROOT {
                     continue; // a broken index must not take us down
+                }
+                if id == ROOT && estargz::index::is_landmark(name) {
+                    continue;
                 }
                 if name == OPAQUE_MARKER {
                     opaque.insert(id);

@@ -192,6 +192,57 @@ impl Client {
         })
     }
 
+    /// A reader for a blob of unknown size, and the blob's last
+    /// `min(tail, size)` bytes, in one request: `Range: bytes=-tail` (a
+    /// suffix range) answers with the bytes and, in its Content-Range, the
+    /// size. A host that does not answer it so costs a HEAD and a ranged
+    /// read, as `blob_reader` with no size would, and never the whole blob.
+    pub async fn blob_reader_tail(
+        &self,
+        repo: &Reference,
+        digest: &str,
+        tail: u64,
+    ) -> Result<(BlobReader, Bytes)> {
+        Digest::parse(digest)?;
+        let eps = self.endpoints(repo.registry())?;
+        let path = blob_path(repo, digest);
+        let range = format!("bytes=-{}", tail.max(1));
+        let answer = {
+            let _permit = self.permit().await?;
+            let (resp, used) = execute_any(&self.inner, &eps, |ep| {
+                Request::new(Method::GET, ep.url(&path), pull_scope(repo))
+                    .header(header::RANGE, &range)
+            })
+            .await?;
+            let authority = eps[used].spec.authority.clone();
+            (
+                suffix_answer(resp, tail, self.inner.cfg.stall_timeout).await?,
+                used,
+                authority,
+            )
+        };
+        let reader = |size, first_ep| BlobReader {
+            inner: Arc::new(ReaderInner {
+                client: self.clone(),
+                repo: repo.repo_only(),
+                digest: digest.to_string(),
+                size,
+                eps: eps.clone(),
+                first_ep: AtomicUsize::new(first_ep),
+            }),
+        };
+        match answer {
+            (Some((size, bytes)), used, _) => Ok((reader(size, used), bytes)),
+            (None, _, authority) => {
+                tracing::debug!(host = %authority, "suffix range not honoured; asking the size");
+                let r = self.blob_reader(repo, digest, None).await?;
+                let n = tail.min(r.size());
+                let bytes = r.read_at(r.size() - n, n).await?;
+                Ok((r, bytes))
+            }
+        }
+    }
+
     pub(crate) async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
         self.inner
             .sem
@@ -555,6 +606,54 @@ impl BlobReader {
             last: b,
             data: body,
         }]))
+    }
+}
+
+/// The answer to `Range: bytes=-tail`: `Some((blob size, last bytes))`, or
+/// `None` when the host did not serve the suffix (a 416, or a whole blob
+/// larger than `tail`: its body is not read).
+async fn suffix_answer(
+    resp: reqwest::Response,
+    tail: u64,
+    stall: std::time::Duration,
+) -> Result<Option<(u64, Bytes)>> {
+    let url = resp.url().to_string();
+    match resp.status() {
+        StatusCode::PARTIAL_CONTENT => {
+            let cr = resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| Error::invalid(&url, "206 without Content-Range"))?;
+            let cr = parse_content_range(cr).map_err(|e| Error::invalid(&url, e))?;
+            let (Some((a, b)), Some(size)) = (cr.range, cr.total) else {
+                return Err(Error::invalid(&url, "suffix answer without range and size"));
+            };
+            // Exactly the last min(tail, size) bytes, nothing else.
+            if b.checked_add(1) != Some(size) || size - a != tail.min(size) {
+                return Err(Error::invalid(
+                    &url,
+                    format!("Content-Range {a}-{b}/{size} is not the last {tail} bytes"),
+                ));
+            }
+            let body = read_limited(resp, b - a + 1, stall, "range").await?;
+            if body.len() as u64 != b - a + 1 {
+                return Err(Error::invalid(&url, "body shorter than its Content-Range"));
+            }
+            Ok(Some((size, body)))
+        }
+        StatusCode::OK => match resp.content_length() {
+            Some(len) if len <= tail => {
+                let body = read_limited(resp, len, stall, "blob").await?;
+                if body.len() as u64 != len {
+                    return Err(Error::invalid(&url, "body shorter than Content-Length"));
+                }
+                Ok(Some((len, body)))
+            }
+            _ => Ok(None),
+        },
+        StatusCode::RANGE_NOT_SATISFIABLE => Ok(None),
+        _ => Err(unexpected(resp).await),
     }
 }
 

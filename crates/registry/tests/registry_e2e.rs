@@ -1069,3 +1069,63 @@ async fn tls_with_host_ca_speaks_http2() {
         "no HTTP/2 request in the registry log"
     );
 }
+
+/// A blob's size and last bytes in one suffix-range request (no HEAD), and
+/// a clean fallback where the host does not serve suffix ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_and_size_in_one_request() {
+    if !e2e::require_root_tools(&["docker-registry"]) {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let reg = Registry::start(scratch.path());
+    let blob = data(300_000, 9);
+    let d = put(&client(), &repo(&reg.host(), "t/u"), &blob).await;
+    let n = blob.len();
+
+    let f = Front::start(reg.port, FrontOptions::default());
+    let r = repo(&f.host(), "t/u");
+    let (br, tail) = client().blob_reader_tail(&r, &d, 1000).await.unwrap();
+    assert_eq!(br.size(), n as u64);
+    assert_eq!(&tail[..], &blob[n - 1000..]);
+    let seen = f.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].method.as_str(), seen[0].status), ("GET", 206));
+    assert_eq!(seen[0].range.as_deref(), Some("bytes=-1000"));
+    // The reader works on: its ranges are checked against the learned size.
+    assert_eq!(&br.read_at(5, 10).await.unwrap()[..], &blob[5..15]);
+    assert!(br.read_at(n as u64 - 1, 2).await.is_err());
+
+    // A tail longer than the blob is the whole blob.
+    let (br, tail) = client().blob_reader_tail(&r, &d, 1 << 20).await.unwrap();
+    assert_eq!((br.size(), &tail[..]), (n as u64, &blob[..]));
+
+    // A host that ignores Range: size from a HEAD, tail from a ranged read.
+    let f = Front::start(
+        reg.port,
+        FrontOptions {
+            ignore_range: true,
+            ..Default::default()
+        },
+    );
+    let (br, tail) = client()
+        .blob_reader_tail(&repo(&f.host(), "t/u"), &d, 1000)
+        .await
+        .unwrap();
+    assert_eq!((br.size(), &tail[..]), (n as u64, &blob[n - 1000..]));
+    assert!(f.seen().iter().any(|s| s.method == "HEAD"));
+
+    // A Content-Range that is not the suffix asked for is refused.
+    let f = Front::start(
+        reg.port,
+        FrontOptions {
+            shift_content_range: true,
+            ..Default::default()
+        },
+    );
+    let e = client()
+        .blob_reader_tail(&repo(&f.host(), "t/u"), &d, 1000)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid);
+}

@@ -81,33 +81,31 @@ impl StargzFs {
         // A TOC digest kept with a verified TOC spares the manifest (and
         // the registry, when it is down).
         let kept = || self.opener.tocs.toc_digest(digest);
-        let (size, toc) = match labels.get(TOC_DIGEST).cloned().or_else(kept) {
-            Some(t) => (None, Some(t)),
+        let toc = match labels.get(TOC_DIGEST).cloned().or_else(kept) {
+            Some(t) => Some(t),
             None => {
                 let f = self.opener.layer_facts(&image).await?;
-                let own = f.get(digest).cloned();
+                let own = f.get(digest).and_then(|(_, t)| t.clone());
                 facts = Some(f);
-                own.map_or((None, None), |(s, t)| (Some(s), t))
+                own
             }
         };
         let toc = toc.ok_or_else(|| Error::NoTocDigest {
             layer: digest.to_string(),
         })?;
         self.preopen_others(&image, digest, labels, facts);
-        if let Some(opening) = self.preopened.take(digest, &toc) {
-            if let Some(layer) = opening.await {
-                debug!(layer = %digest, "using the layer opened ahead");
-                return Ok(layer);
-            }
+        if let Some(layer) = self.preopened.take(digest, &toc).await {
+            debug!(layer = %digest, "using the layer opened ahead");
+            return Ok(layer);
         }
         self.opener
             .clone()
-            .open(image, digest.to_string(), size, toc)
+            .open(image, digest.to_string(), toc)
             .await
     }
 
-    /// Start opening the other layers the labels list (verified TOC digests
-    /// from the manifest), once per image and minute.
+    /// Start opening the other layers the labels list (TOC digests from
+    /// the manifest), once per image and minute.
     fn preopen_others(
         &self,
         image: &Reference,
@@ -119,41 +117,8 @@ impl StargzFs {
         if listed.len() < 2 || !self.preopened.claim_image(&image.to_string()) {
             return;
         }
-        let (opener, pre, image, current) = (
-            self.opener.clone(),
-            self.preopened.clone(),
-            image.clone(),
-            current.to_string(),
-        );
-        self.opener.rt.spawn(async move {
-            let facts = match facts {
-                Some(f) => f,
-                None => match opener.layer_facts(&image).await {
-                    Ok(f) => f,
-                    Err(e) => {
-                        debug!(image = %image, error = %e, "not opening layers ahead");
-                        return;
-                    }
-                },
-            };
-            for d in listed.iter().filter(|d| **d != current) {
-                let Some((size, Some(toc))) = facts.get(d).cloned() else {
-                    continue;
-                };
-                if pre.contains(d, &toc) {
-                    continue;
-                }
-                let open = opener
-                    .clone()
-                    .open(image.clone(), d.clone(), Some(size), toc.clone());
-                let task = opener.rt.spawn(open);
-                pre.insert(
-                    d,
-                    &toc,
-                    async move { task.await.ok().and_then(Result::ok) }.boxed(),
-                );
-            }
-        });
+        self.preopened
+            .start(&self.opener, image, current, listed, facts);
     }
 
     pub(crate) async fn mount_layer(

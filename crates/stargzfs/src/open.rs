@@ -1,9 +1,16 @@
 //! From a Prepare's labels to an opened lazy layer: the image reference and
 //! layer digest from the labels, the TOC digest from the labels or else the
 //! image manifest, then footer and TOC from the registry blob.
+//!
+//! Round trips: a blob's size is never asked with a HEAD. The first request
+//! for a layer is a suffix range (`Range: bytes=-64KiB`) whose answer holds
+//! the footer, usually the TOC, and in its Content-Range the blob's size;
+//! a TOC larger than that costs one more ranged read. So a layer opens in
+//! one round trip, or two for a big TOC (a few thousand files).
 
 use crate::error::Error;
 use crate::toc_store::TocStore;
+use bytes::Bytes;
 use lazyfs::{LazyLayer, Scheduler};
 use registry::Reference;
 use snapshot_labels::annotations::TOC_DIGEST;
@@ -11,6 +18,13 @@ use snapshotter::Labels;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::runtime::Handle;
+
+/// The first request for a layer asks for this many bytes at the blob's
+/// end (lazyfs reads as much when it opens a layer itself): the footer and
+/// a TOC of up to ~1000 files. A bigger guess costs every layer bytes (and,
+/// on a fresh connection, TCP slow-start round trips) to spare big TOCs one
+/// round trip.
+const TAIL_READ: u64 = 64 << 10;
 
 /// Size and TOC digest (if the manifest has one) of each layer, by digest.
 pub(crate) type LayerFacts = HashMap<String, (u64, Option<String>)>;
@@ -61,34 +75,42 @@ impl Opener {
             .collect())
     }
 
-    pub async fn open(
-        self,
-        image: Reference,
-        digest: String,
-        size: Option<u64>,
-        toc: String,
-    ) -> Result<Arc<LazyLayer>, Error> {
-        if let Some(layer) = self.open_kept(&image, &digest, &toc).await {
-            return Ok(layer);
-        }
-        let reader = self
-            .client
-            .blob_reader(&image, &digest, size)
+    /// A reader for the blob and its last bytes (footer, often the TOC),
+    /// in one request.
+    pub async fn tail(
+        &self,
+        image: &Reference,
+        digest: &str,
+    ) -> Result<(registry::BlobReader, Bytes), Error> {
+        self.client
+            .blob_reader_tail(image, digest, TAIL_READ)
             .await
             .map_err(|source| Error::Blob {
-                layer: digest.clone(),
+                layer: digest.to_string(),
                 source,
-            })?;
+            })
+    }
+
+    /// Open a layer whose tail was read: the TOC checked against `toc`, then
+    /// kept on disk for restarts.
+    pub async fn open_tail(
+        &self,
+        digest: &str,
+        (reader, tail): (registry::BlobReader, Bytes),
+        toc: &str,
+    ) -> Result<Arc<LazyLayer>, Error> {
         let (layer, bytes) = LazyLayer::open_keeping_toc(
             Arc::new(reader),
-            &digest,
-            Some(&toc),
+            tail,
+            digest,
+            Some(toc),
             &self.cfg,
             self.sched.clone(),
             self.rt.clone(),
         )
         .await?;
         let tocs = self.tocs.clone();
+        let (digest, toc) = (digest.to_string(), toc.to_string());
         // Verified above; a failure to keep it only costs the next restart.
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = tocs.save(&digest, &toc, &bytes) {
@@ -148,5 +170,18 @@ impl Opener {
                 None
             }
         }
+    }
+
+    pub async fn open(
+        self,
+        image: Reference,
+        digest: String,
+        toc: String,
+    ) -> Result<Arc<LazyLayer>, Error> {
+        if let Some(layer) = self.open_kept(&image, &digest, &toc).await {
+            return Ok(layer);
+        }
+        let tail = self.tail(&image, &digest).await?;
+        self.open_tail(&digest, tail, &toc).await
     }
 }

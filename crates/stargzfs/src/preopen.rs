@@ -1,32 +1,39 @@
 //! Opening the other layers of an image while containerd prepares the
 //! first. containerd prepares an image's layers one after another and each
-//! open costs a few round trips (blob size, footer, TOC), so on a distant
-//! registry a 3-layer pull paid them three times in a row. The first
-//! Prepare names every layer (`stargz.layers` / `cri.image-layers`); their
-//! opens start at once and later Prepares pick up the result.
+//! open costs a round trip or two (footer, TOC), so on a distant registry a
+//! 3-layer pull paid them three times in a row. The first Prepare names
+//! every layer (`stargz.layers` / `cri.image-layers`); their opens start at
+//! once and later Prepares pick up the result.
+//!
+//! The TOC digests of those layers are in the image manifest, not in the
+//! labels; so each layer's tail (footer, TOC, size) is fetched at once, in
+//! parallel with the manifest, and checked against the manifest when both
+//! are in: all layers of an image open in the round trips of one.
 
+use crate::open::{LayerFacts, Opener};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use lazyfs::LazyLayer;
 use parking_lot::Mutex;
+use registry::Reference;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::debug;
 
-/// A layer being opened; `None` if that failed (the Prepare then opens it
-/// itself and reports its own error).
-pub(crate) type Opening = Shared<BoxFuture<'static, Option<Arc<LazyLayer>>>>;
+/// A layer being opened, with the TOC digest it was checked against;
+/// `None` if that failed (the Prepare then opens it itself and reports its
+/// own error).
+pub(crate) type Opening = Shared<BoxFuture<'static, Option<(Arc<LazyLayer>, String)>>>;
 
 /// Opens nobody asked for are dropped after this (the layer may already
 /// have a snapshot, so containerd never prepares it).
 const KEEP: Duration = Duration::from_secs(60);
 
-/// (layer digest, TOC digest): a pre-opened layer is used only for a
-/// Prepare that expects the same TOC.
-type Key = (String, String);
-
+/// By layer digest; a pre-opened layer is used only for a Prepare that
+/// expects the TOC digest it was checked against.
 #[derive(Default)]
 pub(crate) struct Preopened {
-    layers: Mutex<HashMap<Key, (Opening, Instant)>>,
+    layers: Mutex<HashMap<String, (Opening, Instant)>>,
     images: Mutex<HashMap<String, Instant>>,
 }
 
@@ -43,27 +50,77 @@ impl Preopened {
         true
     }
 
-    /// Record an open in flight unless one for the same key is there.
-    pub fn insert(&self, digest: &str, toc: &str, f: BoxFuture<'static, Option<Arc<LazyLayer>>>) {
+    /// Record an open in flight unless one for the layer is there.
+    pub fn insert(&self, digest: &str, f: BoxFuture<'static, Option<(Arc<LazyLayer>, String)>>) {
         let now = Instant::now();
         let mut m = self.layers.lock();
         m.retain(|_, (_, t)| now.duration_since(*t) < KEEP);
-        m.entry((digest.to_string(), toc.to_string()))
+        m.entry(digest.to_string())
             .or_insert_with(|| (f.shared(), now));
     }
 
-    pub fn contains(&self, digest: &str, toc: &str) -> bool {
-        self.layers
-            .lock()
-            .contains_key(&(digest.to_string(), toc.to_string()))
+    pub fn contains(&self, digest: &str) -> bool {
+        self.layers.lock().contains_key(digest)
     }
 
-    /// The open of this layer, if one was started (taken: used once).
-    pub fn take(&self, digest: &str, toc: &str) -> Option<Opening> {
-        self.layers
-            .lock()
-            .remove(&(digest.to_string(), toc.to_string()))
-            .map(|(f, _)| f)
+    /// The layer opened ahead, if one was started, it worked and its TOC
+    /// is `toc` (taken: used once).
+    pub async fn take(&self, digest: &str, toc: &str) -> Option<Arc<LazyLayer>> {
+        let opening = self.layers.lock().remove(digest).map(|(f, _)| f)?;
+        match opening.await {
+            Some((layer, t)) if t == toc => Some(layer),
+            _ => None,
+        }
+    }
+
+    /// Start opening the `listed` layers of `image` but `current`. `facts`:
+    /// the manifest's, if the caller has it; else it is fetched alongside
+    /// the layers' tails.
+    pub fn start(
+        self: &Arc<Self>,
+        opener: &Opener,
+        image: &Reference,
+        current: &str,
+        listed: Vec<String>,
+        facts: Option<LayerFacts>,
+    ) {
+        let facts: Shared<BoxFuture<'static, Option<Arc<LayerFacts>>>> = match facts {
+            Some(f) => futures::future::ready(Some(Arc::new(f))).boxed().shared(),
+            None => {
+                let (opener, image) = (opener.clone(), image.clone());
+                let task = opener.rt.clone().spawn(async move {
+                    match opener.layer_facts(&image).await {
+                        Ok(f) => Some(Arc::new(f)),
+                        Err(e) => {
+                            debug!(image = %image, error = %e, "not opening layers ahead");
+                            None
+                        }
+                    }
+                });
+                async move { task.await.ok().flatten() }.boxed().shared()
+            }
+        };
+        for d in listed.into_iter().filter(|d| d != current) {
+            if self.contains(&d) {
+                continue;
+            }
+            let (opener2, image, facts, digest) =
+                (opener.clone(), image.clone(), facts.clone(), d.clone());
+            let task = opener.rt.spawn(async move {
+                let (tail, facts) = futures::join!(opener2.tail(&image, &digest), facts);
+                let (tail, facts) = (tail.ok()?, facts?);
+                let (size, toc) = facts.get(&digest)?.clone();
+                let toc = toc?;
+                // The manifest's size is verified; the answer's is not.
+                if tail.0.size() != size {
+                    debug!(layer = %digest, "blob size differs from the manifest's; not opened ahead");
+                    return None;
+                }
+                let layer = opener2.open_tail(&digest, tail, &toc).await.ok()?;
+                Some((layer, toc))
+            });
+            self.insert(&d, async move { task.await.ok().flatten() }.boxed());
+        }
     }
 }
 
@@ -102,10 +159,10 @@ mod tests {
         let p = Preopened::default();
         assert!(p.claim_image("r/a:1"));
         assert!(!p.claim_image("r/a:1"));
-        p.insert("d", "t", async { None }.boxed());
-        assert!(p.contains("d", "t"));
-        assert!(p.take("d", "other-toc").is_none());
-        assert!(p.take("d", "t").unwrap().await.is_none());
-        assert!(p.take("d", "t").is_none());
+        p.insert("d", async { None }.boxed());
+        assert!(p.contains("d"));
+        assert!(p.take("d", "t").await.is_none());
+        assert!(!p.contains("d"));
+        assert!(p.take("d", "t").await.is_none());
     }
 }

@@ -129,6 +129,13 @@ fn sample_image(dir: &Path) -> Sample {
     Sample { libs, interp }
 }
 
+/// The tests of this file one at a time: `assert_clean` looks at every
+/// overlay and runc process of `rsnap optimize` on the machine.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// No overlay, runc state or scratch file of ours is left.
 fn assert_clean(scratch: &Path) {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -193,6 +200,7 @@ fn esgzverify() -> Option<PathBuf> {
 
 #[test]
 fn profiles_a_workload_and_puts_its_files_first() {
+    let _serial = serial();
     if !e2e::require_root_tools(&["runc", "ldd", "gunzip", "tar"]) {
         return;
     }
@@ -357,6 +365,7 @@ fn profiles_a_workload_and_puts_its_files_first() {
 
 #[test]
 fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
+    let _serial = serial();
     if !e2e::require_root_tools(&["runc", "ldd"]) {
         return;
     }
@@ -417,6 +426,7 @@ fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
 
 #[test]
 fn wait_on_signal_runs_until_sigint_then_cleans_up() {
+    let _serial = serial();
     if !e2e::require_root_tools(&["runc"]) {
         return;
     }

@@ -556,7 +556,7 @@ fn crafted_bad_estargz_images_are_refused_or_fall_back_safely() {
     drop(ctrd);
     let bad = escapes(scratch.path(), sentinel.path());
     assert!(bad.is_empty(), "files outside the scratch dir: {bad:?}");
-    common::stop(daemon, libc::SIGTERM);
+    common::stop(daemon, libc::SIGINT);
     assert!(e2e::containerd::mounts_under(scratch.path()).is_empty());
 }
 
@@ -711,6 +711,6 @@ async fn manifest_that_is_not_what_its_digest_says_is_refused() {
         !log.contains(&forged),
         "the forged TOC digest was used:\n{log}"
     );
-    common::stop(d, libc::SIGTERM);
+    common::stop(d, libc::SIGINT);
     assert!(e2e::containerd::mounts_under(scratch.path()).is_empty());
 }

@@ -241,7 +241,7 @@ fn load_case(n_images: usize, containers: usize) {
     assert!(peak.fds < 512, "daemon had {} fds open", peak.fds);
 
     drop(Arc::try_unwrap(ctrd).ok().expect("containerd handle"));
-    common::stop(daemon, libc::SIGTERM);
+    common::stop(daemon, libc::SIGINT);
     assert!(
         e2e::containerd::mounts_under(scratch.path()).is_empty(),
         "mounts left behind"

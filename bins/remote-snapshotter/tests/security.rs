@@ -175,7 +175,7 @@ fn credentials_stay_out_of_logs_labels_and_redirected_hosts() {
     );
 
     drop(ctrd);
-    common::stop(daemon, libc::SIGTERM);
+    common::stop(daemon, libc::SIGINT);
     assert!(e2e::containerd::mounts_under(scratch.path()).is_empty());
 }
 
@@ -253,7 +253,7 @@ async fn tls_is_verified_with_the_configured_ca() {
                 "the log does not say why: {log}"
             );
         }
-        common::stop(d, libc::SIGTERM);
+        common::stop(d, libc::SIGINT);
         assert!(e2e::containerd::mounts_under(&dir).is_empty());
     }
 }
@@ -342,6 +342,6 @@ fn setuid_and_devices_work_in_containers_but_host_mounts_are_nosuid_nodev() {
     eprintln!("host mounts: {} FUSE mounts, all nosuid,nodev", ours.len());
 
     drop(ctrd);
-    common::stop(daemon, libc::SIGTERM);
+    common::stop(daemon, libc::SIGINT);
     assert!(e2e::containerd::mounts_under(scratch.path()).is_empty());
 }

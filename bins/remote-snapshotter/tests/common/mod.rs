@@ -12,6 +12,19 @@ pub struct Daemon {
     pub sock: PathBuf,
 }
 
+/// A test that fails (or ends) with the daemon running stops it with SIGINT,
+/// which unmounts its layers: SIGTERM would keep the mounts alive in the fd
+/// holder for a next daemon, and the scratch dir's removal would then wait
+/// on them.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.svc.is_running() {
+            self.svc.signal(libc::SIGINT);
+            wait_until(Duration::from_secs(10), || !self.svc.is_running());
+        }
+    }
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_remote-snapshotter")
 }

@@ -475,7 +475,12 @@ impl std::fmt::Debug for MountHandle {
 }
 
 /// A running session, its stop fd and the ABI version from INIT.
-type Served = (BackgroundSession, Arc<OwnedFd>, Option<(u32, u32)>, Arc<Counters>);
+type Served = (
+    BackgroundSession,
+    Arc<OwnedFd>,
+    Option<(u32, u32)>,
+    Arc<Counters>,
+);
 
 /// The FUSE session of `layer` on a clone of `anchor`: with the INIT
 /// handshake for a new connection, without for one handed over.
@@ -589,10 +594,11 @@ pub fn adopt(
             .map_or(mountpoint.to_path_buf(), |d| d.join(n)),
         _ => mountpoint.to_path_buf(),
     };
-    let (session, stop, _, counters) = serve(&layer, &anchor, true).map_err(|source| Error::Mount {
-        path: mp.clone(),
-        source,
-    })?;
+    let (session, stop, _, counters) =
+        serve(&layer, &anchor, true).map_err(|source| Error::Mount {
+            path: mp.clone(),
+            source,
+        })?;
     info!(layer = %layer.digest(), mount = %mp.display(), "serving a handed-over mount");
     Ok(MountHandle {
         mountpoint: mp,
@@ -635,6 +641,8 @@ impl MountHandle {
                 warn!(mount = %self.mountpoint.display(), "FUSE session ended with an error");
             }
         }
+    }
+
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters

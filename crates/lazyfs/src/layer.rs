@@ -255,7 +255,7 @@ impl LazyLayer {
         let Some(node) = self.tree.regular(ino) else {
             return false;
         };
-        let cache = self.fetcher.cache();
+        let cache = self.fetcher.scheduler().cache();
         node.chunks.iter().all(|c| cache.contains(&c.digest))
     }
 
@@ -304,8 +304,9 @@ impl LazyLayer {
         }
     }
 
-    /// Bytes of a file from the cache only; `None` if some part is not cached.
-    #[cfg(test)]
+    /// Bytes of a file from the cache only; `None` if some part is not
+    /// cached. Blocking (disk reads), never waits for the network (tests,
+    /// and whole-file copies for passthrough).
     pub(crate) fn read_cached(&self, ino: u64, off: u64, len: u64) -> Option<Result<Bytes, Error>> {
         let Some(node) = self.tree.regular(ino) else {
             return Some(Err(Error::NotAFile));

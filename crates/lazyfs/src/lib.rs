@@ -54,8 +54,8 @@ pub use fuse::{adopt, mount, MountHandle};
 pub use inflight::{in_flight, persist_in as persist_in_flight, wait_drained};
 pub use layer::{LazyLayer, PrefetchReport};
 pub use mounts::{cleanup_dead_mounts, is_fuse_mounted};
-pub use scheduler::{FetchVia, Scheduler};
 pub use open::TocBytes;
+pub use scheduler::{FetchVia, Scheduler};
 pub use source::{FileSource, RangeSource, SourceError};
 pub use stats::{Stats, StatsSnapshot};
 

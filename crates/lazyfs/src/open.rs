@@ -37,16 +37,9 @@ impl LazyLayer {
         via: impl Into<FetchVia>,
         rt: Handle,
     ) -> Result<Arc<LazyLayer>, Error> {
-        let (layer, _) = Self::open_keeping_toc(
-            source,
-            Bytes::new(),
-            layer_digest,
-            toc_digest,
-            cfg,
-            via,
-            rt,
-        )
-        .await?;
+        let (layer, _) =
+            Self::open_keeping_toc(source, Bytes::new(), layer_digest, toc_digest, cfg, via, rt)
+                .await?;
         Ok(layer)
     }
 

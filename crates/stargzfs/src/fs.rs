@@ -9,7 +9,6 @@ use crate::open::{first, LayerFacts, Opener};
 use crate::preopen::{self, Preopened};
 use crate::toc_store::TocStore;
 use async_trait::async_trait;
-use futures::FutureExt;
 use lazyfs::{ChunkCache, LazyLayer, MountHandle, Scheduler};
 use registry::Reference;
 use snapshot_labels::annotations::TOC_DIGEST;

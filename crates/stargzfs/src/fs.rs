@@ -92,6 +92,11 @@ impl StargzFs {
         let toc = toc.ok_or_else(|| Error::NoTocDigest {
             layer: digest.to_string(),
         })?;
+        // A TOC kept on disk opens at once: never wait behind an opening
+        // ahead (a manifest fetch) that an unreachable registry stalls.
+        if let Some(layer) = self.opener.open_kept(&image, digest, &toc).await {
+            return Ok(layer);
+        }
         self.preopen_others(&image, digest, labels, facts);
         if let Some(layer) = self.preopened.take(digest, &toc).await {
             debug!(layer = %digest, "using the layer opened ahead");

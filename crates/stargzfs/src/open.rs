@@ -124,7 +124,7 @@ impl Opener {
     /// The layer from its kept TOC, without a request: `None` if there is
     /// none, it is for another TOC digest, or it fails its checks (then it
     /// is deleted and the caller reads the TOC from the registry).
-    async fn open_kept(
+    pub(crate) async fn open_kept(
         &self,
         image: &Reference,
         digest: &str,

@@ -18,56 +18,14 @@ mod common;
 use base64::Engine;
 use e2e::containerd::{mounts_under, Containerd, CriOptions};
 use e2e::cri::{api::AuthConfig, write_pause_image, Cri, PodNetwork};
-use e2e::image::{
-    busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout, LayerBuilder,
-};
 use e2e::registry::{htpasswd, skopeo_push, Registry, RegistryOptions};
 use e2e::tcpproxy::CountingProxy;
-use std::path::Path;
 use std::time::Duration;
 
 const USER: &str = "kube";
 const PASSWORD: &str = "pull-Secret-27182-xyzzy";
 const WRONG: &str = "wrong-Secret-16180-plugh";
 const LAYERS: u64 = 2;
-
-/// A two-layer eStargz image in OCI layout `dir/dst` (tag v1): busybox
-/// (with `marker` added, so that two such images share no layer) and 8 MB
-/// of data of which the image's command reads one small file and hashes a
-/// 300 kB one. Returns the gzip image's size and the command's output.
-fn build_image(dir: &Path, marker: &str, seed: u64) -> (u64, String) {
-    let src = dir.join("src");
-    let mid = pseudo_random(300_000, seed);
-    let mut base = busybox_layer();
-    base.file("etc/marker", marker, 0o644);
-    let mut data = LayerBuilder::new();
-    data.dir("data", 0o755)
-        .file("data/big.bin", pseudo_random(8 << 20, seed + 1), 0o644)
-        .file("data/small.txt", format!("{marker}\n"), 0o644)
-        .file("data/mid.bin", mid.clone(), 0o644);
-    let layers = vec![base.tar_gz(), data.tar_gz()];
-    let size = layers.iter().map(|l| l.len() as u64).sum();
-    write_oci_layout(
-        &src,
-        "v1",
-        layers,
-        &[
-            "/bin/sh",
-            "-c",
-            "cat /data/small.txt; sha256sum /data/mid.bin",
-        ],
-    );
-    rsnap_ok(&[
-        "convert",
-        &format!("oci:{}:v1", src.display()),
-        &format!("oci:{}:v1", dir.join("dst").display()),
-    ]);
-    let expected = format!(
-        "{marker}\n{}  /data/mid.bin\n",
-        sha256_digest(&mid).trim_start_matches("sha256:")
-    );
-    (size, expected)
-}
 
 #[test]
 fn pull_secrets_through_our_image_service_make_private_images_lazy() {
@@ -76,8 +34,10 @@ fn pull_secrets_through_our_image_service_make_private_images_lazy() {
     }
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path().to_path_buf();
-    let (app_size, app_expected) = build_image(&s.join("app"), "private and lazy", 41);
-    let (direct_size, direct_expected) = build_image(&s.join("direct"), "private, pulled", 51);
+    let (app_size, app_expected) =
+        common::cri_image::build_image(&s.join("app"), "private and lazy", 41);
+    let (direct_size, direct_expected) =
+        common::cri_image::build_image(&s.join("direct"), "private, pulled", 51);
     write_pause_image(&s.join("pause"), "v1");
 
     // One storage, two registries: anonymous (to push to, and for the

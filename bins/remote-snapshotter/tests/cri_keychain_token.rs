@@ -17,13 +17,9 @@ mod common;
 
 use e2e::containerd::{mounts_under, Containerd, CriOptions};
 use e2e::cri::{api::AuthConfig, write_pause_image, Cri, PodNetwork};
-use e2e::image::{
-    busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout, LayerBuilder,
-};
 use e2e::registry::{skopeo_push, Registry, RegistryOptions};
 use e2e::tcpproxy::CountingProxy;
 use e2e::tokenauth::{Accept, TokenAuth};
-use std::path::Path;
 use std::time::Duration;
 
 const USER: &str = "kube";
@@ -31,43 +27,6 @@ const PASSWORD: &str = "token-Secret-14142-grue";
 const IDENTITY: &str = "identity-Token-17320-zorkmid";
 const WRONG: &str = "wrong-Token-Secret-22360";
 const LAYERS: u64 = 2;
-
-/// A two-layer eStargz image in OCI layout `dir/dst` (tag v1), busybox with
-/// `marker` (so that no two images share a layer) and 8 MB of data, whose
-/// command prints the marker and hashes a 300 kB file. Returns the gzip
-/// image's size and the command's output.
-fn build_image(dir: &Path, marker: &str, seed: u64) -> (u64, String) {
-    let src = dir.join("src");
-    let mid = pseudo_random(300_000, seed);
-    let mut base = busybox_layer();
-    base.file("etc/marker", marker, 0o644);
-    let mut data = LayerBuilder::new();
-    data.dir("data", 0o755)
-        .file("data/big.bin", pseudo_random(8 << 20, seed + 1), 0o644)
-        .file("data/mid.bin", mid.clone(), 0o644);
-    let layers = vec![base.tar_gz(), data.tar_gz()];
-    let size = layers.iter().map(|l| l.len() as u64).sum();
-    write_oci_layout(
-        &src,
-        "v1",
-        layers,
-        &[
-            "/bin/sh",
-            "-c",
-            "cat /etc/marker; echo; sha256sum /data/mid.bin",
-        ],
-    );
-    rsnap_ok(&[
-        "convert",
-        &format!("oci:{}:v1", src.display()),
-        &format!("oci:{}:v1", dir.join("dst").display()),
-    ]);
-    let expected = format!(
-        "{marker}\n{}  /data/mid.bin\n",
-        sha256_digest(&mid).trim_start_matches("sha256:")
-    );
-    (size, expected)
-}
 
 #[test]
 fn token_registry_secrets_through_our_image_service_make_pulls_lazy() {
@@ -83,7 +42,7 @@ fn token_registry_secrets_through_our_image_service_make_pulls_lazy() {
     ];
     let built: Vec<(u64, String)> = images
         .iter()
-        .map(|(name, marker, seed)| build_image(&s.join(name), marker, *seed))
+        .map(|(name, marker, seed)| common::cri_image::build_image(&s.join(name), marker, *seed))
         .collect();
     write_pause_image(&s.join("pause"), "v1");
 

@@ -148,3 +148,50 @@ impl Drop for Stack {
         e2e::containerd::unmount_under(self.scratch.path());
     }
 }
+
+/// Images for the CRI keychain tests (`cri_keychain`, `cri_keychain_token`).
+pub mod cri_image {
+    use std::path::Path;
+
+    /// A two-layer eStargz image in OCI layout `dir/dst` (tag v1): busybox
+    /// (with `marker` added, so that two such images share no layer) and 8 MB
+    /// of data of which the image's command reads one small file and hashes a
+    /// 300 kB one. Returns the gzip image's size and the command's output.
+    pub fn build_image(dir: &Path, marker: &str, seed: u64) -> (u64, String) {
+        let src = dir.join("src");
+        let mid = e2e::image::pseudo_random(300_000, seed);
+        let mut base = e2e::image::busybox_layer();
+        base.file("etc/marker", marker, 0o644);
+        let mut data = e2e::image::LayerBuilder::new();
+        data.dir("data", 0o755)
+            .file(
+                "data/big.bin",
+                e2e::image::pseudo_random(8 << 20, seed + 1),
+                0o644,
+            )
+            .file("data/small.txt", format!("{marker}\n"), 0o644)
+            .file("data/mid.bin", mid.clone(), 0o644);
+        let layers = vec![base.tar_gz(), data.tar_gz()];
+        let size = layers.iter().map(|l| l.len() as u64).sum();
+        e2e::image::write_oci_layout(
+            &src,
+            "v1",
+            layers,
+            &[
+                "/bin/sh",
+                "-c",
+                "cat /data/small.txt; sha256sum /data/mid.bin",
+            ],
+        );
+        e2e::image::rsnap_ok(&[
+            "convert",
+            &format!("oci:{}:v1", src.display()),
+            &format!("oci:{}:v1", dir.join("dst").display()),
+        ]);
+        let expected = format!(
+            "{marker}\n{}  /data/mid.bin\n",
+            e2e::image::sha256_digest(&mid).trim_start_matches("sha256:")
+        );
+        (size, expected)
+    }
+}

@@ -172,15 +172,14 @@ impl Opener {
         }
     }
 
+    /// Open a layer from the registry (the caller has already tried its
+    /// kept TOC with [`Opener::open_kept`]).
     pub async fn open(
         self,
         image: Reference,
         digest: String,
         toc: String,
     ) -> Result<Arc<LazyLayer>, Error> {
-        if let Some(layer) = self.open_kept(&image, &digest, &toc).await {
-            return Ok(layer);
-        }
         let tail = self.tail(&image, &digest).await?;
         self.open_tail(&digest, tail, &toc).await
     }

@@ -9,14 +9,17 @@
 //! snapshotter can fetch that image's layers while containerd pulls it.
 //!
 //! Layers: [`reference`] (image reference -> host, repository),
+//! [`credentials`] (one registry's secret, never printed),
 //! [`keychain`] (what was learnt, with its expiry), [`store`] (the
 //! keychain on disk, to survive restarts), [`proxy`] (the gRPC service).
 
+pub mod credentials;
 pub mod keychain;
 pub mod proxy;
 pub mod reference;
 pub mod store;
 
-pub use keychain::{Credentials, Expiry, Keychain};
+pub use credentials::Credentials;
+pub use keychain::{Expiry, Keychain};
 pub use proxy::{connect_upstream, serve, ImageServiceProxy, ProxyError};
 pub use store::{Store, StoreError};

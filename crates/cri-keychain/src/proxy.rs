@@ -4,7 +4,8 @@
 //! call is forwarded: containerd asks the snapshotter for the image's layers
 //! while that very call runs.
 
-use crate::keychain::{Credentials, Keychain};
+use crate::credentials::Credentials;
+use crate::keychain::Keychain;
 use crate::reference::host_and_repository;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;

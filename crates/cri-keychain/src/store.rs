@@ -6,7 +6,7 @@
 //! mix. It holds secrets in clear text, like docker's `config.json`; no
 //! error of this module quotes the file's content.
 
-use crate::keychain::Credentials;
+use crate::credentials::Credentials;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;

@@ -189,12 +189,32 @@ fn toc_head(toc: &Value) -> (Vec<String>, String) {
 }
 
 fn esgzverify() -> Option<PathBuf> {
+    const OUT: &str = "/var/tmp/rsnap-bench/reference";
+    let built = || {
+        let p = PathBuf::from(OUT).join("esgzverify");
+        p.is_file().then_some(p)
+    };
     std::env::var_os("ESGZVERIFY")
         .map(PathBuf::from)
         .or_else(|| e2e::which("esgzverify"))
+        .or_else(built)
         .or_else(|| {
-            let p = PathBuf::from("/var/tmp/rsnap-bench/reference/esgzverify");
-            p.is_file().then_some(p)
+            // Build it from Debian's Go sources where the machine has the
+            // reference's build script (next to the repository), once.
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/build.sh");
+            if !script.is_file() {
+                return None;
+            }
+            let ok = Command::new(&script)
+                .arg(OUT)
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                built()
+            } else {
+                None
+            }
         })
 }
 

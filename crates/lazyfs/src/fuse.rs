@@ -59,6 +59,9 @@ pub(crate) struct Counters {
     pub reads: AtomicU64,
     /// Opens answered with a backing file.
     pub passthrough_opens: AtomicU64,
+    /// RELEASEs of layer files handled (the kernel sends them after
+    /// `close` returns: tests wait for them).
+    pub releases: AtomicU64,
 }
 
 impl LayerFs {
@@ -330,6 +333,7 @@ impl Filesystem for LayerFs {
                 store.request(&self.layer, ino.0);
             }
         }
+        self.counters.releases.fetch_add(1, Relaxed);
     }
 
     fn flush(

@@ -508,7 +508,13 @@ fn fully_cached_files_are_passed_through_to_the_kernel() {
     third.read_to_end(&mut got).unwrap();
     second.read_to_end(&mut Vec::new()).unwrap();
     assert!(got == big);
+    let released = m.counters().releases.load(SeqCst);
     drop((first, second, third));
+    // Closing returns before the kernel's RELEASEs reach us; until they
+    // have, a normal open is live and the next open stays normal.
+    wait_for("the three releases", || {
+        m.counters().releases.load(SeqCst) >= released + 3
+    });
 
     // Now every open is passed through: the kernel reads the copy, no read
     // reaches us, and the bytes are the same.

@@ -35,7 +35,7 @@ up() {
   LIB_DIRS+=("$RS" "$GOD" "$CD")
   : >"$RS/config.toml"; : >"$GOD/config.toml"
   "$DAEMON" --address "$RS/rs.sock" --root "$RS/root" --config "$RS/config.toml" \
-    --log-level info --unmount-on-exit >>"$RS/daemon.log" 2>&1 &
+    --log-level "${RS_LOG_LEVEL:-info}" --unmount-on-exit >>"$RS/daemon.log" 2>&1 &
   OURS_PID=$!; LIB_PIDS+=("$OURS_PID")
   "$GOSNAP" --address "$GOD/go.sock" --root "$GOD/root" --config "$GOD/config.toml" \
     --log-level info >>"$GOD/daemon.log" 2>&1 &

@@ -78,6 +78,7 @@ impl Drop for Mounted {
 
 fn cfg() -> Config {
     Config {
+        neighbour_bytes: 0,
         fetch_timeout_sec: 2,
         no_background_fetch: true,
         // Each test controls what is fetched when.
@@ -256,6 +257,7 @@ fn a_slow_fetch_does_not_block_cached_readers() {
     let Some(m) = Mounted::new(
         &t,
         Config {
+            neighbour_bytes: 0,
             fetch_timeout_sec: 2,
             fuse_threads: 1,
             ..cfg()
@@ -457,6 +459,7 @@ fn landmarks_are_hidden_and_missing_names_are_cached_by_the_kernel() {
 fn passthrough_mount(t: &TestLayer, on: bool) -> Option<(Mounted, tempfile::TempDir)> {
     let cache_dir = tempfile::tempdir().unwrap();
     let cfg = Config {
+        neighbour_bytes: 0,
         passthrough: on,
         cache_dir: Some(cache_dir.path().to_path_buf()),
         ..cfg()

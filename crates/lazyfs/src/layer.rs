@@ -239,6 +239,8 @@ impl LazyLayer {
             let parts = have.into_iter().flatten().collect();
             return Read::Ready(Ok(assemble(chunks, parts, off, len)));
         }
+        let mut ahead = ahead;
+        self.neighbours(chunks, &mut ahead);
         Read::Pending(PendingRead {
             ino,
             off,
@@ -375,6 +377,38 @@ impl LazyLayer {
             seen.insert((c.blob_offset, c.inner_offset)) && !self.fetcher.is_resident(c)
         });
         out
+    }
+
+    /// Add to `ahead` the members lying entirely within `neighbour_bytes`
+    /// before and after those of `chunks` (a read that goes to the network
+    /// anyway), unless cached or already there: they ride in the same
+    /// request (see `Config::neighbour_bytes`).
+    fn neighbours(&self, chunks: &[Chunk], ahead: &mut Vec<Chunk>) {
+        let n = self.cfg.neighbour_bytes;
+        let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        let lo = first.blob_offset.saturating_sub(n);
+        let hi = last.blob_end.saturating_add(n);
+        let nodes = self.tree.nodes();
+        let i = self.blob_order.partition_point(|e| e.0 < lo);
+        let mut seen: HashSet<(u64, u64)> = chunks
+            .iter()
+            .chain(ahead.iter())
+            .map(|c| (c.blob_offset, c.inner_offset))
+            .collect();
+        for &(_, node, k) in self.blob_order[i..].iter().take_while(|e| e.0 < hi) {
+            let c = &nodes[node as usize].chunks[k as usize];
+            if c.blob_end <= hi
+                && seen.insert((c.blob_offset, c.inner_offset))
+                && !self.fetcher.is_resident(c)
+            {
+                ahead.push(c.clone());
+            }
+        }
     }
 
     /// Reads whose members follow the previous file's in the blob (within

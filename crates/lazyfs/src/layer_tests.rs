@@ -23,6 +23,7 @@ pub(crate) struct Fixture {
 
 pub(crate) fn cfg() -> Config {
     Config {
+        neighbour_bytes: 0,
         fetch_timeout_sec: 1,
         no_background_fetch: true,
         readahead_bytes: 0,
@@ -103,6 +104,7 @@ async fn adjacent_chunks_are_fetched_in_one_request() {
     assert_eq!(f.src.requests(), 1);
     // A small request limit splits the fetch.
     let c = Config {
+        neighbour_bytes: 0,
         max_request_bytes: 1,
         coalesce_gap_bytes: 0,
         ..cfg()
@@ -280,6 +282,7 @@ async fn prefetch_fetches_the_prioritized_range_in_one_request() {
     assert_eq!(src.requests(), 2);
     // noprefetch turns it off.
     let c = Config {
+        neighbour_bytes: 0,
         noprefetch: true,
         ..cfg()
     };
@@ -304,6 +307,7 @@ async fn background_fetch_gets_everything_in_large_requests() {
         t.file(&format!("f{k}"), &data(3000, k), 0o644);
     }
     let c = Config {
+        neighbour_bytes: 0,
         no_background_fetch: false,
         background_request_bytes: 16 << 10,
         ..cfg()
@@ -339,6 +343,7 @@ async fn background_fetch_waits_for_a_quiet_period_after_mount() {
         t.file(&format!("f{k}"), &data(3000, k), 0o644);
     }
     let c = Config {
+        neighbour_bytes: 0,
         no_background_fetch: false,
         background_quiet_ms: 400,
         ..cfg()
@@ -370,6 +375,7 @@ async fn a_read_never_waits_for_the_background_quiet_period() {
         t.file(&format!("f{k}"), &data(3000, k), 0o644);
     }
     let c = Config {
+        neighbour_bytes: 0,
         no_background_fetch: false,
         background_quiet_ms: 3000,
         ..cfg()
@@ -395,6 +401,7 @@ async fn background_fetch_yields_to_readers() {
         t.file(&format!("f{k}"), &data(3000, k), 0o644);
     }
     let c = Config {
+        neighbour_bytes: 0,
         no_background_fetch: false,
         background_request_bytes: 2048,
         background_concurrency: 1,
@@ -429,6 +436,7 @@ async fn sequential_reader_gets_readahead() {
     let mut t = TestLayer::new(1000);
     t.file("seq", &data(20_000, 9), 0o644);
     let c = Config {
+        neighbour_bytes: 0,
         readahead_bytes: 8000,
         ..cfg()
     };
@@ -496,6 +504,7 @@ async fn reading_files_in_blob_order_fetches_ahead_across_files() {
         t.file(&format!("f{k:02}"), &data(1000, k), 0o644);
     }
     let c = Config {
+        neighbour_bytes: 0,
         blob_readahead_bytes: 5000,
         coalesce_gap_bytes: 100,
         ..cfg()
@@ -533,4 +542,48 @@ async fn reading_files_in_blob_order_fetches_ahead_across_files() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(f.src.requests(), before + 1);
     assert_eq!(*f.src.ranges.lock().last().unwrap(), member("f25"));
+}
+
+/// A read that goes to the network brings the members stored near its own
+/// in the same request (small files read one after another), and only
+/// those within `neighbour_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_brings_its_neighbours_in_the_same_request() {
+    let mut t = TestLayer::new(1000);
+    for k in 0..6u8 {
+        t.file(&format!("f{k}"), &data(900, k), 0o644);
+    }
+    // Incompressible, so its member is ~64 kB long.
+    let mut x = 0x2545_f491_u32;
+    let noise: Vec<u8> = (0..64_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    t.file("far", &noise, 0o644);
+    t.file("after", &data(900, 10), 0o644);
+    let c = Config {
+        neighbour_bytes: 16_000,
+        coalesce_gap_bytes: 0,
+        ..cfg()
+    };
+    let f = fixture(t, c, Arc::new(ChunkCache::memory_only(1 << 20)));
+    f.layer.read(ino(&f.t, "f2"), 0, 900).await.unwrap();
+    assert_eq!(f.src.requests(), 1);
+    // f0..f5 lie within 16 kB of f2's member: all came with it.
+    for k in 0..6 {
+        let got = f
+            .layer
+            .read(ino(&f.t, &format!("f{k}")), 0, 900)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &data(900, k as u8)[..]);
+    }
+    assert_eq!(f.src.requests(), 1, "neighbours were fetched with the miss");
+    // `after` lies beyond a 64 kB member: not a neighbour.
+    f.layer.read(ino(&f.t, "after"), 0, 900).await.unwrap();
+    assert_eq!(f.src.requests(), 2);
 }

@@ -40,6 +40,7 @@ async fn settle() {
 async fn sequential_reads_grow_the_window_and_random_ones_do_not() {
     let len = 6 << 20;
     let c = Config {
+        neighbour_bytes: 0,
         readahead_bytes: 2 << 20,
         ..cfg()
     };
@@ -100,6 +101,7 @@ async fn sequential_reads_grow_the_window_and_random_ones_do_not() {
 async fn scattered_spans_become_one_multi_range_request() {
     for multi in [true, false] {
         let c = Config {
+            neighbour_bytes: 0,
             coalesce_gap_bytes: 0,
             ..cfg()
         };
@@ -133,6 +135,7 @@ async fn background_fetch_waits_for_reads_in_flight_and_resumes_after() {
         t.file(&format!("f{k}"), &data(3000, k), 0o644);
     }
     let c = Config {
+        neighbour_bytes: 0,
         no_background_fetch: false,
         background_request_bytes: 4096,
         ..cfg()
@@ -212,6 +215,7 @@ async fn background_fetch_holds_a_bounded_number_of_chunks() {
         t.file(&format!("f{k}"), &noise(256 << 10, k as u64 + 1), 0o644);
     }
     let c = Config {
+        neighbour_bytes: 0,
         no_background_fetch: false,
         background_request_bytes: 64 << 10,
         background_concurrency: 2,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 fn cfg() -> Config {
     Config {
+        neighbour_bytes: 0,
         fetch_timeout_sec: 5,
         no_background_fetch: true,
         ..Config::default()
@@ -116,6 +117,7 @@ fn prioritized_files_are_prefetched_in_one_request() {
     let cache = Arc::new(ChunkCache::memory_only(64 << 20));
     // No readahead: what is read must come from the prefetch alone.
     let c = Config {
+        neighbour_bytes: 0,
         blob_readahead_bytes: 0,
         readahead_bytes: 0,
         ..cfg()
@@ -151,6 +153,7 @@ fn background_fetch_completes_the_layer() {
     let l = lower_layer();
     let blob = to_estargz(&l, 64 << 10, &[]);
     let c = Config {
+        neighbour_bytes: 0,
         no_background_fetch: false,
         ..cfg()
     };

@@ -473,6 +473,7 @@ impl BlobReader {
         let eps = &inner.eps[first..];
         let path = blob_path(&inner.repo, &inner.digest);
         let range_header = format_ranges(ranges);
+        let started = std::time::Instant::now();
         let (resp, used) = {
             let _permit = client.permit().await?;
             let (resp, used) = execute_any(&client.inner, eps, |ep| {
@@ -486,6 +487,13 @@ impl BlobReader {
             let authority = eps[used].spec.authority.clone();
             (self.collect(resp, ranges, &authority).await, authority)
         };
+        // One line per registry request: the bench's request timelines.
+        tracing::debug!(
+            digest = %inner.digest,
+            ranges = %range_header,
+            ms = started.elapsed().as_millis() as u64,
+            "ranged GET"
+        );
         match resp {
             Ok(Some(p)) => Ok(p),
             Ok(None) if ranges.len() > 1 => {

@@ -49,8 +49,16 @@ async fn pull(args: Args) -> Result<()> {
         Some(p) => registry::Platform::parse(p).context("parsing --platform")?,
         None => registry::Platform::host(),
     };
-    let img = ctrd::fetch_image(client, reference, &platform).await?;
-    let mut ctr = ctrd::Containerd::connect(&args.address, &args.namespace).await?;
+    // containerd is dialled while the registry answers.
+    let (img, ctr) = tokio::join!(
+        ctrd::fetch_image(client, reference, &platform),
+        ctrd::Containerd::connect(&args.address, &args.namespace)
+    );
+    let (img, mut ctr) = (img?, ctr?);
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "manifest and config fetched"
+    );
     let p = ctrd::pull(&mut ctr, &img, &args.snapshotter).await?;
     println!(
         "pulled {} ({} layers: {} lazy, {} fetched) in {:.3}s",

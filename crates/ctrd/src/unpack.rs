@@ -14,6 +14,8 @@ use snapshot_labels::labels::{
 };
 use snapshot_labels::LABEL_TARGET_REF as REF_LABEL;
 use std::collections::HashMap;
+use std::time::Instant;
+use tracing::debug;
 
 /// containerd caps a label at 4096 bytes (key + value); the layer list is only a hint.
 const MAX_LAYERS_LABEL: usize = 4000;
@@ -46,19 +48,64 @@ pub async fn pull(ctr: &mut Containerd, img: &ImageParts, snapshotter: &str) -> 
 }
 
 async fn unpack(ctr: &Containerd, img: &ImageParts, snapshotter: &str) -> Result<(usize, usize)> {
+    let started = Instant::now();
     let chains = chain_ids(&img.diff_ids);
     let top = chains.last().cloned().unwrap_or_default();
 
-    // Config first, labelled so that gc keeps the snapshot chain of this snapshotter.
+    // The config, labelled so that gc keeps the snapshot chain of this
+    // snapshotter, is stored while the layers are prepared: the lease keeps
+    // both until the image record exists, and containerd's content commit
+    // (an fsync) need not delay the first Prepare.
     let config_labels =
         HashMap::from([(format!("containerd.io/gc.ref.snapshot.{snapshotter}"), top)]);
-    ctr.write_content(
+    let config = ctr.write_content(
         img.config.digest().as_ref(),
         &img.config_bytes,
         config_labels,
-    )
-    .await?;
+    );
+    let (config, layers) = futures::join!(config, prepare_layers(ctr, img, snapshotter, &chains));
+    config?;
+    let (remote, fetched) = layers?;
+    debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "config stored, layers prepared"
+    );
 
+    // Manifest last, with references to config and layers for gc, then the image.
+    let mut manifest_labels = HashMap::from([(
+        "containerd.io/gc.ref.content.config".to_string(),
+        img.config.digest().to_string(),
+    )]);
+    for (i, l) in img.layers.iter().enumerate() {
+        // Only layers we actually stored are referenced; missing refs are fine for gc.
+        manifest_labels.insert(
+            format!("containerd.io/gc.ref.content.l.{i}"),
+            l.digest().to_string(),
+        );
+    }
+    let m = &img.manifest;
+    ctr.write_content(&m.digest, &m.bytes, manifest_labels)
+        .await?;
+    let target = Descriptor {
+        media_type: m.media_type.clone(),
+        digest: m.digest.clone(),
+        size: m.bytes.len() as i64,
+        annotations: HashMap::new(),
+    };
+    ctr.put_image(&img.name, target).await?;
+    debug!(ms = started.elapsed().as_millis() as u64, "image recorded");
+    Ok((remote, fetched))
+}
+
+/// `Prepare` each layer in order (each names its parent); returns how many
+/// were mounted remotely and how many fetched and applied here.
+async fn prepare_layers(
+    ctr: &Containerd,
+    img: &ImageParts,
+    snapshotter: &str,
+    chains: &[String],
+) -> Result<(usize, usize)> {
+    let started = Instant::now();
     let layer_list = layers_label(&img.layers);
     let (mut remote, mut fetched) = (0, 0);
     for (i, layer) in img.layers.iter().enumerate() {
@@ -101,30 +148,12 @@ async fn unpack(ctr: &Containerd, img: &ImageParts, snapshotter: &str) -> Result
                 fetched += 1;
             }
         }
-    }
-
-    // Manifest last, with references to config and layers for gc, then the image.
-    let mut manifest_labels = HashMap::from([(
-        "containerd.io/gc.ref.content.config".to_string(),
-        img.config.digest().to_string(),
-    )]);
-    for (i, l) in img.layers.iter().enumerate() {
-        // Only layers we actually stored are referenced; missing refs are fine for gc.
-        manifest_labels.insert(
-            format!("containerd.io/gc.ref.content.l.{i}"),
-            l.digest().to_string(),
+        debug!(
+            layer = i,
+            ms = started.elapsed().as_millis() as u64,
+            "layer prepared"
         );
     }
-    let m = &img.manifest;
-    ctr.write_content(&m.digest, &m.bytes, manifest_labels)
-        .await?;
-    let target = Descriptor {
-        media_type: m.media_type.clone(),
-        digest: m.digest.clone(),
-        size: m.bytes.len() as i64,
-        annotations: HashMap::new(),
-    };
-    ctr.put_image(&img.name, target).await?;
     Ok((remote, fetched))
 }
 

@@ -429,9 +429,15 @@ impl LazyLayer {
             false,
         );
         drop(walk);
-        let Some((from, to)) = ahead else {
+        let Some((from, mut to)) = ahead else {
             return;
         };
+        // An optimized layer stores its prioritized files in the order they
+        // are read, the rest in no such order: a walk through the
+        // prioritized part says nothing about what lies past the landmark.
+        if let Some(end) = self.prefetch_end.filter(|&e| start < e) {
+            to = to.min(end);
+        }
         let nodes = self.tree.nodes();
         let i = self.blob_order.partition_point(|e| e.0 < from);
         out.extend(

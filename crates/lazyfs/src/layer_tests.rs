@@ -587,3 +587,48 @@ async fn a_miss_brings_its_neighbours_in_the_same_request() {
     f.layer.read(ino(&f.t, "after"), 0, 900).await.unwrap();
     assert_eq!(f.src.requests(), 2);
 }
+
+/// Reads that walk the prioritized part of an optimized layer in order do
+/// not read ahead past its landmark (the rest is in no reading order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blob_walk_stops_at_the_landmark() {
+    let mut t = TestLayer::new(1000);
+    for k in 0..4u8 {
+        t.file(&format!("p{k}"), &data(1000, k), 0o644);
+    }
+    let end = t.blob.len() as u64;
+    t.file(".prefetch.landmark", b"\x0f", 0o644);
+    for k in 0..10u8 {
+        t.file(&format!("r{k}"), &data(1000, 10 + k), 0o644);
+    }
+    let src = Arc::new(FakeSource::new(t.blob.clone()));
+    let c = Config {
+        neighbour_bytes: 0,
+        noprefetch: true,
+        blob_readahead_bytes: 1 << 20,
+        coalesce_gap_bytes: 100,
+        ..cfg()
+    };
+    let layer = LazyLayer::from_nodes(
+        src.clone(),
+        "sha256:l",
+        t.nodes.clone(),
+        Some(end),
+        &c,
+        Arc::new(ChunkCache::memory_only(1 << 20)),
+        tokio::runtime::Handle::current(),
+    );
+    let of = OpenFile::default();
+    for k in 0..4 {
+        let i = t.id(&format!("p{k}")) as u64 + 1;
+        match layer.read_now(i, Some(&of), 0, 1000) {
+            Read::Ready(r) => drop(r.unwrap()),
+            Read::Pending(p) => drop(layer.read_pending(p).await.unwrap()),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let max_end = src.ranges.lock().iter().map(|&(o, l)| o + l).max().unwrap();
+    assert!(max_end <= end, "fetched up to {max_end}, landmark at {end}");
+    let r0 = t.id("r0") as u64 + 1;
+    assert!(layer.read_cached(r0, 0, 1000).is_none());
+}

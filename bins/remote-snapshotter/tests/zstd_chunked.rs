@@ -316,7 +316,8 @@ fn our_zstd_chunked_image_passes_go_and_rpulls_lazily() {
     let src_s = format!("oci:{}:v1", src.display());
     let dst_s = format!("oci:{}:v1", dst.display());
     // zstd needs OCI media types, as with the reference.
-    let (ok, _, err) = e2e::image::rsnap(&["convert", "--compression", "zstd-chunked", &src_s, &dst_s]);
+    let (ok, _, err) =
+        e2e::image::rsnap(&["convert", "--compression", "zstd-chunked", &src_s, &dst_s]);
     assert!(!ok && err.contains("--oci"), "{err}");
     let out = rsnap_ok(&[
         "convert",
@@ -370,11 +371,7 @@ fn our_zstd_chunked_image_passes_go_and_rpulls_lazily() {
     ]);
     assert_eq!(out.matches("already zstd:chunked").count(), 2, "{out}");
     let back = env.path("back");
-    let out = rsnap_ok(&[
-        "convert",
-        &dst_s,
-        &format!("oci:{}:v1", back.display()),
-    ]);
+    let out = rsnap_ok(&["convert", &dst_s, &format!("oci:{}:v1", back.display())]);
     assert_eq!(out.matches("converted").count(), 2, "{out}");
     let gz_tocs = e2e::image::check_estargz_layout(&back, Some("v1"));
     let chunks = |t: &Value| -> Vec<String> {

@@ -59,7 +59,9 @@ fn parse_compression(s: &str) -> std::result::Result<estargz::Compression, Strin
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     if args.compression == estargz::Compression::Zstd && !args.oci {
-        anyhow::bail!("--compression zstd-chunked needs --oci: zstd layers have OCI media types only");
+        anyhow::bail!(
+            "--compression zstd-chunked needs --oci: zstd layers have OCI media types only"
+        );
     }
     if args.zstd_level.is_some() && args.compression != estargz::Compression::Zstd {
         anyhow::bail!("--zstd-level applies to --compression zstd-chunked only");

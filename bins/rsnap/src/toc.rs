@@ -26,8 +26,8 @@ pub fn run(args: Args) -> Result<()> {
     let file =
         std::fs::File::open(&args.blob).with_context(|| format!("open {}", args.blob.display()))?;
     let size = file.metadata()?.len();
-    let layer = estargz::reader::open(file, size, args.toc_digest.as_deref())
-        .with_context(|| {
+    let layer =
+        estargz::reader::open(file, size, args.toc_digest.as_deref()).with_context(|| {
             format!(
                 "{} is not a valid eStargz or zstd:chunked blob",
                 args.blob.display()

@@ -4,10 +4,10 @@
 //! input never yields a committed output.
 
 use crate::error::{Error, Result};
+use estargz::Compression;
 use indicatif::ProgressBar;
 use oci_layout::{media_types as mt, Descriptor, DescriptorExt, HashingReader, Layout, MediaType};
 use std::collections::HashMap;
-use estargz::Compression;
 use std::io::{BufReader, Read, Write};
 
 pub use estargz::toc::TOC_DIGEST_ANNOTATION as ANN_TOC_DIGEST;
@@ -120,9 +120,8 @@ pub fn convert_layer(
     let (spool, len) = match kind {
         Input::Gzip | Input::Zstd => {
             let mut spool = tempfile::tempfile_in(dst.blob_dir()).map_err(io("spool"))?;
-            let mut tar = HashingReader::new(
-                decompressed(kind, &mut compressed).map_err(io("decompress"))?,
-            );
+            let mut tar =
+                HashingReader::new(decompressed(kind, &mut compressed).map_err(io("decompress"))?);
             std::io::copy(&mut tar, &mut spool).map_err(io("gunzip"))?;
             let (diff_id, len) = tar.finish().map_err(io("gunzip"))?;
             check_diff_id(diff_id, src_diff_id, digest)?;

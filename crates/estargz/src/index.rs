@@ -8,8 +8,8 @@
 //! reference does; hardlinks share their target's node.
 
 use crate::error::TocError;
-use crate::Compression;
 use crate::toc::{EntryType, Toc, TocEntry, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
+use crate::Compression;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 

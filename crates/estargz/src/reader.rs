@@ -12,9 +12,9 @@
 use crate::error::{Error, Result};
 pub use crate::footer::{parse_footer, Footer};
 use crate::index::{Chunk, Index, NodeId, NodeKind};
-use crate::Compression;
 use crate::tarfmt;
 use crate::toc::{Toc, TOC_TAR_NAME};
+use crate::Compression;
 use sha2::{Digest, Sha256};
 use std::io::{self, BufRead, Read};
 

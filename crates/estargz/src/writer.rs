@@ -25,12 +25,12 @@ use crate::error::{Error, Result};
 use crate::footer::write_footer;
 use crate::index::{clean_path, Index};
 use crate::reader::{read_exact_at, ReadAt};
-use crate::Compression;
 use crate::tarfmt::{self, BLOCK};
 use crate::toc::{
     EntryType, Toc, TocEntry, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
     TOC_TAR_NAME,
 };
+use crate::Compression;
 use input::{InEntry, Kind};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -545,30 +545,24 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
     // Whole-file digests of multi-chunk files, by their `reg` entry.
     let mut file_hash: HashMap<usize, Sha256> = HashMap::new();
     let codec = Codec::of(opts);
-    pipeline::run(
-        src,
-        &members,
-        codec,
-        opts.batch_bytes,
-        |m, c| {
-            if let Some((idx, n)) = m.chunk {
-                let te = &mut toc.entries[idx];
-                te.offset = out.n as i64;
-                te.chunk_digest = c.chunk_digest.clone().unwrap_or_default();
-                match file_of_chunk.get(&idx) {
-                    Some(&reg) => file_hash
-                        .entry(reg)
-                        .or_default()
-                        .update(&c.raw[..n as usize]),
-                    None => te.digest = te.chunk_digest.clone(),
-                }
+    pipeline::run(src, &members, codec, opts.batch_bytes, |m, c| {
+        if let Some((idx, n)) = m.chunk {
+            let te = &mut toc.entries[idx];
+            te.offset = out.n as i64;
+            te.chunk_digest = c.chunk_digest.clone().unwrap_or_default();
+            match file_of_chunk.get(&idx) {
+                Some(&reg) => file_hash
+                    .entry(reg)
+                    .or_default()
+                    .update(&c.raw[..n as usize]),
+                None => te.digest = te.chunk_digest.clone(),
             }
-            out.put(&c.gz)?;
-            diff.update(&c.raw);
-            uncompressed += c.raw.len() as u64;
-            Ok(())
-        },
-    )?;
+        }
+        out.put(&c.gz)?;
+        diff.update(&c.raw);
+        uncompressed += c.raw.len() as u64;
+        Ok(())
+    })?;
     for (reg, h) in file_hash {
         toc.entries[reg].digest = format!("sha256:{}", hex::encode(h.finalize()));
     }

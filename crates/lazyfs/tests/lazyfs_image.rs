@@ -105,7 +105,13 @@ fn crafted_zstd_chunked_layers_are_refused() {
     past[n - 40..n - 32].copy_from_slice(&(2 * n as u64).to_le_bytes());
     let e = open(past, &blob.toc_digest);
     assert!(
-        matches!(&e, lazyfs::Error::Invalid { source: estargz::Error::TocOffsetOutOfRange { .. }, .. }),
+        matches!(
+            &e,
+            lazyfs::Error::Invalid {
+                source: estargz::Error::TocOffsetOutOfRange { .. },
+                ..
+            }
+        ),
         "{e:?}"
     );
     // The TOC's skippable frame claims more bytes than it has.
@@ -115,12 +121,24 @@ fn crafted_zstd_chunked_layers_are_refused() {
     lying[toc_at + 4..toc_at + 8].copy_from_slice(&(real + 100).to_le_bytes());
     let e = open(lying, &blob.toc_digest);
     assert!(
-        matches!(&e, lazyfs::Error::Invalid { source: estargz::Error::TocFrameSize { .. }, .. }),
+        matches!(
+            &e,
+            lazyfs::Error::Invalid {
+                source: estargz::Error::TocFrameSize { .. },
+                ..
+            }
+        ),
         "{e:?}"
     );
     // A TOC digest the layer does not have.
-    let e = open(blob.bytes.clone(), "sha256:0000000000000000000000000000000000000000000000000000000000000000");
-    assert!(matches!(&e, lazyfs::Error::TocDigestMismatch { .. }), "{e:?}");
+    let e = open(
+        blob.bytes.clone(),
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    );
+    assert!(
+        matches!(&e, lazyfs::Error::TocDigestMismatch { .. }),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -79,7 +79,9 @@ pub fn parse_footer(tail: &[u8]) -> Option<Result<Footer>> {
         )));
     }
     if toc_off < SKIPPABLE_HEADER as u64 || toc_off > i64::MAX as u64 {
-        return Some(Err(Error::BadFooter("zstd:chunked TOC offset out of range")));
+        return Some(Err(Error::BadFooter(
+            "zstd:chunked TOC offset out of range",
+        )));
     }
     if compressed > u32::MAX as u64 {
         return Some(Err(Error::BadFooter(
@@ -216,7 +218,10 @@ pub(crate) fn toc_tail(json: &[u8], toc_frame: u64, level: i32) -> io::Result<To
 /// The `manifest-checksum` and `manifest-position` annotation values of a
 /// zstd:chunked blob of `size` bytes, from its footer and TOC frame (for a
 /// blob kept as it is, whose descriptor must not be trusted).
-pub fn manifest_annotations<R: crate::ReadAt + ?Sized>(r: &R, size: u64) -> Result<(String, String)> {
+pub fn manifest_annotations<R: crate::ReadAt + ?Sized>(
+    r: &R,
+    size: u64,
+) -> Result<(String, String)> {
     if size < FOOTER_SIZE as u64 {
         return Err(Error::TooSmall(size));
     }

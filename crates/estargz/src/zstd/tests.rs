@@ -116,7 +116,10 @@ fn writes_what_it_reads_and_the_tar_stream_is_the_diff_id() {
     let id = layer.index.lookup("bin/big").unwrap();
     let node = layer.index.node(id).unwrap();
     assert_eq!(node.chunks.len(), 4);
-    assert!(node.chunks.iter().all(|c| c.compression == Compression::Zstd));
+    assert!(node
+        .chunks
+        .iter()
+        .all(|c| c.compression == Compression::Zstd));
     let mut buf = vec![0u8; 3500];
     assert_eq!(layer.read_file(id, 0, &mut buf).unwrap(), 3500);
     let want: Vec<u8> = (0..3500).map(|i| (i * 7 % 251) as u8).collect();

@@ -1,5 +1,6 @@
-//! `rsnap convert SRC DST`: an image to eStargz, between OCI layouts and
-//! registries in any mix (the `convert` crate does the work).
+//! `rsnap convert SRC DST`: an image to eStargz or zstd:chunked (and between
+//! the two), between OCI layouts and registries in any mix (the `convert`
+//! crate does the work).
 
 use anyhow::{Context, Result};
 use convert::{Action, Options, Platforms};
@@ -25,6 +26,19 @@ pub struct Args {
     /// gzip compression level 0-9 (writer default if unset).
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub compression_level: Option<u32>,
+    /// Output format: estargz (gzip chunks) or zstd-chunked (zstd frames,
+    /// the TOC in a skippable frame; needs --oci). Layers already in the
+    /// chosen format are kept as they are; the other is converted.
+    #[arg(long, default_value = "estargz", value_parser = parse_compression)]
+    pub compression: estargz::Compression,
+    /// zstd level 1-22 for --compression zstd-chunked (default 3).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub zstd_level: Option<i32>,
+    /// OCI media types for the output; required for zstd-chunked (there is
+    /// no Docker media type for zstd layers), as with the reference's
+    /// `ctr-remote image convert --zstdchunked --oci`.
+    #[arg(long)]
+    pub oci: bool,
     /// Layers converted at the same time (default: number of CPUs).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
@@ -38,8 +52,20 @@ pub struct Args {
     pub net: crate::net::NetFlags,
 }
 
+fn parse_compression(s: &str) -> std::result::Result<estargz::Compression, String> {
+    estargz::Compression::parse(s).ok_or_else(|| format!("{s:?}: expected estargz or zstd-chunked"))
+}
+
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
+    if args.compression == estargz::Compression::Zstd && !args.oci {
+        anyhow::bail!(
+            "--compression zstd-chunked needs --oci: zstd layers have OCI media types only"
+        );
+    }
+    if args.zstd_level.is_some() && args.compression != estargz::Compression::Zstd {
+        anyhow::bail!("--zstd-level applies to --compression zstd-chunked only");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -67,6 +93,8 @@ pub fn run(args: Args) -> Result<()> {
         layer: convert::LayerOptions {
             chunk_size: args.chunk_size,
             compression_level: args.compression_level,
+            compression: args.compression,
+            zstd_level: args.zstd_level,
             prioritized_files,
             ..Default::default()
         },
@@ -98,7 +126,10 @@ pub fn run(args: Args) -> Result<()> {
             c.size(),
             match l.converted.action {
                 Action::Converted => "converted",
-                Action::PassedThrough => "already eStargz",
+                Action::PassedThrough => match args.compression {
+                    estargz::Compression::Gzip => "already eStargz",
+                    estargz::Compression::Zstd => "already zstd:chunked",
+                },
                 Action::Kept => "kept (not a tar layer)",
             }
         );

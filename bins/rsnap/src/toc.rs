@@ -1,5 +1,5 @@
 //! `rsnap toc BLOB [--verify] [--toc-digest D]`: print the TOC of an eStargz
-//! blob as JSON; optionally check the TOC against its digest and every
+//! (or zstd:chunked) blob as JSON; optionally check the TOC against its digest and every
 //! chunk against its `chunkDigest` (non-zero exit on the first mismatch).
 
 use anyhow::{Context, Result};
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// An eStargz (or legacy stargz) layer blob.
+    /// An eStargz, legacy stargz or zstd:chunked layer blob.
     pub blob: PathBuf,
     /// Fetch, decompress and check every chunk of every file.
     #[arg(long)]
@@ -26,8 +26,13 @@ pub fn run(args: Args) -> Result<()> {
     let file =
         std::fs::File::open(&args.blob).with_context(|| format!("open {}", args.blob.display()))?;
     let size = file.metadata()?.len();
-    let layer = estargz::reader::open(file, size, args.toc_digest.as_deref())
-        .with_context(|| format!("{} is not a valid eStargz blob", args.blob.display()))?;
+    let layer =
+        estargz::reader::open(file, size, args.toc_digest.as_deref()).with_context(|| {
+            format!(
+                "{} is not a valid eStargz or zstd:chunked blob",
+                args.blob.display()
+            )
+        })?;
     if !args.quiet {
         let mut out = std::io::stdout().lock();
         out.write_all(&layer.toc.to_json())?;
@@ -46,7 +51,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     eprintln!(
-        "toc digest {}{}; {} entries, {} chunks{}",
+        "toc digest {}{}; {} entries, {} chunks{} ({})",
         layer.toc_digest,
         if args.toc_digest.is_some() {
             " (matches)"
@@ -55,7 +60,8 @@ pub fn run(args: Args) -> Result<()> {
         },
         layer.toc.entries.len(),
         chunks,
-        if args.verify { ", all verified" } else { "" }
+        if args.verify { ", all verified" } else { "" },
+        layer.footer.compression
     );
     Ok(())
 }

@@ -1,13 +1,14 @@
-//! One layer: source blob (tar, tar.gz or eStargz) from one OCI layout to an
-//! eStargz blob in another, streamed through a temp file. The source is
+//! One layer: source blob (tar, tar.gz, tar+zstd, eStargz or zstd:chunked)
+//! from one OCI layout to an eStargz or zstd:chunked blob in another, streamed through a temp file. The source is
 //! checked against its digest and its diff ID while it is read, so a corrupt
 //! input never yields a committed output.
 
 use crate::error::{Error, Result};
+use estargz::Compression;
 use indicatif::ProgressBar;
 use oci_layout::{media_types as mt, Descriptor, DescriptorExt, HashingReader, Layout, MediaType};
 use std::collections::HashMap;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 
 pub use estargz::toc::TOC_DIGEST_ANNOTATION as ANN_TOC_DIGEST;
 pub use estargz::toc::UNCOMPRESSED_SIZE_ANNOTATION as ANN_UNCOMPRESSED_SIZE;
@@ -18,6 +19,10 @@ pub struct LayerOptions {
     pub chunk_size: Option<u64>,
     /// gzip level 0-9; `None` keeps the writer's default.
     pub compression_level: Option<u32>,
+    /// The output format: eStargz (gzip, the default) or zstd:chunked.
+    pub compression: Compression,
+    /// zstd level 1-22 for zstd:chunked; `None` keeps the writer's default.
+    pub zstd_level: Option<i32>,
     /// Paths (layer-relative, no leading slash) to put first, in this
     /// order, followed by the prefetch landmark.
     pub prioritized_files: Vec<String>,
@@ -30,9 +35,10 @@ pub struct LayerOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Converted,
-    /// Already eStargz: the blob is kept byte for byte.
+    /// Already in the wanted format (eStargz or zstd:chunked): the blob is
+    /// kept byte for byte.
     PassedThrough,
-    /// A media type we do not convert (zstd, foreign, ...): kept as is.
+    /// A media type we do not convert (foreign, encrypted, ...): kept as is.
     Kept,
 }
 
@@ -43,9 +49,11 @@ pub struct Converted {
     pub action: Action,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Input {
     Tar,
     Gzip,
+    Zstd,
     Other,
 }
 
@@ -53,7 +61,26 @@ fn input_kind(media_type: &str) -> Input {
     match media_type {
         mt::OCI_LAYER_GZIP | mt::DOCKER_LAYER_GZIP => Input::Gzip,
         mt::OCI_LAYER_TAR | mt::DOCKER_LAYER_TAR => Input::Tar,
+        mt::OCI_LAYER_ZSTD => Input::Zstd,
         _ => Input::Other,
+    }
+}
+
+/// The tar stream of a compressed input: gzip members, or zstd frames
+/// (skippable ones, zstd:chunked's TOC and footer, skipped).
+fn decompressed<'a, R: Read + 'a>(kind: Input, r: R) -> std::io::Result<Box<dyn Read + 'a>> {
+    Ok(match kind {
+        Input::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+        _ => Box::new(flate2::read::MultiGzDecoder::new(r)),
+    })
+}
+
+/// The compression a lazily pullable input of this media type would have.
+fn lazy_format(kind: Input) -> Option<Compression> {
+    match kind {
+        Input::Gzip => Some(Compression::Gzip),
+        Input::Zstd => Some(Compression::Zstd),
+        Input::Tar | Input::Other => None,
     }
 }
 
@@ -78,9 +105,9 @@ pub fn convert_layer(
             action: Action::Kept,
         });
     }
-    if let Input::Gzip = kind {
-        if let Some(toc_digest) = estargz_toc_digest(&path) {
-            return pass_through(src, dst, src_desc, src_diff_id, toc_digest, bar);
+    if lazy_format(kind) == Some(opts.compression) {
+        if let Some(toc_digest) = estargz_toc_digest(&path, opts.compression) {
+            return pass_through(src, dst, src_desc, src_diff_id, toc_digest, kind, bar);
         }
     }
 
@@ -91,9 +118,10 @@ pub fn convert_layer(
     let file = std::fs::File::open(&path).map_err(io("open"))?;
     let mut compressed = HashingReader::new(BufReader::with_capacity(1 << 20, bar.wrap_read(file)));
     let (spool, len) = match kind {
-        Input::Gzip => {
+        Input::Gzip | Input::Zstd => {
             let mut spool = tempfile::tempfile_in(dst.blob_dir()).map_err(io("spool"))?;
-            let mut tar = HashingReader::new(flate2::read::MultiGzDecoder::new(&mut compressed));
+            let mut tar =
+                HashingReader::new(decompressed(kind, &mut compressed).map_err(io("decompress"))?);
             std::io::copy(&mut tar, &mut spool).map_err(io("gunzip"))?;
             let (diff_id, len) = tar.finish().map_err(io("gunzip"))?;
             check_diff_id(diff_id, src_diff_id, digest)?;
@@ -125,18 +153,49 @@ pub fn convert_layer(
     out.flush().map_err(io("write converted"))?;
     let (out_digest, out_size) = out.commit()?;
     let mut desc = Descriptor::new(
-        MediaType::ImageLayerGzip,
+        media_type(opts.compression),
         out_size,
         oci_layout::parse_digest(&out_digest)?,
     );
     desc.set_annotations(src_desc.annotations().clone());
-    desc.insert_annotation(ANN_TOC_DIGEST, report.toc_digest);
+    set_format_annotations(&mut desc, report.toc_digest, report.zstd_manifest);
     desc.insert_annotation(ANN_UNCOMPRESSED_SIZE, report.uncompressed_size.to_string());
     Ok(Converted {
         desc,
         diff_id: report.diff_id,
         action: Action::Converted,
     })
+}
+
+fn media_type(c: Compression) -> MediaType {
+    match c {
+        Compression::Gzip => MediaType::ImageLayerGzip,
+        Compression::Zstd => MediaType::ImageLayerZstd,
+    }
+}
+
+/// The TOC digest, and the zstd:chunked annotations exactly when the blob
+/// is zstd:chunked (a source's stale ones never survive a conversion).
+fn set_format_annotations(
+    desc: &mut Descriptor,
+    toc_digest: String,
+    zstd_manifest: Option<(String, String)>,
+) {
+    let mut ann = desc.annotations().clone().unwrap_or_default();
+    ann.remove(estargz::zstd::MANIFEST_CHECKSUM_ANNOTATION);
+    ann.remove(estargz::zstd::MANIFEST_POSITION_ANNOTATION);
+    ann.insert(ANN_TOC_DIGEST.to_string(), toc_digest);
+    if let Some((checksum, position)) = zstd_manifest {
+        ann.insert(
+            estargz::zstd::MANIFEST_CHECKSUM_ANNOTATION.to_string(),
+            checksum,
+        );
+        ann.insert(
+            estargz::zstd::MANIFEST_POSITION_ANNOTATION.to_string(),
+            position,
+        );
+    }
+    desc.set_annotations(Some(ann));
 }
 
 fn check_source(got: &str, size: u64, d: &Descriptor) -> Result<()> {
@@ -167,14 +226,15 @@ fn check_diff_id(got: String, want: &str, digest: &str) -> Result<()> {
     Ok(())
 }
 
-/// An eStargz input is kept byte for byte; its annotations are computed
-/// from the blob itself, never copied from the source descriptor.
+/// An eStargz or zstd:chunked input is kept byte for byte; its annotations
+/// are computed from the blob itself, never copied from the source descriptor.
 fn pass_through(
     src: &Layout,
     dst: &Layout,
     src_desc: &Descriptor,
     src_diff_id: &str,
-    toc_digest: String,
+    (toc_digest, zstd_manifest): (String, Option<(String, String)>),
+    kind: Input,
     bar: &ProgressBar,
 ) -> Result<Converted> {
     let digest = src_desc.digest().as_ref();
@@ -184,8 +244,7 @@ fn pass_through(
         let file = std::fs::File::open(&path)?;
         let mut compressed =
             HashingReader::new(BufReader::with_capacity(1 << 20, bar.wrap_read(file)));
-        let tar =
-            HashingReader::new(flate2::read::MultiGzDecoder::new(&mut compressed)).finish()?;
+        let tar = HashingReader::new(decompressed(kind, &mut compressed)?).finish()?;
         Ok((tar, compressed.finish()?))
     };
     let ((diff_id, uncompressed), (got, size)) = read().map_err(io)?;
@@ -193,8 +252,9 @@ fn pass_through(
     check_diff_id(diff_id.clone(), src_diff_id, digest)?;
     copy_blob(src, dst, src_desc, &ProgressBar::hidden())?;
     let mut desc = src_desc.clone();
-    desc.set_media_type(MediaType::ImageLayerGzip);
-    desc.insert_annotation(ANN_TOC_DIGEST, toc_digest);
+    let format = lazy_format(kind).unwrap_or_default();
+    desc.set_media_type(media_type(format));
+    set_format_annotations(&mut desc, toc_digest, zstd_manifest);
     desc.insert_annotation(ANN_UNCOMPRESSED_SIZE, uncompressed.to_string());
     Ok(Converted {
         desc,
@@ -239,6 +299,10 @@ fn writer_options(o: &LayerOptions, digest: &str) -> estargz::writer::WriterOpti
     if let Some(l) = o.compression_level {
         w.compression_level = l;
     }
+    w.compression = o.compression;
+    if let Some(l) = o.zstd_level {
+        w.zstd_level = l;
+    }
     w.prioritized_files = o
         .prioritized_by_layer
         .get(digest)
@@ -247,15 +311,26 @@ fn writer_options(o: &LayerOptions, digest: &str) -> estargz::writer::WriterOpti
     w
 }
 
-/// The TOC digest if `path` is an eStargz blob whose TOC opens.
-fn estargz_toc_digest(path: &std::path::Path) -> Option<String> {
+/// The TOC digest (and, for zstd:chunked, the manifest checksum and
+/// position annotations) if `path` is a blob in format `want` whose TOC opens.
+fn estargz_toc_digest(
+    path: &std::path::Path,
+    want: Compression,
+) -> Option<(String, Option<(String, String)>)> {
     let f = std::fs::File::open(path).ok()?;
     let size = f.metadata().ok()?.len();
     if !estargz::reader::is_estargz(&f, size) {
         return None;
     }
-    match estargz::reader::open(f, size, None) {
-        Ok(layer) => Some(layer.toc_digest),
+    match estargz::reader::open(&f, size, None) {
+        Ok(layer) if layer.footer.compression != want => None,
+        Ok(layer) => {
+            let zstd = match want {
+                Compression::Gzip => None,
+                Compression::Zstd => Some(estargz::zstd::manifest_annotations(&f, size).ok()?),
+            };
+            Some((layer.toc_digest, zstd))
+        }
         Err(e) => {
             // A broken TOC is not fatal: the blob is still a tar.gz.
             tracing::warn!(path = %path.display(), error = %e, "eStargz footer but the TOC does not open; converting");

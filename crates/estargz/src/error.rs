@@ -29,6 +29,12 @@ pub enum Error {
     Toc(#[from] TocError),
     #[error("gzip: {0}")]
     Gzip(String),
+    #[error("zstd: {0}")]
+    Zstd(String),
+    #[error(
+        "zstd:chunked TOC frame says {declared} bytes, the blob holds {actual} before the footer"
+    )]
+    TocFrameSize { declared: u64, actual: u64 },
     #[error("chunk at blob offset {blob_offset} decompressed to fewer than {wanted} bytes")]
     ShortChunk { blob_offset: u64, wanted: u64 },
     #[error("digest mismatch at blob offset {blob_offset}: expected {expected}, got {actual}")]

@@ -22,8 +22,12 @@
 //!
 //! Parsing checks the gzip header and the Extra field only (as the reference
 //! does); the empty deflate body carries no information.
+//!
+//! `parse_footer` also recognises the zstd:chunked footer (`crate::zstd`),
+//! so one call tells every format this crate reads by its tail.
 
 use crate::error::{Error, Result};
+use crate::Compression;
 
 /// Size of the eStargz footer.
 pub const FOOTER_SIZE: usize = 51;
@@ -42,6 +46,11 @@ pub struct Footer {
     pub size: usize,
     /// True for the 47-byte CRFS footer.
     pub legacy: bool,
+    /// How the layer's chunks and TOC are compressed.
+    pub compression: Compression,
+    /// Length of the TOC region when the footer states it (zstd:chunked);
+    /// `toc_region` checks it against the bytes before the footer.
+    pub toc_size: Option<u64>,
 }
 
 /// The 51 footer bytes for a TOC at `toc_offset`.
@@ -60,7 +69,8 @@ pub fn write_footer(toc_offset: u64) -> [u8; FOOTER_SIZE] {
 }
 
 /// Parse the footer from the tail of a blob: the last N >= 51 bytes, or the
-/// whole blob if it is smaller. Tries eStargz first, then legacy stargz.
+/// whole blob if it is smaller. Tries eStargz first, then zstd:chunked,
+/// then legacy stargz.
 pub fn parse_footer(tail: &[u8]) -> Result<Footer> {
     if tail.len() < LEGACY_FOOTER_SIZE {
         return Err(Error::TooSmall(tail.len() as u64));
@@ -71,17 +81,24 @@ pub fn parse_footer(tail: &[u8]) -> Result<Footer> {
                 toc_offset: off?,
                 size: FOOTER_SIZE,
                 legacy: false,
+                compression: Compression::Gzip,
+                toc_size: None,
             });
         }
+    }
+    if let Some(f) = crate::zstd::parse_footer(tail) {
+        return f;
     }
     match parse_legacy(&tail[tail.len() - LEGACY_FOOTER_SIZE..]) {
         Some(off) => Ok(Footer {
             toc_offset: off?,
             size: LEGACY_FOOTER_SIZE,
             legacy: true,
+            compression: Compression::Gzip,
+            toc_size: None,
         }),
         None => Err(Error::BadFooter(
-            "no STARGZ gzip Extra field at the end of the blob",
+            "no STARGZ gzip Extra field or zstd:chunked footer at the end of the blob",
         )),
     }
 }
@@ -164,7 +181,9 @@ mod tests {
                 Footer {
                     toc_offset: off,
                     size: 51,
-                    legacy: false
+                    legacy: false,
+                    compression: Compression::Gzip,
+                    toc_size: None,
                 }
             );
         }
@@ -182,7 +201,9 @@ mod tests {
             Footer {
                 toc_offset: 255,
                 size: 47,
-                legacy: true
+                legacy: true,
+                compression: Compression::Gzip,
+                toc_size: None,
             }
         );
         let mut longer = vec![0u8; 10];

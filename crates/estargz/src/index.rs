@@ -9,6 +9,7 @@
 
 use crate::error::TocError;
 use crate::toc::{EntryType, Toc, TocEntry, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
+use crate::Compression;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
@@ -53,6 +54,9 @@ pub struct Chunk {
     pub size: u64,
     /// `sha256:<hex>` of the chunk's uncompressed bytes (`chunkDigest`).
     pub digest: String,
+    /// How the member is compressed: the layer's `Index::compression`,
+    /// copied here so a chunk decodes on its own (`decompress_chunk`).
+    pub compression: Compression,
 }
 
 /// One inode. Hardlinks share a node (nlink counts them).
@@ -89,6 +93,8 @@ pub struct Index {
     /// Blob offset of the TOC member (end of all file data).
     pub toc_offset: u64,
     pub blob_size: u64,
+    /// How the layer's chunks are compressed (from its footer).
+    pub compression: Compression,
     prefetch_end: Option<u64>,
     no_prefetch: bool,
 }
@@ -199,9 +205,20 @@ impl Index {
             .map_or("", |(k, _)| k.as_str())
     }
 
-    /// Build and validate the tree. `toc_offset` bounds every chunk;
-    /// `blob_size` bounds the TOC offset.
+    /// Build and validate the tree of a gzip (eStargz) layer. `toc_offset`
+    /// bounds every chunk; `blob_size` bounds the TOC offset.
     pub fn from_toc(toc: &Toc, toc_offset: u64, blob_size: u64) -> Result<Index, TocError> {
+        Self::from_toc_as(toc, toc_offset, blob_size, Compression::Gzip)
+    }
+
+    /// [`Index::from_toc`] for a layer compressed as `compression` says
+    /// (the `Footer`'s, or `reader::member_compression` of a kept TOC).
+    pub fn from_toc_as(
+        toc: &Toc,
+        toc_offset: u64,
+        blob_size: u64,
+        compression: Compression,
+    ) -> Result<Index, TocError> {
         if toc.version != 1 {
             return Err(TocError::Version(toc.version));
         }
@@ -220,12 +237,13 @@ impl Index {
         let mut b = Builder::new();
         b.entries(toc)?;
         b.hardlinks()?;
-        b.chunks(toc_offset)?;
+        b.chunks(toc_offset, compression)?;
         b.nlinks();
         Ok(Index {
             nodes: b.nodes,
             toc_offset,
             blob_size,
+            compression,
             prefetch_end: b.prefetch_end,
             no_prefetch: b.no_prefetch,
         })
@@ -490,7 +508,7 @@ impl Builder {
         Ok(())
     }
 
-    fn chunks(&mut self, toc_offset: u64) -> Result<(), TocError> {
+    fn chunks(&mut self, toc_offset: u64, compression: Compression) -> Result<(), TocError> {
         let mut offsets: Vec<u64> = self
             .raw_chunks
             .values()
@@ -550,6 +568,7 @@ impl Builder {
                     file_offset: pos,
                     size: end - pos,
                     digest: c.digest,
+                    compression,
                 });
                 pos = end;
             }

@@ -11,11 +11,14 @@
 //!   (`parse_footer`, `toc_region`, `parse_toc_member`, `decompress_chunk`)
 //!   for callers that fetch ranges themselves.
 //! - `writer`: tar / tar.gz -> eStargz, parallel compression, deterministic.
+//! - `compression`: which format a layer's chunks are in (`Compression`);
+//!   `zstd`: the zstd:chunked footer, TOC frame, chunk decoder and encoder.
 //!
 //! Nothing is served unverified: the TOC is checked against its digest
 //! annotation and every chunk against its `chunkDigest`.
 //! No HTTP, no FUSE, no async runtime here.
 
+mod compression;
 pub mod error;
 pub mod footer;
 pub mod index;
@@ -23,7 +26,9 @@ pub mod reader;
 mod tarfmt;
 pub mod toc;
 pub mod writer;
+pub mod zstd;
 
+pub use compression::Compression;
 pub use error::{Error, Result, TarError, TocError};
 pub use footer::{parse_footer, write_footer, Footer, FOOTER_SIZE};
 pub use index::{Chunk, Index, Node, NodeId, NodeKind, ROOT};

@@ -14,6 +14,7 @@ pub use crate::footer::{parse_footer, Footer};
 use crate::index::{Chunk, Index, NodeId, NodeKind};
 use crate::tarfmt;
 use crate::toc::{Toc, TOC_TAR_NAME};
+use crate::Compression;
 use sha2::{Digest, Sha256};
 use std::io::{self, BufRead, Read};
 
@@ -103,6 +104,16 @@ pub fn toc_region(footer: &Footer, blob_size: u64) -> Result<std::ops::Range<u64
         });
     }
     let len = end - footer.toc_offset;
+    if let Some(declared) = footer.toc_size {
+        // zstd:chunked states the TOC's length: nothing may sit between
+        // the TOC and the footer, and the TOC may not overlap the footer.
+        if declared != len {
+            return Err(Error::TocFrameSize {
+                declared: declared.saturating_sub(8),
+                actual: len.saturating_sub(8),
+            });
+        }
+    }
     if len > MAX_TOC_MEMBER {
         return Err(Error::TocTooLarge {
             size: len,
@@ -113,9 +124,14 @@ pub fn toc_region(footer: &Footer, blob_size: u64) -> Result<std::ops::Range<u64
 }
 
 /// Decode the TOC member (the blob bytes from the TOC offset to the footer):
-/// gunzip, one tar entry named `stargz.index.json`, JSON. Returns the TOC
-/// and its digest, `sha256:<hex>` of the uncompressed JSON bytes.
+/// gunzip, one tar entry named `stargz.index.json`, JSON; or, for
+/// zstd:chunked, the skippable frame holding the zstd-compressed JSON
+/// (told apart by their first bytes). Returns the TOC and its digest,
+/// `sha256:<hex>` of the uncompressed JSON bytes.
 pub fn parse_toc_member(member: &[u8]) -> Result<(Toc, String)> {
+    if crate::zstd::is_toc_frame(member) {
+        return crate::zstd::parse_toc_frame(member);
+    }
     let bad = |m: &str| Error::BadTocMember(m.to_string());
     let mut gz = flate2::bufread::GzDecoder::new(member);
     let mut hdr = [0u8; tarfmt::BLOCK];
@@ -148,6 +164,16 @@ pub fn parse_toc_member(member: &[u8]) -> Result<(Toc, String)> {
     Ok((toc, digest))
 }
 
+/// How the chunks of the layer whose TOC member this is are compressed
+/// (the member's first bytes say it; the TOC digest check covers the rest).
+pub fn member_compression(member: &[u8]) -> Compression {
+    if crate::zstd::is_toc_frame(member) {
+        Compression::Zstd
+    } else {
+        Compression::Gzip
+    }
+}
+
 /// Check `digest` against the annotation value, when there is one.
 pub fn verify_toc_digest(digest: &str, expected: Option<&str>) -> Result<()> {
     match expected {
@@ -159,16 +185,27 @@ pub fn verify_toc_digest(digest: &str, expected: Option<&str>) -> Result<()> {
     }
 }
 
-/// Gunzip the one member that starts at `member[0]`, skip `inner_offset`
-/// bytes, take `chunk.size` bytes and check them against `chunk.digest`.
-/// `member` may run past the member's end. Output never exceeds `size`.
+/// Decompress the one gzip member or zstd frame (as `chunk.compression`
+/// says) that starts at `member[0]`, skip `inner_offset` bytes, take
+/// `chunk.size` bytes and check them against `chunk.digest`. `member` may
+/// run past the member's end. Output never exceeds `size`.
 pub fn decompress_chunk(member: &[u8], chunk: &Chunk) -> Result<Vec<u8>> {
     decompress_from(member, chunk)
 }
 
 fn decompress_from<B: BufRead>(src: B, chunk: &Chunk) -> Result<Vec<u8>> {
-    let gzip = |e: io::Error| Error::Gzip(e.to_string());
-    let mut gz = flate2::bufread::GzDecoder::new(src);
+    match chunk.compression {
+        Compression::Gzip => verified(flate2::bufread::GzDecoder::new(src), chunk, |e| {
+            Error::Gzip(e.to_string())
+        }),
+        Compression::Zstd => verified(crate::zstd::chunk_decoder(src)?, chunk, |e| {
+            Error::Zstd(e.to_string())
+        }),
+    }
+}
+
+/// Skip `inner_offset` bytes of the decoded stream `gz`, take `size`, verify.
+fn verified<D: Read>(mut gz: D, chunk: &Chunk, gzip: fn(io::Error) -> Error) -> Result<Vec<u8>> {
     let skipped =
         io::copy(&mut (&mut gz).take(chunk.inner_offset), &mut io::sink()).map_err(gzip)?;
     let short = Error::ShortChunk {
@@ -217,7 +254,8 @@ impl<R: ReadAt + ?Sized> Read for RangeReader<'_, R> {
     }
 }
 
-/// Does the blob end with an eStargz (or stargz) footer? One small read.
+/// Does the blob end with an eStargz (or stargz, or zstd:chunked) footer?
+/// One small read.
 pub fn is_estargz<R: ReadAt + ?Sized>(r: &R, blob_size: u64) -> bool {
     let n = blob_size.min(crate::footer::FOOTER_SIZE as u64);
     let mut tail = vec![0u8; n as usize];
@@ -262,7 +300,7 @@ pub fn open<R: ReadAt>(
     };
     let (toc, toc_digest) = parse_toc_member(&member)?;
     verify_toc_digest(&toc_digest, expected_toc_digest)?;
-    let index = Index::from_toc(&toc, region.start, blob_size)?;
+    let index = Index::from_toc_as(&toc, region.start, blob_size, footer.compression)?;
     Ok(Layer {
         reader,
         index,

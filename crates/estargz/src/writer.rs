@@ -11,6 +11,10 @@
 //!    bytes in flight, and written in order while offsets, digests and the diff ID are filled in.
 //!    The TOC member and the footer close the blob.
 //!
+//! With `Compression::Zstd` the members are zstd frames, the tar stream ends
+//! with its end-of-archive blocks in a frame of their own, and the TOC and
+//! footer are zstd:chunked's skippable frames (`crate::zstd`).
+//!
 //! Headers are copied byte for byte (PAX records, long names, xattrs,
 //! devices, whiteouts all survive). Output is deterministic.
 
@@ -26,6 +30,7 @@ use crate::toc::{
     EntryType, Toc, TocEntry, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
     TOC_TAR_NAME,
 };
+use crate::Compression;
 use input::{InEntry, Kind};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -42,6 +47,10 @@ pub struct WriterOptions {
     pub chunk_size: u64,
     /// gzip level, 0-9.
     pub compression_level: u32,
+    /// Gzip (eStargz) or Zstd (zstd:chunked).
+    pub compression: Compression,
+    /// zstd level, 1-22 (used with `Compression::Zstd` only).
+    pub zstd_level: i32,
     /// Paths to put first, in this order; then `.prefetch.landmark`.
     /// Empty: `.no.prefetch.landmark` first.
     pub prioritized_files: Vec<String>,
@@ -57,6 +66,8 @@ impl Default for WriterOptions {
         WriterOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
+            compression: Compression::Gzip,
+            zstd_level: crate::zstd::DEFAULT_LEVEL,
             prioritized_files: Vec::new(),
             batch_bytes: 32 << 20,
             spool_dir: None,
@@ -80,6 +91,9 @@ pub struct WriteReport {
     pub entries: usize,
     /// Prioritized paths that are not in the layer.
     pub missed_prioritized: Vec<String>,
+    /// zstd:chunked only: the `io.containers.zstd-chunked.manifest-checksum`
+    /// and `-position` annotation values.
+    pub zstd_manifest: Option<(String, String)>,
 }
 
 /// Convert a tar or tar.gz stream (detected by its magic). The tar is
@@ -119,6 +133,9 @@ pub fn convert_tar_at<S: ReadAt + Sync + ?Sized, W: Write>(
     }
     if opts.compression_level > 9 {
         return Err(Error::BadOption("compression_level must be 0-9"));
+    }
+    if opts.compression == Compression::Zstd && !crate::zstd::valid_level(opts.zstd_level) {
+        return Err(Error::BadOption("zstd_level must be 1-22"));
     }
     let entries = dedup(input::scan(src, len)?);
     let (order, missed) = order(&entries, &opts.prioritized_files);
@@ -437,13 +454,37 @@ fn gzip_member(raw: &[u8], level: u32) -> Vec<u8> {
     out
 }
 
+/// How members are compressed, with the level.
+#[derive(Debug, Clone, Copy)]
+enum Codec {
+    Gzip(u32),
+    Zstd(i32),
+}
+
+impl Codec {
+    fn of(opts: &WriterOptions) -> Codec {
+        match opts.compression {
+            Compression::Gzip => Codec::Gzip(opts.compression_level),
+            Compression::Zstd => Codec::Zstd(opts.zstd_level),
+        }
+    }
+
+    /// One gzip member or one zstd frame.
+    fn member(self, raw: &[u8]) -> io::Result<Vec<u8>> {
+        match self {
+            Codec::Gzip(level) => Ok(gzip_member(raw, level)),
+            Codec::Zstd(level) => crate::zstd::frame(raw, level),
+        }
+    }
+}
+
 struct Compressed {
     raw: Vec<u8>,
     gz: Vec<u8>,
     chunk_digest: Option<String>,
 }
 
-fn compress<S: ReadAt + ?Sized>(src: &S, m: &Member, level: u32) -> io::Result<Compressed> {
+fn compress<S: ReadAt + ?Sized>(src: &S, m: &Member, codec: Codec) -> io::Result<Compressed> {
     let mut raw = Vec::with_capacity(m.len() as usize);
     for p in &m.pieces {
         match p {
@@ -459,7 +500,7 @@ fn compress<S: ReadAt + ?Sized>(src: &S, m: &Member, level: u32) -> io::Result<C
     let chunk_digest = m
         .chunk
         .map(|(_, n)| crate::reader::sha256_digest(&raw[..n as usize]));
-    let gz = gzip_member(&raw, level);
+    let gz = codec.member(&raw)?;
     Ok(Compressed {
         raw,
         gz,
@@ -503,30 +544,25 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
     let mut uncompressed = 0u64;
     // Whole-file digests of multi-chunk files, by their `reg` entry.
     let mut file_hash: HashMap<usize, Sha256> = HashMap::new();
-    pipeline::run(
-        src,
-        &members,
-        opts.compression_level,
-        opts.batch_bytes,
-        |m, c| {
-            if let Some((idx, n)) = m.chunk {
-                let te = &mut toc.entries[idx];
-                te.offset = out.n as i64;
-                te.chunk_digest = c.chunk_digest.clone().unwrap_or_default();
-                match file_of_chunk.get(&idx) {
-                    Some(&reg) => file_hash
-                        .entry(reg)
-                        .or_default()
-                        .update(&c.raw[..n as usize]),
-                    None => te.digest = te.chunk_digest.clone(),
-                }
+    let codec = Codec::of(opts);
+    pipeline::run(src, &members, codec, opts.batch_bytes, |m, c| {
+        if let Some((idx, n)) = m.chunk {
+            let te = &mut toc.entries[idx];
+            te.offset = out.n as i64;
+            te.chunk_digest = c.chunk_digest.clone().unwrap_or_default();
+            match file_of_chunk.get(&idx) {
+                Some(&reg) => file_hash
+                    .entry(reg)
+                    .or_default()
+                    .update(&c.raw[..n as usize]),
+                None => te.digest = te.chunk_digest.clone(),
             }
-            out.put(&c.gz)?;
-            diff.update(&c.raw);
-            uncompressed += c.raw.len() as u64;
-            Ok(())
-        },
-    )?;
+        }
+        out.put(&c.gz)?;
+        diff.update(&c.raw);
+        uncompressed += c.raw.len() as u64;
+        Ok(())
+    })?;
     for (reg, h) in file_hash {
         toc.entries[reg].digest = format!("sha256:{}", hex::encode(h.finalize()));
     }
@@ -537,24 +573,45 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
         }
     }
 
+    if let Codec::Zstd(_) = codec {
+        // The tar's end-of-archive blocks: in the eStargz layout they follow
+        // the TOC entry in its member, here they need a frame of their own.
+        let trailer = [0u8; 2 * BLOCK];
+        out.put(&codec.member(&trailer)?)?;
+        diff.update(trailer);
+        uncompressed += trailer.len() as u64;
+    }
     let toc_offset = out.n;
     let json = toc.to_json();
     let toc_digest = crate::reader::sha256_digest(&json);
-    let mut raw = tarfmt::plain_reg_header(TOC_TAR_NAME, json.len() as u64).to_vec();
-    raw.extend_from_slice(&json);
-    raw.resize(
-        raw.len() + tarfmt::padding(json.len() as u64) as usize + 2 * BLOCK,
-        0,
-    );
-    let gz = gzip_member(&raw, opts.compression_level);
-    let blob_size = toc_offset + gz.len() as u64 + crate::footer::FOOTER_SIZE as u64;
-    // What we write must be what we can read.
-    Index::from_toc(&toc, toc_offset, blob_size)?;
-    out.put(&gz)?;
-    out.put(&write_footer(toc_offset))?;
+    let mut zstd_manifest = None;
+    match codec {
+        Codec::Gzip(level) => {
+            let mut raw = tarfmt::plain_reg_header(TOC_TAR_NAME, json.len() as u64).to_vec();
+            raw.extend_from_slice(&json);
+            raw.resize(
+                raw.len() + tarfmt::padding(json.len() as u64) as usize + 2 * BLOCK,
+                0,
+            );
+            let gz = gzip_member(&raw, level);
+            let blob_size = toc_offset + gz.len() as u64 + crate::footer::FOOTER_SIZE as u64;
+            // What we write must be what we can read.
+            Index::from_toc(&toc, toc_offset, blob_size)?;
+            out.put(&gz)?;
+            out.put(&write_footer(toc_offset))?;
+            diff.update(&raw);
+            uncompressed += raw.len() as u64;
+        }
+        Codec::Zstd(level) => {
+            // Skippable frames: not part of the tar stream (nor the diff ID).
+            let tail = crate::zstd::toc_tail(&json, toc_offset, level)?;
+            let blob_size = toc_offset + tail.bytes.len() as u64;
+            Index::from_toc_as(&toc, toc_offset, blob_size, Compression::Zstd)?;
+            out.put(&tail.bytes)?;
+            zstd_manifest = Some((tail.manifest_checksum, tail.manifest_position));
+        }
+    }
     out.w.flush()?;
-    diff.update(&raw);
-    uncompressed += raw.len() as u64;
     Ok(WriteReport {
         blob_digest: format!("sha256:{}", hex::encode(out.blob.finalize())),
         blob_size: out.n,
@@ -563,6 +620,7 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
         uncompressed_size: uncompressed,
         entries: toc.entries.len(),
         missed_prioritized: Vec::new(),
+        zstd_manifest,
     })
 }
 

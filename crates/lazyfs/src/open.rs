@@ -8,12 +8,15 @@ use crate::scheduler::FetchVia;
 use crate::source::RangeSource;
 use crate::Config;
 use bytes::Bytes;
-use estargz::reader::{parse_toc_member, toc_region, verify_toc_digest, TAIL_READ};
+use estargz::reader::{
+    member_compression, parse_toc_member, toc_region, verify_toc_digest, TAIL_READ,
+};
 use estargz::Index;
 use std::sync::Arc;
 use tokio::runtime::Handle;
 
-/// A blob's TOC member as read from it (gzip, as in the blob), where it
+/// A blob's TOC member as read from it (gzip, or zstd:chunked's skippable
+/// frame, as in the blob: its first bytes tell which), where it
 /// starts and the blob's size: enough to open the layer again without the
 /// registry. Worth nothing until checked against the TOC digest again.
 #[derive(Debug, Clone)]
@@ -175,6 +178,7 @@ pub async fn index_from_member(
         source,
     };
     let member = toc.member.clone();
+    let toc_member = toc.member.clone();
     let (start, size) = (toc.toc_offset, toc.blob_size);
     // Up to 64 MiB of JSON: parse off the async threads.
     let (index, digest) = tokio::task::spawn_blocking(move || {
@@ -190,8 +194,9 @@ pub async fn index_from_member(
             expected: toc_digest.unwrap_or_default().to_string(),
             actual: digest.clone(),
         })?;
-        let index =
-            Index::from_toc(&toc, start, size).map_err(|e| invalid(estargz::Error::Toc(e)))?;
+        // The member says gzip or zstd:chunked, and the digest just checked covers it.
+        let index = Index::from_toc_as(&toc, start, size, member_compression(&toc_member))
+            .map_err(|e| invalid(estargz::Error::Toc(e)))?;
         Ok((index, digest))
     })?;
     Ok((index, digest))

@@ -1,6 +1,6 @@
-//! A layer built as tar, converted to eStargz, read from a local file and
-//! mounted through FUSE, compared path by path with the tar; two such layers
-//! under overlayfs.
+//! A layer built as tar, converted to eStargz (or zstd:chunked), read from a
+//! local file and mounted through FUSE, compared path by path with the tar;
+//! two such layers under overlayfs; crafted zstd:chunked layers refused.
 
 mod common;
 
@@ -51,6 +51,94 @@ fn mounted_layer_matches_its_tar() {
         s.on_demand_bytes > 0 && s.on_demand_bytes <= size + size / 20,
         "{s:?}, blob {}",
         blob.bytes.len()
+    );
+}
+
+#[test]
+fn zstd_chunked_layer_matches_its_tar() {
+    if !e2e::require_root_tools(&[]) {
+        return;
+    }
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let l = lower_layer();
+    let blob = to_zstd_chunked(&l, 64 << 10);
+    let m = mount_source(
+        &rt,
+        file_source(tmp.path(), &blob),
+        &blob,
+        &cfg(),
+        Arc::new(ChunkCache::memory_only(64 << 20)),
+    );
+    compare(&l, m.path());
+    let s = m.layer.stats().snapshot();
+    assert_eq!(s.corrupt_chunks, 0, "{s:?}");
+    assert!(s.on_demand_bytes > 0, "{s:?}");
+}
+
+/// Crafted zstd:chunked blobs: opening fails with the typed cause, so the
+/// daemon falls back (and `rsnap mount` says why) instead of serving.
+#[test]
+fn crafted_zstd_chunked_layers_are_refused() {
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = to_zstd_chunked(&upper_layer(), 64 << 10);
+    let n = blob.bytes.len();
+    let open = |bytes: Vec<u8>, toc: &str| {
+        let b = Blob {
+            bytes,
+            digest: blob.digest.clone(),
+            toc_digest: toc.to_string(),
+        };
+        rt.block_on(lazyfs::LazyLayer::open(
+            file_source(tmp.path(), &b),
+            &b.digest,
+            Some(toc),
+            &cfg(),
+            Arc::new(ChunkCache::memory_only(1 << 20)),
+            rt.handle().clone(),
+        ))
+        .err()
+        .expect("a crafted layer must not open")
+    };
+    // TOC offset past the end of the blob.
+    let mut past = blob.bytes.clone();
+    past[n - 40..n - 32].copy_from_slice(&(2 * n as u64).to_le_bytes());
+    let e = open(past, &blob.toc_digest);
+    assert!(
+        matches!(
+            &e,
+            lazyfs::Error::Invalid {
+                source: estargz::Error::TocOffsetOutOfRange { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // The TOC's skippable frame claims more bytes than it has.
+    let toc_at = u64::from_le_bytes(blob.bytes[n - 40..n - 32].try_into().unwrap()) as usize - 8;
+    let mut lying = blob.bytes.clone();
+    let real = u32::from_le_bytes(lying[toc_at + 4..toc_at + 8].try_into().unwrap());
+    lying[toc_at + 4..toc_at + 8].copy_from_slice(&(real + 100).to_le_bytes());
+    let e = open(lying, &blob.toc_digest);
+    assert!(
+        matches!(
+            &e,
+            lazyfs::Error::Invalid {
+                source: estargz::Error::TocFrameSize { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // A TOC digest the layer does not have.
+    let e = open(
+        blob.bytes.clone(),
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    );
+    assert!(
+        matches!(&e, lazyfs::Error::TocDigestMismatch { .. }),
+        "{e:?}"
     );
 }
 

@@ -44,6 +44,11 @@ pub mod annotations {
     pub const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
     /// The size of the layer's uncompressed tar stream.
     pub const UNCOMPRESSED_SIZE: &str = "io.containers.estargz.uncompressed-size";
+    /// zstd:chunked: `sha256:<hex>` of the compressed TOC (the zstd frame
+    /// inside the TOC's skippable frame). What podman/buildah verify with.
+    pub const ZSTD_CHUNKED_MANIFEST_CHECKSUM: &str = "io.containers.zstd-chunked.manifest-checksum";
+    /// zstd:chunked: `offset:compressed:uncompressed:type` of the TOC frame.
+    pub const ZSTD_CHUNKED_MANIFEST_POSITION: &str = "io.containers.zstd-chunked.manifest-position";
 }
 
 #[cfg(test)]

@@ -217,6 +217,8 @@ fn bad_blobs_are_typed_errors() {
         toc_offset: 0,
         size: 51,
         legacy: false,
+        compression: crate::Compression::Gzip,
+        toc_size: None,
     };
     assert!(matches!(
         toc_region(&f, MAX_TOC_MEMBER + 100),
@@ -245,6 +247,7 @@ fn chunk(size: u64, digest: &str) -> Chunk {
         file_offset: 0,
         size,
         digest: digest.into(),
+        compression: crate::Compression::Gzip,
     }
 }
 

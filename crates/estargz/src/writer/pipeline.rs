@@ -6,7 +6,7 @@
 //! member of a batch, and memory stays near `budget` (plus one member per
 //! worker).
 
-use super::{compress, Compressed, Member};
+use super::{compress, Codec, Compressed, Member};
 use crate::error::{Error, Result};
 use crate::reader::ReadAt;
 use std::collections::BTreeMap;
@@ -27,7 +27,7 @@ struct State {
 pub(super) fn run<S, F>(
     src: &S,
     members: &[Member],
-    level: u32,
+    codec: Codec,
     budget: u64,
     mut sink: F,
 ) -> Result<()>
@@ -67,7 +67,7 @@ where
                     g.in_flight += members[g.next - 1].len();
                     g.next - 1
                 };
-                let r = compress(src, &members[i], level);
+                let r = compress(src, &members[i], codec);
                 lock().done.insert(i, r);
                 cv.notify_all();
             }));

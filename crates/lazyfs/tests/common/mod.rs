@@ -34,6 +34,23 @@ pub fn to_estargz(l: &LayerBuilder, chunk_size: u64, prioritized: &[&str]) -> Bl
     }
 }
 
+/// tar -> zstd:chunked, small chunks as in [`to_estargz`].
+pub fn to_zstd_chunked(l: &LayerBuilder, chunk_size: u64) -> Blob {
+    let opts = estargz::writer::WriterOptions {
+        chunk_size,
+        compression: estargz::Compression::Zstd,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let rep = estargz::writer::convert(std::io::Cursor::new(l.tar()), &mut out, &opts).unwrap();
+    assert_eq!(rep.blob_size, out.len() as u64);
+    Blob {
+        digest: rep.blob_digest,
+        toc_digest: rep.toc_digest,
+        bytes: out,
+    }
+}
+
 /// Deterministic incompressible bytes.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     e2e::image::pseudo_random(len, seed)

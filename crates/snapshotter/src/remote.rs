@@ -87,6 +87,24 @@ pub trait RemoteFs: Send + Sync {
     async fn kept_mounts(&self) -> Vec<std::path::PathBuf> {
         Vec::new()
     }
+    /// Fills `dir` (the new snapshot's empty contents directory) with the
+    /// whole layer, verified, as an ordinary unpack would: called when
+    /// `mount` fell back, so the snapshotter can commit the layer itself
+    /// rather than leave the pull to containerd. On an error `dir` may hold
+    /// anything; the snapshotter empties it. Default: [`Unpack::Declined`].
+    async fn unpack(&self, _dir: &Path, _labels: &Labels) -> Result<Unpack, RemoteFsError> {
+        Ok(Unpack::Declined)
+    }
+}
+
+/// What [`RemoteFs::unpack`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpack {
+    /// `dir` holds the verified layer: commit it.
+    Done,
+    /// Not done here (not configured, a layer type it cannot unpack):
+    /// containerd pulls and applies the layer as usual.
+    Declined,
 }
 
 /// Whether a Prepare asks for a remote snapshot: it names a target and

@@ -123,7 +123,7 @@ impl PullingFs {
         let m = self.client.fetch_manifest(image).await.map_err(err)?;
         let (_, config) = self
             .client
-            .fetch_config(image, m.manifest.config().digest().as_ref())
+            .fetch_config(image, &m.manifest.config().digest().to_string())
             .await
             .map_err(err)?;
         let diff_ids = config.rootfs().diff_ids();
@@ -220,10 +220,10 @@ impl PullingFs {
                     path: dir.clone(),
                     source,
                 })?;
-                let guard = RemoveOnDrop(Some(dir.clone()));
+                let mut guard = RemoveOnDrop(Some(dir.clone()));
                 let pulled = Self::pull(&client, &image, &spec, fetch, &dir).await?;
-                std::mem::forget(guard);
-                Ok((dir, pulled))
+                guard.0 = None;
+                Ok::<_, Error>((dir, pulled))
             });
             jobs.insert(digest.clone(), (Instant::now(), job));
         }

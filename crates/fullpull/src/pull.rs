@@ -158,7 +158,7 @@ fn inflate(
         h: Sha256::new(),
         n: 0,
     };
-    let r = (|| {
+    let r = (|| -> io::Result<(Sha256, u64)> {
         let mut tar_h = Sha256::new();
         let mut tar_n = 0u64;
         {
@@ -246,5 +246,114 @@ impl Read for Blocks {
         buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use sha2::Digest as _;
+
+    /// A blob in memory; fails every read at or past `fail_from`.
+    struct Mem {
+        blob: Vec<u8>,
+        fail_from: u64,
+    }
+
+    #[async_trait::async_trait]
+    impl Source for Mem {
+        async fn read_at(&self, off: u64, len: u64) -> Result<Bytes, registry::Error> {
+            if off + len > self.fail_from {
+                return Err(registry::Error::Unreachable {
+                    url: "mem".into(),
+                    detail: "gone".into(),
+                });
+            }
+            Ok(Bytes::copy_from_slice(
+                &self.blob[off as usize..(off + len) as usize],
+            ))
+        }
+    }
+
+    fn layer() -> (Vec<u8>, Vec<u8>) {
+        let mut b = tar::Builder::new(Vec::new());
+        // Incompressible data, so the blob spans many requests.
+        let mut x = 1u64;
+        let data: Vec<u8> = (0..3 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "data.bin", &data[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        (tar, gz.finish().unwrap())
+    }
+
+    fn digest(b: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(b)))
+    }
+
+    async fn run(blob: Vec<u8>, spec: LayerSpec, fail_from: u64) -> (Result<Pulled, Error>, tempfile::TempDir) {
+        let d = tempfile::tempdir().unwrap();
+        let src = Arc::new(Mem { blob, fail_from });
+        let fetch = Fetch {
+            request_bytes: 256 << 10,
+            concurrency: 3,
+        };
+        (pull_into(src, &spec, fetch, d.path()).await, d)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pulls_verifies_and_refuses_lies() {
+        let (tar, gz) = layer();
+        let spec = LayerSpec {
+            digest: digest(&gz),
+            size: gz.len() as u64,
+            diff_id: digest(&tar),
+            compression: Compression::Gzip,
+        };
+        let (r, d) = run(gz.clone(), spec.clone(), u64::MAX).await;
+        let p = r.unwrap();
+        assert_eq!((p.compressed, p.uncompressed), (gz.len() as u64, tar.len() as u64));
+        assert_eq!(std::fs::read(d.path().join("data.bin")).unwrap().len(), 3 << 20);
+
+        let lie = LayerSpec {
+            diff_id: digest(b"other"),
+            ..spec.clone()
+        };
+        let (r, _) = run(gz.clone(), lie, u64::MAX).await;
+        assert!(matches!(r, Err(Error::DiffId { .. })), "{r:?}");
+
+        let mut bad = gz.clone();
+        let n = bad.len();
+        bad[n - 5] ^= 1; // the gzip trailer's size: the stream still inflates
+        let (r, _) = run(bad, spec.clone(), u64::MAX).await;
+        assert!(r.is_err(), "a changed blob is refused: {r:?}");
+
+        let (r, _) = run(gz.clone(), spec.clone(), gz.len() as u64 / 2).await;
+        assert!(
+            matches!(&r, Err(Error::Fetch { source, .. }) if source.kind() == registry::ErrorKind::Unreachable),
+            "{r:?}"
+        );
+
+        let plain = LayerSpec {
+            digest: digest(&tar),
+            size: tar.len() as u64,
+            diff_id: digest(&tar),
+            compression: Compression::None,
+        };
+        let (r, d) = run(tar.clone(), plain, u64::MAX).await;
+        r.unwrap();
+        assert!(d.path().join("data.bin").exists());
     }
 }

@@ -53,8 +53,10 @@ fn app_layer(big: &[u8]) -> LayerBuilder {
 
 /// One tree as a sorted listing: path -> type, mode, owner, size, rdev,
 /// link target, mtime (not of the root), xattrs, content digest.
-fn listing(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+/// An mtime at or after `since` (the test's start) is printed as `now`:
+/// directories a layer changes get the time of the unpack.
+fn listing(root: &Path, since: i64) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, since: i64, out: &mut BTreeMap<String, String>) {
         let mut names: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -92,17 +94,17 @@ fn listing(root: &Path) -> BTreeMap<String, String> {
                     if ft.is_dir() { 0 } else { m.size() },
                     m.rdev(),
                     if ft.is_dir() { 0 } else { m.nlink() },
-                    m.mtime(),
+                    if m.mtime() >= since { "now".to_string() } else { m.mtime().to_string() },
                     xattrs,
                 ),
             );
             if ft.is_dir() {
-                walk(root, &p, out);
+                walk(root, &p, since, out);
             }
         }
     }
     let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
+    walk(root, root, since, &mut out);
     out
 }
 
@@ -144,6 +146,11 @@ async fn fallback_pull_unpacks_what_containerd_would() {
     if !e2e::require_root_tools(TOOLS) {
         return;
     }
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 1;
     let scratch = tempfile::Builder::new().prefix("rs-fbp").tempdir().unwrap();
     let dir = scratch.path();
     let registry = Registry::start(dir);
@@ -166,7 +173,7 @@ async fn fallback_pull_unpacks_what_containerd_would() {
     .unwrap();
     let (daemon, metrics) = common::start_with_metrics(dir, &[]);
     let ctrd = Containerd::start(dir, Some(&daemon.sock));
-    let mut stack = common::Stack {
+    let stack = common::Stack {
         ctrd: Some(ctrd),
         daemon: Some(daemon),
         scratch,
@@ -217,7 +224,7 @@ async fn fallback_pull_unpacks_what_containerd_would() {
     assert_eq!(ours.len(), 2, "{ours:?}");
     assert_eq!(theirs.len(), 2, "{theirs:?}");
     for (a, b) in ours.iter().zip(&theirs) {
-        let (la, lb) = (listing(a), listing(b));
+        let (la, lb) = (listing(a, since), listing(b, since));
         assert!(la.len() > 3, "{a:?} holds the layer: {la:?}");
         let diff: Vec<String> = la
             .keys()
@@ -230,9 +237,12 @@ async fn fallback_pull_unpacks_what_containerd_would() {
         assert!(diff.is_empty(), "{a:?} vs {b:?}:\n{}", diff.join("\n"));
     }
     // The checks that make the comparison mean something.
-    let app = listing(&ours[1]);
+    let app = listing(&ours[1], since);
     assert!(app["etc/group"].starts_with("mode=20000 "), "{}", app["etc/group"]);
     assert!(app["tmp"].contains("trusted.overlay.opaque=y"), "{}", app["tmp"]);
+    assert!(app["tmp"].starts_with("mode=41777 "), "copied up from busybox: {}", app["tmp"]);
+    assert!(app["app/null"].starts_with("mode=20666 ") && app["app/null"].contains("rdev=259"), "{}", app["app/null"]);
+    assert!(app["app/fifo"].starts_with("mode=10644 "), "{}", app["app/fifo"]);
     assert!(app["app/owned"].contains("mode=104710 uid=1234 gid=5678"), "{}", app["app/owned"]);
     assert!(app["app/attrs"].contains("user.note=kept"), "{}", app["app/attrs"]);
     assert!(app["app/big.bin"].contains("nlink=2"), "{}", app["app/big.bin"]);

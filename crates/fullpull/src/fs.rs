@@ -9,6 +9,7 @@
 
 use crate::error::Error;
 use crate::pull::{pull_into, Compression, Fetch, LayerSpec, Pulled};
+use crate::unpack::adopt_lower_attrs;
 use crate::Config;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -229,7 +230,12 @@ impl PullingFs {
         }
     }
 
-    async fn unpack_layer(&self, dir: &Path, labels: &Labels) -> Result<Unpack, Error> {
+    async fn unpack_layer(
+        &self,
+        dir: &Path,
+        lowers: &[PathBuf],
+        labels: &Labels,
+    ) -> Result<Unpack, Error> {
         let image = first(labels, &REF_KEYS).ok_or(Error::NoImageRef)?;
         let digest = first(labels, &DIGEST_KEYS).ok_or(Error::NoLayerDigest)?;
         let image = Reference::parse(image).map_err(Error::Reference)?;
@@ -272,6 +278,19 @@ impl PullingFs {
             self.start_ahead(&image, &facts, i);
             Self::pull(&self.client, &image, &spec, self.fetch(), dir).await?
         };
+        // Only now are the layers below all there (one pulled ahead ran
+        // beside them).
+        let (root, implicit, lowers) = (dir.to_path_buf(), pulled.written.implicit.clone(), lowers.to_vec());
+        tokio::task::spawn_blocking(move || adopt_lower_attrs(&root, &implicit, &lowers))
+            .await
+            .map_err(|source| Error::Task {
+                what: "lower attributes",
+                source,
+            })?
+            .map_err(|source| Error::Unpack {
+                layer: digest.to_string(),
+                source,
+            })?;
         self.stats.layers.fetch_add(1, Ordering::Relaxed);
         self.stats
             .compressed_bytes
@@ -317,11 +336,16 @@ impl RemoteFs for PullingFs {
         self.inner.kept_mounts().await
     }
 
-    async fn unpack(&self, dir: &Path, labels: &Labels) -> Result<Unpack, RemoteFsError> {
+    async fn unpack(
+        &self,
+        dir: &Path,
+        lowers: &[PathBuf],
+        labels: &Labels,
+    ) -> Result<Unpack, RemoteFsError> {
         if !self.cfg.enable {
-            return self.inner.unpack(dir, labels).await;
+            return self.inner.unpack(dir, lowers, labels).await;
         }
-        match self.unpack_layer(dir, labels).await {
+        match self.unpack_layer(dir, lowers, labels).await {
             Ok(u) => Ok(u),
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);

@@ -52,7 +52,7 @@ pub struct Fetch {
 }
 
 /// What a pull did.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Pulled {
     pub compressed: u64,
     pub uncompressed: u64,
@@ -253,7 +253,6 @@ impl Read for Blocks {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use sha2::Digest as _;
 
     /// A blob in memory; fails every read at or past `fail_from`.
     struct Mem {

@@ -11,12 +11,34 @@ use std::path::{Path, PathBuf};
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 
-/// What was written, for the log.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What was written.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Written {
     pub entries: u64,
     pub whiteouts: u64,
     pub opaques: u64,
+    /// Directories the tar does not list but its entries need, parents
+    /// first, and whether anything was made directly in them: containerd
+    /// applies a layer on an overlay of the layers below, where such a
+    /// directory is copied up with its attributes ([`adopt_lower_attrs`]).
+    pub implicit: Vec<(String, bool)>,
+}
+
+/// Tracks directories made on the way to an entry.
+#[derive(Default)]
+struct Made {
+    order: Vec<String>,
+    touched: std::collections::HashSet<String>,
+    /// Directories the tar lists: their attributes are the tar's.
+    explicit: std::collections::HashSet<String>,
+}
+
+impl Made {
+    /// Something was created in `dir` (layer-relative, "" the root).
+    fn touch(&mut self, rel: &str) {
+        let dir = rel.rsplit_once('/').map_or("", |(d, _)| d);
+        self.touched.insert(dir.to_string());
+    }
 }
 
 /// `a/./b/` -> `a/b`; `None` for a path with `..` or not UTF-8.
@@ -38,19 +60,128 @@ fn refused(what: impl std::fmt::Display) -> io::Error {
 
 /// `root/rel`'s parent made (as directories) without following a symlink
 /// on the way: a layer's symlink must never carry a write out of `root`.
-fn safe_parent(root: &Path, rel: &str) -> io::Result<PathBuf> {
+fn safe_parent(root: &Path, rel: &str, made: &mut Made) -> io::Result<PathBuf> {
     let mut p = root.to_path_buf();
     let parts: Vec<&str> = rel.split('/').collect();
-    for c in &parts[..parts.len().saturating_sub(1)] {
+    for (i, c) in parts[..parts.len().saturating_sub(1)].iter().enumerate() {
         p.push(c);
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(refused(format!("{rel}: a parent is not a directory"))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&p)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir(&p)?;
+                let d = parts[..=i].join("/");
+                made.touch(&d);
+                made.order.push(d);
+            }
             Err(e) => return Err(e),
         }
     }
     Ok(root.join(rel))
+}
+
+/// A device or FIFO entry, made with its mode, owner and mtime.
+fn special(e: &tar::Entry<'_, impl Read>, p: &Path) -> io::Result<()> {
+    let h = e.header();
+    let et = h.entry_type();
+    let ft = if et.is_character_special() {
+        rustix::fs::FileType::CharacterDevice
+    } else if et.is_block_special() {
+        rustix::fs::FileType::BlockDevice
+    } else {
+        rustix::fs::FileType::Fifo
+    };
+    let dev = rustix::fs::makedev(
+        h.device_major()?.unwrap_or(0),
+        h.device_minor()?.unwrap_or(0),
+    );
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p)?,
+        Ok(_) => std::fs::remove_file(p)?,
+        Err(_) => {}
+    }
+    let mode = h.mode()? & 0o7777;
+    rustix::fs::mknodat(rustix::fs::CWD, p, ft, rustix::fs::Mode::from_raw_mode(mode), dev)?;
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        p,
+        Some(rustix::fs::Uid::from_raw(h.uid()? as u32)),
+        Some(rustix::fs::Gid::from_raw(h.gid()? as u32)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    // mknod's mode passed through the umask.
+    rustix::fs::chmod(p, rustix::fs::Mode::from_raw_mode(mode))?;
+    set_mtime(p, h.mtime()? as i64, 0)
+}
+
+fn set_mtime(p: &Path, sec: i64, nsec: i64) -> io::Result<()> {
+    let t = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
+/// Gives each implicit directory (see [`Written::implicit`]) the mode,
+/// owner and xattrs of the same directory in the nearest of `lowers` (the
+/// parent layers' contents, nearest first), and its mtime if nothing was
+/// made in it, as overlayfs' copy-up does when containerd applies the
+/// layer. One not found below keeps what `mkdir` gave it (0755, root),
+/// as containerd's applier makes it.
+pub fn adopt_lower_attrs(
+    root: &Path,
+    implicit: &[(String, bool)],
+    lowers: &[PathBuf],
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    for (rel, touched) in implicit {
+        let Some((lower, m)) = lowers
+            .iter()
+            .find_map(|l| Some((l.join(rel), std::fs::symlink_metadata(l.join(rel)).ok()?)))
+        else {
+            continue;
+        };
+        if !m.is_dir() {
+            continue;
+        }
+        let p = root.join(rel);
+        let mut names = vec![0u8; 64 << 10];
+        if let Ok(n) = rustix::fs::llistxattr(&lower, &mut names) {
+            for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                // overlayfs' own attributes are never copied up.
+                if name.starts_with(b"trusted.overlay.") {
+                    continue;
+                }
+                let mut v = vec![0u8; 64 << 10];
+                let name = std::ffi::OsStr::from_bytes(name);
+                if let Ok(len) = rustix::fs::lgetxattr(&lower, name, &mut v) {
+                    rustix::fs::lsetxattr(&p, name, &v[..len], rustix::fs::XattrFlags::empty())?;
+                }
+            }
+        }
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            &p,
+            Some(rustix::fs::Uid::from_raw(m.uid())),
+            Some(rustix::fs::Gid::from_raw(m.gid())),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        rustix::fs::chmod(&p, rustix::fs::Mode::from_raw_mode(m.mode() & 0o7777))?;
+        if !touched {
+            set_mtime(&p, m.mtime(), m.mtime_nsec())?;
+        }
+    }
+    Ok(())
 }
 
 /// Unpacks the tar stream `r` into `root` (an existing directory).
@@ -62,6 +193,7 @@ pub fn unpack_tar(r: impl Read, root: &Path) -> io::Result<Written> {
     ar.set_unpack_xattrs(true);
     ar.set_overwrite(true);
     let mut w = Written::default();
+    let mut made = Made::default();
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
     for e in ar.entries()? {
         let mut e = e?;
@@ -73,9 +205,17 @@ pub fn unpack_tar(r: impl Read, root: &Path) -> io::Result<Written> {
             let d = if dir.is_empty() {
                 root.to_path_buf()
             } else {
-                // `dir/x`'s parents, `dir` included, made safely.
-                let x = safe_parent(root, &format!("{dir}/x"))?;
-                x.parent().map_or_else(|| root.to_path_buf(), Path::to_path_buf)
+                let d = safe_parent(root, dir, &mut made)?;
+                match std::fs::symlink_metadata(&d) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return Err(refused(format!("{path}: not in a directory"))),
+                    Err(_) => {
+                        std::fs::create_dir(&d)?;
+                        made.touch(dir);
+                        made.order.push(dir.to_string());
+                    }
+                }
+                d
             };
             rustix::fs::setxattr(
                 &d,
@@ -95,7 +235,8 @@ pub fn unpack_tar(r: impl Read, root: &Path) -> io::Result<Written> {
             } else {
                 format!("{dir}/{hidden}")
             };
-            whiteout(&safe_parent(root, &rel)?)?;
+            whiteout(&safe_parent(root, &rel, &mut made)?)?;
+            made.touch(&rel);
             w.whiteouts += 1;
             continue;
         }
@@ -114,34 +255,32 @@ pub fn unpack_tar(r: impl Read, root: &Path) -> io::Result<Written> {
             }
             continue;
         }
-        safe_parent(root, &path)?;
+        let target = safe_parent(root, &path, &mut made)?;
+        made.touch(&path);
+        let et = e.header().entry_type();
+        if et.is_character_special() || et.is_block_special() || et.is_fifo() {
+            special(&e, &target)?;
+            continue;
+        }
         if !e.unpack_in(root)? {
             return Err(refused(format!("entry {path}: outside the layer")));
         }
         if is_dir {
             dirs.push((root.join(&path), e.header().mtime().unwrap_or(0)));
+            made.explicit.insert(path);
         }
     }
     // Children changed their directories' mtimes; put the layer's back,
     // deepest first.
     for (d, mtime) in dirs.iter().rev() {
-        let t = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: *mtime as i64,
-                tv_nsec: 0,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: *mtime as i64,
-                tv_nsec: 0,
-            },
-        };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            d,
-            &t,
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )?;
+        set_mtime(d, *mtime as i64, 0)?;
     }
+    w.implicit = made
+        .order
+        .iter()
+        .filter(|d| !made.explicit.contains(*d))
+        .map(|d| (d.clone(), made.touched.contains(d)))
+        .collect();
     Ok(w)
 }
 

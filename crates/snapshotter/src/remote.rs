@@ -87,12 +87,19 @@ pub trait RemoteFs: Send + Sync {
     async fn kept_mounts(&self) -> Vec<std::path::PathBuf> {
         Vec::new()
     }
-    /// Fills `dir` (the new snapshot's empty contents directory) with the
-    /// whole layer, verified, as an ordinary unpack would: called when
-    /// `mount` fell back, so the snapshotter can commit the layer itself
-    /// rather than leave the pull to containerd. On an error `dir` may hold
-    /// anything; the snapshotter empties it. Default: [`Unpack::Declined`].
-    async fn unpack(&self, _dir: &Path, _labels: &Labels) -> Result<Unpack, RemoteFsError> {
+    /// Fills `dir` (an empty directory beside the new snapshot's contents)
+    /// with the whole layer, verified, as containerd's applier would on an
+    /// overlay of `lowers` (the parent layers' contents, nearest first):
+    /// called when `mount` fell back, so the snapshotter can commit the
+    /// layer itself rather than leave the pull to containerd. On an error
+    /// `dir` may hold anything; the snapshotter removes it. Default:
+    /// [`Unpack::Declined`].
+    async fn unpack(
+        &self,
+        _dir: &Path,
+        _lowers: &[std::path::PathBuf],
+        _labels: &Labels,
+    ) -> Result<Unpack, RemoteFsError> {
         Ok(Unpack::Declined)
     }
 }

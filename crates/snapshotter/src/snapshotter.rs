@@ -213,13 +213,28 @@ impl Snapshotter {
             return RemoteOutcome::FellBack(FallbackReason::Error);
         }
         let started = std::time::Instant::now();
+        let k = key.to_string();
+        let parents = self
+            .run(move |c| {
+                let rec = c.get(&k)?;
+                c.parents(&rec)
+            })
+            .await;
+        let lowers: Vec<std::path::PathBuf> = match parents {
+            Ok(p) => p.iter().map(|(_, r)| self.core.layout().fs(r.id)).collect(),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cannot list the parent layers");
+                let _ = layout::remove_tree(&staging);
+                return RemoteOutcome::FellBack(FallbackReason::Error);
+            }
+        };
         let failed = |what: &str, e: &dyn std::fmt::Display| {
             inc(&self.metrics.unpack_failures);
             tracing::warn!(key, target, error = %e, "{what}; containerd pulls the layer");
             let _ = layout::remove_tree(&staging);
             RemoteOutcome::FellBack(FallbackReason::Error)
         };
-        match self.remote.unpack(&staging, labels).await {
+        match self.remote.unpack(&staging, &lowers, labels).await {
             Ok(remote::Unpack::Done) => {}
             Ok(remote::Unpack::Declined) => {
                 let _ = layout::remove_tree(&staging);

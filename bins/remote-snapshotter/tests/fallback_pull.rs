@@ -183,7 +183,15 @@ async fn fallback_pull_unpacks_what_containerd_would() {
     let (ok, out) = pull(ctrd, &image);
     assert!(ok, "rsnap pull: {out}");
     let m = common::metrics(&metrics);
-    assert_eq!(common::counter(&m, "fallback_pulls"), Some(2), "{m}");
+    let warnings = || {
+        std::fs::read_to_string(stack.scratch.path().join("daemon.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("WARN"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(common::counter(&m, "fallback_pulls"), Some(2), "{}", warnings());
     assert_eq!(common::counter(&m, "fallback_pull_failures"), Some(0), "{m}");
     assert_eq!(common::counter(&m, "fallback_not_remote"), Some(2), "{m}");
     let log = std::fs::read_to_string(stack.scratch.path().join("daemon.log")).unwrap();

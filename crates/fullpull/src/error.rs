@@ -72,3 +72,15 @@ impl From<Error> for RemoteFsError {
         }
     }
 }
+
+/// `e` and its causes, for a log line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -349,7 +349,7 @@ impl RemoteFs for PullingFs {
             Ok(u) => Ok(u),
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "pulling the layer ourselves failed");
+                warn!(error = %crate::error::chain(&e), "pulling the layer ourselves failed");
                 Err(e.into())
             }
         }

@@ -106,15 +106,16 @@ pub(crate) async fn pull_into<S: Source>(
             source,
         });
     }
+    // The unpacker's own error explains the inflater's stop.
+    let written = unpacked?.map_err(|source| Error::Unpack {
+        layer: layer_name(),
+        source,
+    })?;
     let (blob_sha, compressed, tar_sha, uncompressed) =
         inflate_result.map_err(|source| Error::Unpack {
             layer: layer_name(),
             source,
         })?;
-    let written = unpacked?.map_err(|source| Error::Unpack {
-        layer: layer_name(),
-        source,
-    })?;
     if compressed != layer.size {
         return Err(Error::Size {
             layer: layer_name(),

@@ -91,10 +91,15 @@ fn special(e: &tar::Entry<'_, impl Read>, p: &Path) -> io::Result<()> {
     } else {
         rustix::fs::FileType::Fifo
     };
-    let dev = rustix::fs::makedev(
-        h.device_major()?.unwrap_or(0),
-        h.device_minor()?.unwrap_or(0),
-    );
+    // A FIFO's device fields are often left blank.
+    let dev = if ft == rustix::fs::FileType::Fifo {
+        0
+    } else {
+        rustix::fs::makedev(
+            h.device_major()?.unwrap_or(0),
+            h.device_minor()?.unwrap_or(0),
+        )
+    };
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(p)?,
         Ok(_) => std::fs::remove_file(p)?,

@@ -329,19 +329,26 @@ async fn fallback_pull_faults_commit_nothing() {
     assert_eq!(committed(&list), 1, "only the base layer is committed: {list:?}");
     assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
 
-    // The registry stops sending 512 KiB into every blob body: our pull of
-    // the data layer fails (the base layer is there already). Looked at the
-    // moment it failed, before containerd's own fetch (stalled as well)
-    // gives up.
-    proxy.faults().stall_blobs(e2e::faultproxy::ALWAYS, 512 << 10);
+    // The registry goes silent once the data layer's pull is under way (a
+    // few ranged requests answered): our pull of it fails (the base layer
+    // is there already). Looked at the moment it failed, before
+    // containerd's own fetch (held as well) gives up.
+    proxy.faults().reset_counts();
     let (sock, r) = (ctrd.socket.display().to_string(), format!("{}/faults:1", proxy.host()));
     let bg = std::thread::spawn(move || {
         rsnap(&["pull", "-a", &sock, "-n", NAMESPACE, "--plain-http", &r])
     });
+    let faults = proxy.faults();
+    let started = e2e::process::wait_until(std::time::Duration::from_secs(30), || {
+        faults.counts().requests[e2e::faultproxy::Kind::BlobRange as usize] >= 3
+    });
+    faults.blackhole(true);
+    assert!(started, "the pull never started: {:?}", faults.counts());
     let failed = e2e::process::wait_until(std::time::Duration::from_secs(60), || {
         common::counter(&common::metrics(&metrics), "fallback_pull_failures") == Some(2)
     });
-    assert!(failed, "{}", common::metrics(&metrics));
+    let log = std::fs::read_to_string(stack.scratch.path().join("daemon.log")).unwrap();
+    assert!(failed, "{}\n{log}", common::metrics(&metrics));
     let list = api.list(&[]).await.unwrap();
     assert_eq!(committed(&list), 1, "nothing half-committed: {list:?}");
     assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
@@ -349,7 +356,7 @@ async fn fallback_pull_faults_commit_nothing() {
         stack.scratch.path().join("root/snapshots").exists(),
         "the daemon's root is where the test looks"
     );
-    // Stalled bodies are closed: containerd's own fetch fails or finishes.
+    // Held connections are closed: containerd's own fetch fails.
     proxy.faults().pass();
     let _ = bg.join();
 

@@ -14,8 +14,8 @@ mod common;
 use e2e::containerd::{Containerd, NAMESPACE};
 use e2e::faultproxy::FaultProxy;
 use e2e::image::{
-    busybox_layer, pseudo_random, rsnap, sha256_digest, write_oci_layout, Kind, LayerBuilder,
-    Meta, OciLayout, MT_MANIFEST,
+    busybox_layer, pseudo_random, rsnap, sha256_digest, write_oci_layout, Kind, LayerBuilder, Meta,
+    OciLayout, MT_MANIFEST,
 };
 use e2e::registry::{skopeo_push, Registry};
 use snapshotter_testsuite::Api;
@@ -116,7 +116,9 @@ fn layer_dirs(snapshots: &Path) -> Vec<PathBuf> {
         .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
         .collect();
     ids.sort();
-    ids.iter().map(|i| snapshots.join(i.to_string()).join("fs")).collect()
+    ids.iter()
+        .map(|i| snapshots.join(i.to_string()).join("fs"))
+        .collect()
 }
 
 fn pull(ctrd: &Containerd, image: &str) -> (bool, String) {
@@ -191,8 +193,17 @@ async fn fallback_pull_unpacks_what_containerd_would() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    assert_eq!(common::counter(&m, "fallback_pulls"), Some(2), "{}", warnings());
-    assert_eq!(common::counter(&m, "fallback_pull_failures"), Some(0), "{m}");
+    assert_eq!(
+        common::counter(&m, "fallback_pulls"),
+        Some(2),
+        "{}",
+        warnings()
+    );
+    assert_eq!(
+        common::counter(&m, "fallback_pull_failures"),
+        Some(0),
+        "{m}"
+    );
     assert_eq!(common::counter(&m, "fallback_not_remote"), Some(2), "{m}");
     let log = std::fs::read_to_string(stack.scratch.path().join("daemon.log")).unwrap();
     for d in &img.layer_digests {
@@ -218,8 +229,14 @@ async fn fallback_pull_unpacks_what_containerd_would() {
     let want = sha256_digest(&big);
     let want = want.trim_start_matches("sha256:");
     assert_eq!(got.matches(want).count(), 2, "{got}");
-    assert!(got.contains("owned\n") && got.contains("script.sh"), "{got}");
-    assert!(got.contains("No such file"), "etc/group is whited out:\n{got}");
+    assert!(
+        got.contains("owned\n") && got.contains("script.sh"),
+        "{got}"
+    );
+    assert!(
+        got.contains("No such file"),
+        "etc/group is whited out:\n{got}"
+    );
 
     // containerd's own unpack of the same image, into its overlayfs snapshotter.
     ctrd.pull_plain_http(&image, Some("overlayfs"));
@@ -240,20 +257,58 @@ async fn fallback_pull_unpacks_what_containerd_would() {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .filter(|k| la.get(*k) != lb.get(*k))
-            .map(|k| format!("{k}:\n  ours:       {:?}\n  containerd: {:?}", la.get(k), lb.get(k)))
+            .map(|k| {
+                format!(
+                    "{k}:\n  ours:       {:?}\n  containerd: {:?}",
+                    la.get(k),
+                    lb.get(k)
+                )
+            })
             .collect();
         assert!(diff.is_empty(), "{a:?} vs {b:?}:\n{}", diff.join("\n"));
     }
     // The checks that make the comparison mean something.
     let app = listing(&ours[1], since);
-    assert!(app["etc/group"].starts_with("mode=20000 "), "{}", app["etc/group"]);
-    assert!(app["tmp"].contains("trusted.overlay.opaque=y"), "{}", app["tmp"]);
-    assert!(app["tmp"].starts_with("mode=41777 "), "copied up from busybox: {}", app["tmp"]);
-    assert!(app["app/null"].starts_with("mode=20666 ") && app["app/null"].contains("rdev=259"), "{}", app["app/null"]);
-    assert!(app["app/fifo"].starts_with("mode=10644 "), "{}", app["app/fifo"]);
-    assert!(app["app/owned"].contains("mode=104710 uid=1234 gid=5678"), "{}", app["app/owned"]);
-    assert!(app["app/attrs"].contains("user.note=kept"), "{}", app["app/attrs"]);
-    assert!(app["app/big.bin"].contains("nlink=2"), "{}", app["app/big.bin"]);
+    assert!(
+        app["etc/group"].starts_with("mode=20000 "),
+        "{}",
+        app["etc/group"]
+    );
+    assert!(
+        app["tmp"].contains("trusted.overlay.opaque=y"),
+        "{}",
+        app["tmp"]
+    );
+    assert!(
+        app["tmp"].starts_with("mode=41777 "),
+        "copied up from busybox: {}",
+        app["tmp"]
+    );
+    assert!(
+        app["app/null"].starts_with("mode=20666 ") && app["app/null"].contains("rdev=259"),
+        "{}",
+        app["app/null"]
+    );
+    assert!(
+        app["app/fifo"].starts_with("mode=10644 "),
+        "{}",
+        app["app/fifo"]
+    );
+    assert!(
+        app["app/owned"].contains("mode=104710 uid=1234 gid=5678"),
+        "{}",
+        app["app/owned"]
+    );
+    assert!(
+        app["app/attrs"].contains("user.note=kept"),
+        "{}",
+        app["app/attrs"]
+    );
+    assert!(
+        app["app/big.bin"].contains("nlink=2"),
+        "{}",
+        app["app/big.bin"]
+    );
     drop(registry);
     drop(stack);
 }
@@ -317,16 +372,27 @@ async fn fallback_pull_faults_commit_nothing() {
 
     // The lie: containerd's own apply refuses it as well, so the pull fails.
     let (ok, out) = pull(ctrd, &format!("{}/faults:lie", proxy.host()));
-    assert!(!ok, "a layer with a wrong diff ID must not be pulled: {out}");
+    assert!(
+        !ok,
+        "a layer with a wrong diff ID must not be pulled: {out}"
+    );
     let m = common::metrics(&metrics);
-    assert_eq!(common::counter(&m, "fallback_pull_failures"), Some(1), "{m}");
+    assert_eq!(
+        common::counter(&m, "fallback_pull_failures"),
+        Some(1),
+        "{m}"
+    );
     let log = std::fs::read_to_string(stack.scratch.path().join("daemon.log")).unwrap();
     assert!(
         log.contains("the uncompressed tar's digest is") && log.contains(&img.diff_ids[1]),
         "a clear error names the diff ID:\n{log}"
     );
     let list = api.list(&[]).await.unwrap();
-    assert_eq!(committed(&list), 1, "only the base layer is committed: {list:?}");
+    assert_eq!(
+        committed(&list),
+        1,
+        "only the base layer is committed: {list:?}"
+    );
     assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
 
     // The registry goes silent once the data layer's pull is under way (a
@@ -334,7 +400,10 @@ async fn fallback_pull_faults_commit_nothing() {
     // is there already). Looked at the moment it failed, before
     // containerd's own fetch (held as well) gives up.
     proxy.faults().reset_counts();
-    let (sock, r) = (ctrd.socket.display().to_string(), format!("{}/faults:1", proxy.host()));
+    let (sock, r) = (
+        ctrd.socket.display().to_string(),
+        format!("{}/faults:1", proxy.host()),
+    );
     let bg = std::thread::spawn(move || {
         rsnap(&["pull", "-a", &sock, "-n", NAMESPACE, "--plain-http", &r])
     });

@@ -39,7 +39,9 @@ pub enum Error {
     Digest { layer: String, got: String },
     #[error("layer {layer}: {got} bytes, the manifest says {want}")]
     Size { layer: String, got: u64, want: u64 },
-    #[error("layer {layer}: the uncompressed tar's digest is {got}, the image config's diff ID {want}")]
+    #[error(
+        "layer {layer}: the uncompressed tar's digest is {got}, the image config's diff ID {want}"
+    )]
     DiffId {
         layer: String,
         got: String,

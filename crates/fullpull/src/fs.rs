@@ -124,7 +124,7 @@ impl PullingFs {
         let m = self.client.fetch_manifest(image).await.map_err(err)?;
         let (_, config) = self
             .client
-            .fetch_config(image, &m.manifest.config().digest().to_string())
+            .fetch_config(image, m.manifest.config().digest().as_ref())
             .await
             .map_err(err)?;
         let diff_ids = config.rootfs().diff_ids();
@@ -280,7 +280,11 @@ impl PullingFs {
         };
         // Only now are the layers below all there (one pulled ahead ran
         // beside them).
-        let (root, implicit, lowers) = (dir.to_path_buf(), pulled.written.implicit.clone(), lowers.to_vec());
+        let (root, implicit, lowers) = (
+            dir.to_path_buf(),
+            pulled.written.implicit.clone(),
+            lowers.to_vec(),
+        );
         tokio::task::spawn_blocking(move || adopt_lower_attrs(&root, &implicit, &lowers))
             .await
             .map_err(|source| Error::Task {

@@ -73,7 +73,8 @@ pub(crate) async fn pull_into<S: Source>(
     fetch: Fetch,
     dir: &Path,
 ) -> Result<Pulled, Error> {
-    let (incoming, fetcher) = stream::start(src, layer.size, fetch.request_bytes, fetch.concurrency);
+    let (incoming, fetcher) =
+        stream::start(src, layer.size, fetch.request_bytes, fetch.concurrency);
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
     let abort = Arc::new(AtomicBool::new(false));
     let root = dir.to_path_buf();
@@ -306,7 +307,11 @@ mod tests {
         format!("sha256:{}", hex::encode(Sha256::digest(b)))
     }
 
-    async fn run(blob: Vec<u8>, spec: LayerSpec, fail_from: u64) -> (Result<Pulled, Error>, tempfile::TempDir) {
+    async fn run(
+        blob: Vec<u8>,
+        spec: LayerSpec,
+        fail_from: u64,
+    ) -> (Result<Pulled, Error>, tempfile::TempDir) {
         let d = tempfile::tempdir().unwrap();
         let src = Arc::new(Mem { blob, fail_from });
         let fetch = Fetch {
@@ -327,8 +332,14 @@ mod tests {
         };
         let (r, d) = run(gz.clone(), spec.clone(), u64::MAX).await;
         let p = r.unwrap();
-        assert_eq!((p.compressed, p.uncompressed), (gz.len() as u64, tar.len() as u64));
-        assert_eq!(std::fs::read(d.path().join("data.bin")).unwrap().len(), 3 << 20);
+        assert_eq!(
+            (p.compressed, p.uncompressed),
+            (gz.len() as u64, tar.len() as u64)
+        );
+        assert_eq!(
+            std::fs::read(d.path().join("data.bin")).unwrap().len(),
+            3 << 20
+        );
 
         let lie = LayerSpec {
             diff_id: digest(b"other"),

@@ -106,7 +106,13 @@ fn special(e: &tar::Entry<'_, impl Read>, p: &Path) -> io::Result<()> {
         Err(_) => {}
     }
     let mode = h.mode()? & 0o7777;
-    rustix::fs::mknodat(rustix::fs::CWD, p, ft, rustix::fs::Mode::from_raw_mode(mode), dev)?;
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        ft,
+        rustix::fs::Mode::from_raw_mode(mode),
+        dev,
+    )?;
     rustix::fs::chownat(
         rustix::fs::CWD,
         p,
@@ -348,11 +354,18 @@ mod tests {
         assert_eq!((a.uid(), a.gid(), a.mode() & 0o7777), (1234, 4321, 0o640));
         assert_eq!(a.nlink(), 2);
         assert_eq!(std::fs::read(d.path().join("etc/b")).unwrap(), b"hello");
-        assert_eq!(std::fs::read_link(d.path().join("etc/s")).unwrap(), Path::new("a"));
+        assert_eq!(
+            std::fs::read_link(d.path().join("etc/s")).unwrap(),
+            Path::new("a")
+        );
         let g = std::fs::symlink_metadata(d.path().join("etc/gone")).unwrap();
         assert!(g.file_type().is_char_device() && g.rdev() == 0);
         assert!(!d.path().join("etc/.wh.gone").exists());
-        let x = rustix::fs::getxattr(d.path().join("opq"), "trusted.overlay.opaque", &mut [0u8; 4]);
+        let x = rustix::fs::getxattr(
+            d.path().join("opq"),
+            "trusted.overlay.opaque",
+            &mut [0u8; 4],
+        );
         assert_eq!(x.ok(), Some(1));
         let etc = std::fs::metadata(d.path().join("etc")).unwrap();
         assert_eq!((etc.mtime(), etc.mode() & 0o7777), (1_000_000, 0o750));
@@ -369,7 +382,10 @@ mod tests {
         ]);
         std::fs::write(outside.path().join("victim"), b"keep").unwrap();
         assert!(unpack_tar(&t[..], d.path()).is_err());
-        assert_eq!(std::fs::read(outside.path().join("victim")).unwrap(), b"keep");
+        assert_eq!(
+            std::fs::read(outside.path().join("victim")).unwrap(),
+            b"keep"
+        );
         let t = tar_of(&[
             ("esc", tar::EntryType::Symlink, b"", Some(target)),
             ("esc/new", tar::EntryType::Regular, b"x", None),

@@ -174,20 +174,21 @@ impl Snapshotter {
                 }
                 // Unreachable now: a pull of our own would fail the same way.
                 RemoteOutcome::FellBack(FallbackReason::Unavailable) => {}
-                RemoteOutcome::FellBack(_) => match self.try_unpack(key, target, &rec, labels).await
-                {
-                    RemoteOutcome::Mounted => {
-                        return Ok(Prepared::Mounted {
-                            target: target.to_string(),
-                        })
+                RemoteOutcome::FellBack(_) => {
+                    match self.try_unpack(key, target, &rec, labels).await {
+                        RemoteOutcome::Mounted => {
+                            return Ok(Prepared::Mounted {
+                                target: target.to_string(),
+                            })
+                        }
+                        RemoteOutcome::AlreadyThere => {
+                            return Ok(Prepared::AlreadyThere {
+                                target: target.to_string(),
+                            })
+                        }
+                        RemoteOutcome::FellBack(_) => {}
                     }
-                    RemoteOutcome::AlreadyThere => {
-                        return Ok(Prepared::AlreadyThere {
-                            target: target.to_string(),
-                        })
-                    }
-                    RemoteOutcome::FellBack(_) => {}
-                },
+                }
             }
         }
         self.mounts(key).await.map(Prepared::Active)

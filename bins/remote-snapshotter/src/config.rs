@@ -24,6 +24,7 @@ pub struct Config {
     pub fuse: FuseConfig,
     pub cache: CacheConfig,
     pub cri_keychain: CriKeychainConfig,
+    pub fallback_pull: FallbackPullConfig,
     /// `[[resolver.host."HOST".mirrors]]` etc., passed through untouched:
     /// the registry crate owns its typed form.
     pub resolver: Option<toml::Value>,
@@ -68,6 +69,31 @@ pub struct FuseConfig {
 pub struct CacheConfig {
     /// Upper bound of the chunk cache on disk, in bytes.
     pub max_size: Option<u64>,
+}
+
+/// This daemon's own `[fallback_pull]`: a layer that cannot be lazy is
+/// pulled and unpacked by the daemon rather than by containerd.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct FallbackPullConfig {
+    pub enable: Option<bool>,
+    pub concurrency: Option<usize>,
+    pub request_size_mib: Option<u64>,
+    pub parallel_layers: Option<usize>,
+}
+
+impl FallbackPullConfig {
+    pub fn settings(&self) -> fullpull::Config {
+        let d = fullpull::Config::default();
+        fullpull::Config {
+            enable: self.enable.unwrap_or(d.enable),
+            concurrency: self.concurrency.unwrap_or(d.concurrency).max(1),
+            request_bytes: self
+                .request_size_mib
+                .map_or(d.request_bytes, |m| m.clamp(1, 256) << 20),
+            parallel_layers: self.parallel_layers.unwrap_or(d.parallel_layers),
+        }
+    }
 }
 
 /// stargz's `[cri_keychain]`: serve the CRI image service, forward it to

@@ -147,8 +147,17 @@ async fn main() -> anyhow::Result<()> {
     if adopted + failed > 0 {
         tracing::info!(adopted, failed, "handed-over mounts");
     }
+    let pull = cfg.fallback_pull.settings();
+    let wrapped: Arc<dyn snapshotter::RemoteFs> = if pull.enable {
+        Arc::new(
+            fullpull::PullingFs::new(remote.clone(), fs_cfg.client(), pull, &args.root)
+                .context("fallback pull")?,
+        )
+    } else {
+        remote.clone()
+    };
     let snap = Arc::new(
-        snapshotter::Snapshotter::open(&args.root, remote.clone())
+        snapshotter::Snapshotter::open(&args.root, wrapped)
             .await
             .with_context(|| format!("opening state in {}", args.root.display()))?,
     );

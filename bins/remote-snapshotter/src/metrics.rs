@@ -67,6 +67,16 @@ impl Collector for SnapshotterCollector {
             "Attempts to mount a remote layer from metadata that failed",
             m.restore_failures,
         )?;
+        counter(
+            "fallback_pulls",
+            "Layers that fell back and were pulled and unpacked by the daemon itself",
+            m.unpacked,
+        )?;
+        counter(
+            "fallback_pull_failures",
+            "Pulls by the daemon itself that failed (containerd then pulled the layer)",
+            m.unpack_failures,
+        )?;
         Ok(())
     }
 }

@@ -53,6 +53,6 @@ pub mod proto {
 pub use error::{Error, Result};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use mounts::OverlayMount;
-pub use remote::{FallbackReason, NoRemoteFs, RemoteFs, RemoteFsError};
+pub use remote::{FallbackReason, NoRemoteFs, RemoteFs, RemoteFsError, Unpack};
 pub use snapshotter::Snapshotter;
 pub use types::{Info, Kind, Labels, Mount, Prepared, Usage};

@@ -15,6 +15,10 @@ pub struct Metrics {
     pub refresh_failures: AtomicU64,
     pub restores: AtomicU64,
     pub restore_failures: AtomicU64,
+    /// Layers the `RemoteFs` pulled and unpacked itself after a fallback.
+    pub unpacked: AtomicU64,
+    /// Such pulls that failed (containerd then pulled the layer).
+    pub unpack_failures: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +32,8 @@ pub struct MetricsSnapshot {
     pub refresh_failures: u64,
     pub restores: u64,
     pub restore_failures: u64,
+    pub unpacked: u64,
+    pub unpack_failures: u64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -47,6 +53,8 @@ impl Metrics {
             refresh_failures: g(&self.refresh_failures),
             restores: g(&self.restores),
             restore_failures: g(&self.restore_failures),
+            unpacked: g(&self.unpacked),
+            unpack_failures: g(&self.unpack_failures),
         }
     }
 }

@@ -87,6 +87,31 @@ pub trait RemoteFs: Send + Sync {
     async fn kept_mounts(&self) -> Vec<std::path::PathBuf> {
         Vec::new()
     }
+    /// Fills `dir` (an empty directory beside the new snapshot's contents)
+    /// with the whole layer, verified, as containerd's applier would on an
+    /// overlay of `lowers` (the parent layers' contents, nearest first):
+    /// called when `mount` fell back, so the snapshotter can commit the
+    /// layer itself rather than leave the pull to containerd. On an error
+    /// `dir` may hold anything; the snapshotter removes it. Default:
+    /// [`Unpack::Declined`].
+    async fn unpack(
+        &self,
+        _dir: &Path,
+        _lowers: &[std::path::PathBuf],
+        _labels: &Labels,
+    ) -> Result<Unpack, RemoteFsError> {
+        Ok(Unpack::Declined)
+    }
+}
+
+/// What [`RemoteFs::unpack`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpack {
+    /// `dir` holds the verified layer: commit it.
+    Done,
+    /// Not done here (not configured, a layer type it cannot unpack):
+    /// containerd pulls and applies the layer as usual.
+    Declined,
 }
 
 /// Whether a Prepare asks for a remote snapshot: it names a target and

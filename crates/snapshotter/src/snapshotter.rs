@@ -172,10 +172,101 @@ impl Snapshotter {
                         target: target.to_string(),
                     })
                 }
-                RemoteOutcome::FellBack(_) => {}
+                // Unreachable now: a pull of our own would fail the same way.
+                RemoteOutcome::FellBack(FallbackReason::Unavailable) => {}
+                RemoteOutcome::FellBack(_) => {
+                    match self.try_unpack(key, target, &rec, labels).await {
+                        RemoteOutcome::Mounted => {
+                            return Ok(Prepared::Mounted {
+                                target: target.to_string(),
+                            })
+                        }
+                        RemoteOutcome::AlreadyThere => {
+                            return Ok(Prepared::AlreadyThere {
+                                target: target.to_string(),
+                            })
+                        }
+                        RemoteOutcome::FellBack(_) => {}
+                    }
+                }
             }
         }
         self.mounts(key).await.map(Prepared::Active)
+    }
+
+    /// A layer that cannot be mounted lazily, pulled and unpacked by the
+    /// `RemoteFs` itself (`RemoteFs::unpack`) into a directory beside the
+    /// snapshot's `fs`, which takes its place once the layer is verified;
+    /// then committed as `target` like a mounted layer, so containerd skips
+    /// its own fetch and apply. On any failure `fs` is as it was (empty) and
+    /// containerd applies the layer itself.
+    async fn try_unpack(
+        &self,
+        key: &str,
+        target: &str,
+        rec: &Record,
+        labels: &Labels,
+    ) -> RemoteOutcome {
+        let fs = self.core.layout().fs(rec.id);
+        let staging = self.core.layout().dir(rec.id).join("unpack");
+        if let Err(e) = std::fs::create_dir(&staging) {
+            tracing::warn!(key, error = %e, "cannot make the unpack directory");
+            return RemoteOutcome::FellBack(FallbackReason::Error);
+        }
+        let started = std::time::Instant::now();
+        let k = key.to_string();
+        let parents = self
+            .run(move |c| {
+                let rec = c.get(&k)?;
+                c.parents(&rec)
+            })
+            .await;
+        let lowers: Vec<std::path::PathBuf> = match parents {
+            Ok(p) => p.iter().map(|(_, r)| self.core.layout().fs(r.id)).collect(),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cannot list the parent layers");
+                let _ = layout::remove_tree(&staging);
+                return RemoteOutcome::FellBack(FallbackReason::Error);
+            }
+        };
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            inc(&self.metrics.unpack_failures);
+            tracing::warn!(key, target, error = %e, "{what}; containerd pulls the layer");
+            let _ = layout::remove_tree(&staging);
+            RemoteOutcome::FellBack(FallbackReason::Error)
+        };
+        match self.remote.unpack(&staging, &lowers, labels).await {
+            Ok(remote::Unpack::Done) => {}
+            Ok(remote::Unpack::Declined) => {
+                let _ = layout::remove_tree(&staging);
+                return RemoteOutcome::FellBack(FallbackReason::NotRemote);
+            }
+            Err(e) => return failed("pulling the layer ourselves failed", &e),
+        }
+        // `fs` is an empty directory: rename(2) replaces it.
+        if let Err(e) = std::fs::rename(&staging, &fs) {
+            return failed("moving the unpacked layer in place failed", &e);
+        }
+        let (t, k, l) = (target.to_string(), key.to_string(), labels.clone());
+        match self.run(move |c| c.commit(&t, &k, &l, None)).await {
+            Ok(_) => {
+                inc(&self.metrics.unpacked);
+                tracing::info!(key, target, elapsed = ?started.elapsed(), "layer pulled and unpacked by the snapshotter");
+                RemoteOutcome::Mounted
+            }
+            Err(Error::AlreadyExists(_)) => {
+                let k = key.to_string();
+                let _ = self.run(move |c| c.remove(&k)).await;
+                RemoteOutcome::AlreadyThere
+            }
+            Err(e) => {
+                // The active snapshot now holds the layer; containerd's own
+                // apply would write over it, so start it empty again.
+                let _ = layout::remove_tree(&fs);
+                let _ = std::fs::create_dir(&fs);
+                failed("committing the unpacked layer failed", &e)
+            }
+        }
     }
 
     /// Mounts the layer on the new active snapshot and commits it as

@@ -420,3 +420,107 @@ async fn restart_restores_remote_layers_even_when_the_registry_is_down() {
     }
     assert!(mounts_under(&sc.root()).unwrap().is_empty());
 }
+
+/// Mounts nothing; `unpack` writes the layer (a file named after the digest
+/// label, and the lowers it was given) or, for digest "sha256:BAD", writes
+/// a file and then fails.
+struct UnpackFs;
+
+#[async_trait]
+impl RemoteFs for UnpackFs {
+    async fn mount(&self, _: &Path, _: &Labels) -> Result<(), RemoteFsError> {
+        Err(RemoteFsError::NotRemote("plain layer".into()))
+    }
+    async fn check(&self, _: &Path, _: &Labels) -> Result<(), RemoteFsError> {
+        Ok(())
+    }
+    async fn unmount(&self, _: &Path) -> Result<(), RemoteFsError> {
+        Ok(())
+    }
+    async fn unpack(
+        &self,
+        dir: &Path,
+        lowers: &[PathBuf],
+        l: &Labels,
+    ) -> Result<snapshotter::Unpack, RemoteFsError> {
+        let d = l[DIGEST].trim_start_matches("sha256:");
+        std::fs::write(dir.join(d), format!("{}", lowers.len())).unwrap();
+        if d == "BAD" {
+            return Err(RemoteFsError::Other("digest mismatch".into()));
+        }
+        Ok(snapshotter::Unpack::Done)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpacked_layers_are_committed_and_failures_leave_nothing() {
+    if !e2e::require_root_tools(&[]) {
+        return;
+    }
+    let sc = Scratch::new();
+    let s = Snapshotter::open(&sc.root(), Arc::new(UnpackFs))
+        .await
+        .unwrap();
+    let r = Api::prepare(&s, "extract-A", "", &remote_labels("chain-A", "sha256:A")).await;
+    assert_eq!(r.map_err(|e| e.0), Err(Code::AlreadyExists));
+    let r = Api::prepare(
+        &s,
+        "extract-B",
+        "chain-A",
+        &remote_labels("chain-B", "sha256:B"),
+    )
+    .await;
+    assert_eq!(r.map_err(|e| e.0), Err(Code::AlreadyExists));
+    let m = metrics(&s);
+    assert_eq!((m.unpacked, m.unpack_failures, m.remote_mounts), (2, 0, 0));
+    let b = s.stat("chain-B").await.unwrap();
+    assert_eq!((b.kind, b.parent.as_str()), (Kind::Committed, "chain-A"));
+    assert!(
+        !b.labels.contains_key(LABEL_REMOTE),
+        "an unpacked layer is an ordinary directory"
+    );
+    assert!(
+        s.usage("chain-B").await.unwrap().size > 0,
+        "walked like any layer"
+    );
+    // The layers' contents are the lower dirs of a view on top.
+    let mounts = Api::view(&s, "v", "chain-B", &Labels::new()).await.unwrap();
+    let mp = sc.p("view");
+    std::fs::create_dir(&mp).unwrap();
+    let guard = mount_all(&mounts, &mp).unwrap();
+    assert_eq!(std::fs::read_to_string(mp.join("A")).unwrap(), "0");
+    assert_eq!(
+        std::fs::read_to_string(mp.join("B")).unwrap(),
+        "1",
+        "B saw A below it"
+    );
+    drop(guard);
+
+    // A failed unpack: the ordinary active snapshot, empty, for containerd.
+    let r = Api::prepare(
+        &s,
+        "extract-C",
+        "chain-B",
+        &remote_labels("chain-C", "sha256:BAD"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(metrics(&s).unpack_failures, 1);
+    let upper = r
+        .iter()
+        .flat_map(|m| m.options.iter())
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .expect("an overlay with an upper dir")
+        .to_string();
+    let upper = Path::new(&upper);
+    assert_eq!(
+        std::fs::read_dir(upper).unwrap().count(),
+        0,
+        "nothing of the failed pull"
+    );
+    assert!(
+        !upper.parent().unwrap().join("unpack").exists(),
+        "its unpack dir is gone"
+    );
+    assert!(s.stat("chain-C").await.is_err(), "nothing committed");
+}

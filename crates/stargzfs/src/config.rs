@@ -69,7 +69,9 @@ impl Config {
         l
     }
 
-    pub(crate) fn client(&self) -> registry::ClientConfig {
+    /// The registry client settings (hosts, credentials, timeouts) this
+    /// filesystem uses; also for the daemon's fallback pulls.
+    pub fn client(&self) -> registry::ClientConfig {
         let mut c = registry::ClientConfig {
             hosts: self.hosts.clone(),
             credential_source: self.credentials.clone(),

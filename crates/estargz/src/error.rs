@@ -66,7 +66,7 @@ pub enum TocError {
     OrphanChunk(String),
     #[error("entry {name:?}: field {field} is out of range")]
     FieldRange { name: String, field: &'static str },
-    #[error("entry {0:?}: chunk has no valid sha256 chunkDigest")]
+    #[error("entry {0:?}: chunk has no valid sha256 chunkDigest (legacy stargz opens only unverified, when allowed)")]
     MissingChunkDigest(String),
     #[error("file {0:?}: chunks overlap, leave gaps or do not cover its size")]
     ChunkLayout(String),

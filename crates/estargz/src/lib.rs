@@ -13,7 +13,10 @@
 //! - `writer`: tar / tar.gz -> eStargz, parallel compression, deterministic.
 //!
 //! Nothing is served unverified: the TOC is checked against its digest
-//! annotation and every chunk against its `chunkDigest`.
+//! annotation and every chunk against its `chunkDigest`. The one exception
+//! is asked for by name: legacy CRFS stargz, which has no chunk digests,
+//! opens only with `IndexOptions::unverified_key` (the caller then checks
+//! the whole blob against its layer digest).
 //! No HTTP, no FUSE, no async runtime here.
 
 pub mod error;
@@ -25,7 +28,7 @@ pub mod toc;
 pub mod writer;
 
 pub use error::{Error, Result, TarError, TocError};
-pub use footer::{parse_footer, write_footer, Footer, FOOTER_SIZE};
-pub use index::{Chunk, Index, Node, NodeId, NodeKind, ROOT};
-pub use reader::{decompress_chunk, is_estargz, open, parse_toc_member, Layer, ReadAt};
+pub use footer::{parse_footer, write_footer, write_legacy_footer, Footer, FOOTER_SIZE};
+pub use index::{Chunk, Index, IndexOptions, Node, NodeId, NodeKind, ROOT};
+pub use reader::{decompress_chunk, is_estargz, open, open_with, parse_toc_member, Layer, ReadAt};
 pub use toc::{Toc, TocEntry};

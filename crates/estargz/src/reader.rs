@@ -7,11 +7,13 @@
 //!   `parse_footer` (re-exported) -> `toc_region` -> `parse_toc_member` ->
 //!   `Index::from_toc`, then `decompress_chunk` on each fetched member.
 //!
-//! Every byte handed out has matched its `chunkDigest` first.
+//! Every byte handed out has matched its `chunkDigest` first, except from a
+//! legacy stargz layer opened on purpose without digests (`open_with` and
+//! `IndexOptions::unverified_key`).
 
 use crate::error::{Error, Result};
 pub use crate::footer::{parse_footer, Footer};
-use crate::index::{Chunk, Index, NodeId, NodeKind};
+use crate::index::{Chunk, Index, IndexOptions, NodeId, NodeKind};
 use crate::tarfmt;
 use crate::toc::{Toc, TOC_TAR_NAME};
 use sha2::{Digest, Sha256};
@@ -160,8 +162,10 @@ pub fn verify_toc_digest(digest: &str, expected: Option<&str>) -> Result<()> {
 }
 
 /// Gunzip the one member that starts at `member[0]`, skip `inner_offset`
-/// bytes, take `chunk.size` bytes and check them against `chunk.digest`.
-/// `member` may run past the member's end. Output never exceeds `size`.
+/// bytes, take `chunk.size` bytes and check them against `chunk.digest`
+/// (unless the chunk has none: `chunk.verified == false`, legacy stargz
+/// opened unverified on purpose). `member` may run past the member's end.
+/// Output never exceeds `size`.
 pub fn decompress_chunk(member: &[u8], chunk: &Chunk) -> Result<Vec<u8>> {
     decompress_from(member, chunk)
 }
@@ -186,6 +190,9 @@ fn decompress_from<B: BufRead>(src: B, chunk: &Chunk) -> Result<Vec<u8>> {
         .map_err(gzip)?;
     if out.len() as u64 != chunk.size {
         return Err(short);
+    }
+    if !chunk.verified {
+        return Ok(out);
     }
     let actual = sha256_digest(&out);
     if actual != chunk.digest {
@@ -242,6 +249,17 @@ pub fn open<R: ReadAt>(
     blob_size: u64,
     expected_toc_digest: Option<&str>,
 ) -> Result<Layer<R>> {
+    open_with(reader, blob_size, expected_toc_digest, &IndexOptions::default())
+}
+
+/// [`open`] with index options: `unverified_key` set, a legacy stargz
+/// blob (chunks without digests) opens, its chunks unchecked.
+pub fn open_with<R: ReadAt>(
+    reader: R,
+    blob_size: u64,
+    expected_toc_digest: Option<&str>,
+    opts: &IndexOptions,
+) -> Result<Layer<R>> {
     if blob_size < crate::footer::LEGACY_FOOTER_SIZE as u64 {
         return Err(Error::TooSmall(blob_size));
     }
@@ -262,7 +280,7 @@ pub fn open<R: ReadAt>(
     };
     let (toc, toc_digest) = parse_toc_member(&member)?;
     verify_toc_digest(&toc_digest, expected_toc_digest)?;
-    let index = Index::from_toc(&toc, region.start, blob_size)?;
+    let index = Index::from_toc_with(&toc, region.start, blob_size, opts)?;
     Ok(Layer {
         reader,
         index,

@@ -8,8 +8,10 @@
 //! [`LazyLayer::read_pending`], which waits for the network.
 
 mod background;
+mod blobcheck;
 
 pub use background::PrefetchReport;
+pub use blobcheck::BlobCheck;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -24,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use estargz::index::{Chunk, Node, NodeId};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -54,6 +56,12 @@ pub struct LazyLayer {
     /// then the page alone); without this each retry waits the whole fetch
     /// timeout again and one read(2) takes several timeouts.
     slow_failures: Mutex<HashMap<u64, Instant>>,
+    /// Not verified chunk by chunk against a vouched-for TOC (`blobcheck`).
+    unverified: AtomicBool,
+    /// `blobcheck::{NOT_CHECKED, CHECKING, PASSED, FAILED}`.
+    check_state: AtomicU8,
+    /// Why the check failed, for every later read's error.
+    check_failure: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -143,6 +151,9 @@ impl LazyLayer {
             blob_order,
             blob_walk: Mutex::new(BlobWalk::default()),
             slow_failures: Mutex::new(HashMap::new()),
+            unverified: AtomicBool::new(false),
+            check_state: AtomicU8::new(blobcheck::NOT_CHECKED),
+            check_failure: Mutex::new(None),
         })
     }
 
@@ -220,6 +231,9 @@ impl LazyLayer {
         let Some(node) = self.tree.regular(ino) else {
             return Read::Ready(Err(Error::NotAFile));
         };
+        if let Some(e) = self.stopped() {
+            return Read::Ready(Err(e));
+        }
         let chunks = tree::chunks_for(node, off, len);
         if chunks.is_empty() {
             return Read::Ready(Ok(Bytes::new()));
@@ -255,6 +269,10 @@ impl LazyLayer {
         let Some(node) = self.tree.regular(ino) else {
             return false;
         };
+        // A copy the kernel reads itself would bypass a failed blob check.
+        if self.is_unverified() {
+            return false;
+        }
         let cache = self.fetcher.scheduler().cache();
         node.chunks.iter().all(|c| cache.contains(&c.digest))
     }
@@ -277,6 +295,11 @@ impl LazyLayer {
             Ok(parts) => {
                 if recent.is_some() {
                     self.slow_failures.lock().remove(&p.ino);
+                }
+                self.check_if_complete();
+                // The check may have failed while this read waited.
+                if let Some(e) = self.stopped() {
+                    return Err(e);
                 }
                 Ok(assemble(&p.chunks, parts, p.off, p.len))
             }

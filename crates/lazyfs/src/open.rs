@@ -56,7 +56,7 @@ impl LazyLayer {
         rt: Handle,
     ) -> Result<(Arc<LazyLayer>, TocBytes), Error> {
         let toc = read_toc_member(source.as_ref(), tail, layer_digest, cfg).await?;
-        let (index, _) = index_from_member(&toc, layer_digest, toc_digest).await?;
+        let (index, _) = index_from_member(&toc, layer_digest, toc_digest, cfg).await?;
         let layer = Self::from_index(source, layer_digest, index, cfg, via.into(), rt);
         Ok((layer, toc))
     }
@@ -74,7 +74,7 @@ impl LazyLayer {
         via: impl Into<FetchVia>,
         rt: Handle,
     ) -> Result<Arc<LazyLayer>, Error> {
-        let (index, _) = index_from_member(toc, layer_digest, Some(toc_digest)).await?;
+        let (index, _) = index_from_member(toc, layer_digest, Some(toc_digest), cfg).await?;
         Ok(Self::from_index(
             source,
             layer_digest,
@@ -85,6 +85,8 @@ impl LazyLayer {
         ))
     }
 
+    /// A layer with chunks that carry no digest starts unverified (see
+    /// [`LazyLayer::mark_unverified`]).
     fn from_index(
         source: Arc<dyn RangeSource>,
         layer_digest: &str,
@@ -94,7 +96,8 @@ impl LazyLayer {
         rt: Handle,
     ) -> Arc<LazyLayer> {
         let prefetch_end = index.prefetch_end();
-        LazyLayer::from_nodes(
+        let verified = index.unverified_chunks() == 0;
+        let layer = LazyLayer::from_nodes(
             source,
             layer_digest,
             index.nodes,
@@ -102,7 +105,11 @@ impl LazyLayer {
             cfg,
             via,
             rt,
-        )
+        );
+        if !verified {
+            layer.mark_unverified();
+        }
+        layer
     }
 }
 
@@ -164,12 +171,17 @@ pub async fn read_toc_member(
 }
 
 /// Parse and verify a TOC member (the digest of its JSON against
-/// `toc_digest`, when given) into the validated index.
+/// `toc_digest`, when given) into the validated index; chunks without
+/// digests only with `cfg.allow_no_verification`.
 pub async fn index_from_member(
     toc: &TocBytes,
     layer: &str,
     toc_digest: Option<&str>,
+    cfg: &Config,
 ) -> Result<(Index, String), Error> {
+    let opts = estargz::IndexOptions {
+        unverified_key: cfg.allow_no_verification.then(|| layer.to_string()),
+    };
     let invalid = |source: estargz::Error| Error::Invalid {
         layer: layer.to_string(),
         source,
@@ -190,8 +202,8 @@ pub async fn index_from_member(
             expected: toc_digest.unwrap_or_default().to_string(),
             actual: digest.clone(),
         })?;
-        let index =
-            Index::from_toc(&toc, start, size).map_err(|e| invalid(estargz::Error::Toc(e)))?;
+        let index = Index::from_toc_with(&toc, start, size, &opts)
+            .map_err(|e| invalid(estargz::Error::Toc(e)))?;
         Ok((index, digest))
     })?;
     Ok((index, digest))

@@ -34,7 +34,7 @@ pub enum Error {
     Reference(#[source] registry::Error),
     /// Without a TOC digest from the verified manifest (or the labels) the
     /// TOC cannot be trusted, so the layer is not served lazily.
-    #[error("layer {layer} has no {TOC_DIGEST}")]
+    #[error("layer {layer} has no {TOC_DIGEST} (allow_no_verification mounts such layers unverified)")]
     NoTocDigest { layer: String },
     #[error("manifest of {image}: {source}")]
     Manifest {
@@ -129,7 +129,8 @@ fn layer(e: &lazyfs::Error) -> Verdict {
         lazyfs::Error::NotEstargz { .. }
         | lazyfs::Error::TocDigestMismatch { .. }
         | lazyfs::Error::Invalid { .. }
-        | lazyfs::Error::Corrupt { .. } => Verdict::FallBack,
+        | lazyfs::Error::Corrupt { .. }
+        | lazyfs::Error::LayerMismatch { .. } => Verdict::FallBack,
         lazyfs::Error::Unavailable { source, .. } => fetch(source),
         lazyfs::Error::NotFound
         | lazyfs::Error::NotAFile

@@ -172,6 +172,29 @@ impl Opener {
         }
     }
 
+    /// Open a layer nothing vouches for (no TOC digest; the caller checked
+    /// that unverified layers are allowed): marked unverified, so it gets
+    /// the layer-level check; its TOC is not kept on disk.
+    pub async fn open_unverified(
+        &self,
+        image: &Reference,
+        digest: &str,
+    ) -> Result<Arc<LazyLayer>, Error> {
+        let (reader, tail) = self.tail(image, digest).await?;
+        let (layer, _) = LazyLayer::open_keeping_toc(
+            Arc::new(reader),
+            tail,
+            digest,
+            None,
+            &self.cfg,
+            self.sched.clone(),
+            self.rt.clone(),
+        )
+        .await?;
+        layer.mark_unverified();
+        Ok(layer)
+    }
+
     /// Open a layer from the registry (the caller has already tried its
     /// kept TOC with [`Opener::open_kept`]).
     pub async fn open(

@@ -91,7 +91,8 @@ fn tree_with_implicit_parents_and_attributes() {
             inner_offset: 0,
             file_offset: 0,
             size: 5,
-            digest: D1.into()
+            digest: D1.into(),
+            verified: true,
         }]
     );
     let l = idx.node(idx.lookup("a/b/l").unwrap()).unwrap();

@@ -25,6 +25,16 @@ pub struct Args {
     /// gzip compression level 0-9 (writer default if unset).
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub compression_level: Option<u32>,
+    /// Pack small files into shared gzip members until a member holds N
+    /// bytes (the reference's `--estargz-min-chunk-size`; readers older
+    /// than its 0.13 cannot read such layers).
+    #[arg(long, value_name = "N")]
+    pub min_chunk_size: Option<u64>,
+    /// Write legacy CRFS stargz instead of eStargz: no chunk digests, no
+    /// landmarks, the 47-byte footer, no TOC digest annotation. Such an
+    /// image mounts lazily only with `allow_no_verification`.
+    #[arg(long, conflicts_with_all = ["prioritized_files", "min_chunk_size"])]
+    pub legacy_stargz: bool,
     /// Layers converted at the same time (default: number of CPUs).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
@@ -68,6 +78,8 @@ pub fn run(args: Args) -> Result<()> {
             chunk_size: args.chunk_size,
             compression_level: args.compression_level,
             prioritized_files,
+            min_chunk_size: args.min_chunk_size,
+            legacy: args.legacy_stargz,
             ..Default::default()
         },
         jobs: args.jobs,

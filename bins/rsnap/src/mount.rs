@@ -44,6 +44,13 @@ pub struct Args {
     noprefetch: bool,
     #[arg(long)]
     no_background_fetch: bool,
+    /// Mount layers that cannot be verified: legacy stargz (no chunk
+    /// digests), or a layer without a TOC digest annotation (the daemon's
+    /// `allow_no_verification`). Their chunks are served unchecked; once
+    /// all were fetched the whole blob is checked against the layer digest
+    /// and a mismatch stops the layer. Without it such a layer is refused.
+    #[arg(long)]
+    allow_no_verification: bool,
 }
 
 /// One layer to mount: its digest, where its bytes are, its TOC digest.
@@ -65,6 +72,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     cfg.noprefetch |= args.noprefetch;
     cfg.no_background_fetch |= args.no_background_fetch;
+    cfg.allow_no_verification |= args.allow_no_verification;
 
     let (reference, mountpoint) = match (&args.blob, args.targets.as_slice()) {
         (Some(_), [mp]) => (None, PathBuf::from(mp)),
@@ -100,6 +108,16 @@ pub fn run(args: Args) -> Result<()> {
                 rt.handle().clone(),
             ))
             .with_context(|| format!("open layer {}", s.digest))?;
+        if s.toc_digest.is_none() && cfg.allow_no_verification {
+            layer.mark_unverified();
+        }
+        if layer.blob_check() != lazyfs::BlobCheck::NotNeeded {
+            eprintln!(
+                "warning: layer {} is mounted WITHOUT verification; its whole blob is \
+                 checked against the digest once every chunk was fetched",
+                s.digest
+            );
+        }
         if let Err(e) = rt.block_on(layer.prefetch()) {
             tracing::warn!(layer = %s.digest, error = %e, "prefetch failed; mounting anyway");
         }
@@ -156,6 +174,18 @@ pub fn run(args: Args) -> Result<()> {
             s.prefetch_bytes,
             s.background_bytes
         );
+        match l.blob_check() {
+            lazyfs::BlobCheck::NotNeeded => {}
+            lazyfs::BlobCheck::Pending => {
+                eprintln!("{}: unverified, not every chunk was fetched", l.digest())
+            }
+            lazyfs::BlobCheck::Passed => {
+                eprintln!("{}: unverified layer; its whole blob matched", l.digest())
+            }
+            lazyfs::BlobCheck::Failed => {
+                eprintln!("{}: the blob DID NOT match its digest", l.digest())
+            }
+        }
     }
     Ok(())
 }

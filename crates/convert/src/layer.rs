@@ -24,6 +24,14 @@ pub struct LayerOptions {
     /// Per source layer digest: that layer's own list, used instead of
     /// `prioritized_files` (a profile knows which layer holds each file).
     pub prioritized_by_layer: HashMap<String, Vec<String>>,
+    /// Pack small files into shared gzip members until one holds this
+    /// many bytes (the reference's `--estargz-min-chunk-size`); `None`: a
+    /// member per chunk.
+    pub min_chunk_size: Option<u64>,
+    /// Write legacy CRFS stargz (no chunk digests, no landmarks, 47-byte
+    /// footer, no TOC digest annotation): unverifiable layers, for tests
+    /// and old tools. eStargz inputs still pass through unchanged.
+    pub legacy: bool,
 }
 
 /// What happened to a layer.
@@ -129,8 +137,18 @@ pub fn convert_layer(
         out_size,
         oci_layout::parse_digest(&out_digest)?,
     );
-    desc.set_annotations(src_desc.annotations().clone());
-    desc.insert_annotation(ANN_TOC_DIGEST, report.toc_digest);
+    let mut annotations = src_desc.annotations().clone();
+    if opts.legacy {
+        // Nothing vouches for chunks without digests; a TOC digest copied
+        // from the source would be wrong.
+        if let Some(a) = annotations.as_mut() {
+            a.remove(ANN_TOC_DIGEST);
+        }
+    }
+    desc.set_annotations(annotations);
+    if !opts.legacy {
+        desc.insert_annotation(ANN_TOC_DIGEST, report.toc_digest);
+    }
     desc.insert_annotation(ANN_UNCOMPRESSED_SIZE, report.uncompressed_size.to_string());
     Ok(Converted {
         desc,
@@ -239,6 +257,8 @@ fn writer_options(o: &LayerOptions, digest: &str) -> estargz::writer::WriterOpti
     if let Some(l) = o.compression_level {
         w.compression_level = l;
     }
+    w.min_chunk_size = o.min_chunk_size.unwrap_or(0);
+    w.legacy = o.legacy;
     w.prioritized_files = o
         .prioritized_by_layer
         .get(digest)

@@ -32,6 +32,9 @@ pub struct LayerOptions {
     /// footer, no TOC digest annotation): unverifiable layers, for tests
     /// and old tools. eStargz inputs still pass through unchanged.
     pub legacy: bool,
+    /// Keep each converted layer's TOC out of its blob, in a TOC image
+    /// tagged `<tag>-esgztoc` (the reference's `--estargz-external-toc`).
+    pub external_toc: bool,
 }
 
 /// What happened to a layer.
@@ -49,6 +52,9 @@ pub struct Converted {
     pub desc: Descriptor,
     pub diff_id: String,
     pub action: Action,
+    /// With `external_toc`: the TOC blob (in the destination layout) for
+    /// the TOC image, annotated with this layer's digest.
+    pub toc_layer: Option<Descriptor>,
 }
 
 enum Input {
@@ -84,6 +90,7 @@ pub fn convert_layer(
             desc: src_desc.clone(),
             diff_id: src_diff_id.to_string(),
             action: Action::Kept,
+            toc_layer: None,
         });
     }
     if let Input::Gzip = kind {
@@ -150,10 +157,19 @@ pub fn convert_layer(
         desc.insert_annotation(ANN_TOC_DIGEST, report.toc_digest);
     }
     desc.insert_annotation(ANN_UNCOMPRESSED_SIZE, report.uncompressed_size.to_string());
+    let toc_layer = match &report.external_toc {
+        Some(member) => {
+            let mut d = dst.put_blob(mt::OCI_LAYER_GZIP, member)?;
+            d.insert_annotation(estargz::external::LAYER_DIGEST_ANNOTATION, out_digest.clone());
+            Some(d)
+        }
+        None => None,
+    };
     Ok(Converted {
         desc,
         diff_id: report.diff_id,
         action: Action::Converted,
+        toc_layer,
     })
 }
 
@@ -218,6 +234,7 @@ fn pass_through(
         desc,
         diff_id,
         action: Action::PassedThrough,
+        toc_layer: None,
     })
 }
 
@@ -259,6 +276,7 @@ fn writer_options(o: &LayerOptions, digest: &str) -> estargz::writer::WriterOpti
     }
     w.min_chunk_size = o.min_chunk_size.unwrap_or(0);
     w.legacy = o.legacy;
+    w.external_toc = o.external_toc;
     w.prioritized_files = o
         .prioritized_by_layer
         .get(digest)

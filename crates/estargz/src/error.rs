@@ -45,6 +45,8 @@ pub enum Error {
     Tar(#[from] TarError),
     #[error("writer option: {0}")]
     BadOption(&'static str),
+    #[error("external TOC: {0}")]
+    ExternalToc(String),
 }
 
 /// Why a TOC does not describe a usable layer.

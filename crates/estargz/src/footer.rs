@@ -92,6 +92,9 @@ pub fn parse_footer(tail: &[u8]) -> Result<Footer> {
             size: LEGACY_FOOTER_SIZE,
             legacy: true,
         }),
+        None if crate::external::is_footer(tail) => Err(Error::ExternalToc(
+            "the blob's TOC is not in it but in a separate TOC image (external TOC)".into(),
+        )),
         None => Err(Error::BadFooter(
             "no STARGZ gzip Extra field at the end of the blob",
         )),

@@ -290,6 +290,40 @@ pub fn open_with<R: ReadAt>(
     })
 }
 
+/// Open an external-TOC blob (46-byte footer) with its TOC member from the
+/// TOC image (`toc_member`: the gzip'd tar holding `stargz.index.json`).
+pub fn open_external<R: ReadAt>(
+    reader: R,
+    blob_size: u64,
+    toc_member: &[u8],
+    expected_toc_digest: Option<&str>,
+    opts: &IndexOptions,
+) -> Result<Layer<R>> {
+    let n = blob_size.min(crate::external::FOOTER_SIZE as u64);
+    let mut tail = vec![0u8; n as usize];
+    read_exact_at(&reader, blob_size - n, &mut tail)?;
+    if !crate::external::is_footer(&tail) {
+        return Err(Error::ExternalToc(
+            "the blob does not end with an external-TOC footer".into(),
+        ));
+    }
+    let end = crate::external::data_end(blob_size)?;
+    let (toc, toc_digest) = parse_toc_member(toc_member)?;
+    verify_toc_digest(&toc_digest, expected_toc_digest)?;
+    let index = Index::from_toc_with(&toc, end, blob_size, opts)?;
+    Ok(Layer {
+        reader,
+        index,
+        toc,
+        toc_digest,
+        footer: Footer {
+            toc_offset: end,
+            size: crate::external::FOOTER_SIZE,
+            legacy: false,
+        },
+    })
+}
+
 impl<R: ReadAt> Layer<R> {
     pub fn reader(&self) -> &R {
         &self.reader

@@ -63,6 +63,10 @@ pub struct WriterOptions {
     /// (readers accept it only when told to go unverified); for tests and
     /// for interoperating with old tools.
     pub legacy: bool,
+    /// Keep the TOC out of the blob (the reference's external TOC): the
+    /// blob ends with the 46-byte external footer, and the TOC member is
+    /// returned in [`WriteReport::external_toc`] for a TOC image.
+    pub external_toc: bool,
 }
 
 impl Default for WriterOptions {
@@ -75,6 +79,7 @@ impl Default for WriterOptions {
             spool_dir: None,
             min_chunk_size: 0,
             legacy: false,
+            external_toc: false,
         }
     }
 }
@@ -95,6 +100,9 @@ pub struct WriteReport {
     pub entries: usize,
     /// Prioritized paths that are not in the layer.
     pub missed_prioritized: Vec<String>,
+    /// With `external_toc`: the TOC member (gzip'd tar of
+    /// `stargz.index.json`), a layer of the TOC image.
+    pub external_toc: Option<Vec<u8>>,
 }
 
 /// Convert a tar or tar.gz stream (detected by its magic). The tar is
@@ -138,6 +146,9 @@ pub fn convert_tar_at<S: ReadAt + Sync + ?Sized, W: Write>(
     if opts.min_chunk_size > crate::index::MAX_CHUNK_SIZE / 2 {
         // A member's bytes before a chunk count against the chunk cap.
         return Err(Error::BadOption("min_chunk_size must be at most 32 MiB"));
+    }
+    if opts.legacy && opts.external_toc {
+        return Err(Error::BadOption("legacy stargz has no external TOC"));
     }
     if opts.legacy && !opts.prioritized_files.is_empty() {
         return Err(Error::BadOption(
@@ -596,20 +607,30 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
     let gz = gzip_member(&raw, opts.compression_level);
     let footer: &[u8] = if opts.legacy {
         &write_legacy_footer(toc_offset)
+    } else if opts.external_toc {
+        &crate::external::write_footer()
     } else {
         &write_footer(toc_offset)
     };
-    let blob_size = toc_offset + gz.len() as u64 + footer.len() as u64;
+    let in_blob = if opts.external_toc { 0 } else { gz.len() as u64 };
+    let blob_size = toc_offset + in_blob + footer.len() as u64;
     // What we write must be what we can read.
     let check = IndexOptions {
         unverified_key: opts.legacy.then(String::new),
     };
     Index::from_toc_with(&toc, toc_offset, blob_size, &check)?;
-    out.put(&gz)?;
+    let external_toc = if opts.external_toc {
+        // As the reference: the TOC entry and the tar's end are in the TOC
+        // image, so the layer's tar stream (and diff ID) stops before them.
+        Some(gz)
+    } else {
+        out.put(&gz)?;
+        diff.update(&raw);
+        uncompressed += raw.len() as u64;
+        None
+    };
     out.put(footer)?;
     out.w.flush()?;
-    diff.update(&raw);
-    uncompressed += raw.len() as u64;
     Ok(WriteReport {
         blob_digest: format!("sha256:{}", hex::encode(out.blob.finalize())),
         blob_size: out.n,
@@ -618,6 +639,7 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
         uncompressed_size: uncompressed,
         entries: toc.entries.len(),
         missed_prioritized: Vec::new(),
+        external_toc,
     })
 }
 

@@ -164,3 +164,50 @@ fn min_chunk_size_is_bounded() {
         Err(Error::BadOption(_))
     ));
 }
+
+#[test]
+fn external_toc_keeps_the_toc_out_of_the_blob() {
+    let specs = small_files(10);
+    let tar = build_tar(&specs);
+    let o = WriterOptions {
+        chunk_size: 4096,
+        external_toc: true,
+        ..Default::default()
+    };
+    let mut blob = Vec::new();
+    let r = convert(&tar[..], &mut blob, &o).unwrap();
+    let toc = r.external_toc.clone().expect("the TOC member");
+    assert!(estargz::external::is_footer(&blob));
+    assert!(matches!(
+        estargz::open(&blob[..], blob.len() as u64, None),
+        Err(Error::ExternalToc(_))
+    ));
+    let layer = estargz::open_external(
+        &blob[..],
+        blob.len() as u64,
+        &toc,
+        Some(&r.toc_digest),
+        &IndexOptions::default(),
+    )
+    .unwrap();
+    read_all(&layer, &specs);
+    layer.verify_all().unwrap();
+    // The layer is still a tar.gz (without the TOC entry): its diff ID.
+    let mut raw = Vec::new();
+    flate2::read::MultiGzDecoder::new(&blob[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    assert_eq!(estargz::reader::sha256_digest(&raw), r.diff_id);
+    assert!(!String::from_utf8_lossy(&raw).contains("stargz.index.json"));
+    // The wrong TOC digest, or another blob's TOC, is refused.
+    assert!(matches!(
+        estargz::open_external(&blob[..], blob.len() as u64, &toc, Some("sha256:00"), &IndexOptions::default()),
+        Err(Error::TocDigestMismatch { .. })
+    ));
+    let mut plain = Vec::new();
+    convert(&tar[..], &mut plain, &WriterOptions::default()).unwrap();
+    assert!(matches!(
+        estargz::open_external(&plain[..], plain.len() as u64, &toc, None, &IndexOptions::default()),
+        Err(Error::ExternalToc(_))
+    ));
+}

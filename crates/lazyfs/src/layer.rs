@@ -390,6 +390,7 @@ impl LazyLayer {
         if let (Some(first), Some(last)) = (chunks.first(), chunks.last()) {
             self.blob_readahead(ino, first.blob_offset, last.blob_end, &mut out);
         }
+        self.member_siblings(chunks, &mut out);
         let mut seen: HashSet<(u64, u64)> = chunks
             .iter()
             .map(|c| (c.blob_offset, c.inner_offset))
@@ -398,6 +399,24 @@ impl LazyLayer {
             seen.insert((c.blob_offset, c.inner_offset)) && !self.fetcher.is_resident(c)
         });
         out
+    }
+
+    /// The other chunks of the members `chunks` are in (small files packed
+    /// together by a min-chunk-size writer): the same bytes decode to them
+    /// at no extra cost, so the member is fetched once, not once per file.
+    fn member_siblings(&self, chunks: &[Chunk], out: &mut Vec<Chunk>) {
+        let nodes = self.tree.nodes();
+        for c in chunks.iter().filter(|c| c.blob_end - c.blob_offset > 0) {
+            let i = self.blob_order.partition_point(|e| e.0 < c.blob_offset);
+            out.extend(
+                self.blob_order[i..]
+                    .iter()
+                    .take_while(|e| e.0 == c.blob_offset)
+                    .map(|&(_, n, k)| &nodes[n as usize].chunks[k as usize])
+                    .filter(|s| s.inner_offset != c.inner_offset)
+                    .cloned(),
+            );
+        }
     }
 
     /// Reads whose members follow the previous file's in the blob (within

@@ -74,15 +74,28 @@ impl LazyLayer {
         via: impl Into<FetchVia>,
         rt: Handle,
     ) -> Result<Arc<LazyLayer>, Error> {
-        let (index, _) = index_from_member(toc, layer_digest, Some(toc_digest), cfg).await?;
-        Ok(Self::from_index(
-            source,
-            layer_digest,
-            index,
-            cfg,
-            via.into(),
-            rt,
-        ))
+        Self::open_with_toc(source, layer_digest, toc, Some(toc_digest), cfg, via, rt).await
+    }
+
+    /// Open with a TOC from elsewhere: kept on disk, or an external TOC
+    /// (`toc.toc_offset` is then where the blob's data ends, before its
+    /// 46-byte footer: see [`external_toc_bytes`]). Without `toc_digest`
+    /// the layer is unverified ([`LazyLayer::mark_unverified`]).
+    pub async fn open_with_toc(
+        source: Arc<dyn RangeSource>,
+        layer_digest: &str,
+        toc: &TocBytes,
+        toc_digest: Option<&str>,
+        cfg: &Config,
+        via: impl Into<FetchVia>,
+        rt: Handle,
+    ) -> Result<Arc<LazyLayer>, Error> {
+        let (index, _) = index_from_member(toc, layer_digest, toc_digest, cfg).await?;
+        let layer = Self::from_index(source, layer_digest, index, cfg, via.into(), rt);
+        if toc_digest.is_none() {
+            layer.mark_unverified();
+        }
+        Ok(layer)
     }
 
     /// A layer with chunks that carry no digest starts unverified (see
@@ -111,6 +124,18 @@ impl LazyLayer {
         }
         layer
     }
+}
+
+/// The [`TocBytes`] of an external-TOC blob of `blob_size` bytes whose
+/// TOC member (from its TOC image) is `member`: the data ends before the
+/// 46-byte footer. `None` if the blob cannot hold that footer.
+pub fn external_toc_bytes(member: Bytes, blob_size: u64) -> Option<TocBytes> {
+    let toc_offset = estargz::external::data_end(blob_size).ok()?;
+    Some(TocBytes {
+        member,
+        toc_offset,
+        blob_size,
+    })
 }
 
 /// Footer and TOC member from the blob, in at most two ranged reads.

@@ -2,6 +2,7 @@
 //! unless allowed; allowed, served unchecked from memory only, then the
 //! whole blob checked against the layer digest once every chunk was
 //! fetched; a blob or a served chunk that does not match stops the layer.
+//! And min-chunk-size layers: one fetch per shared member.
 
 use crate::layer_tests::cfg;
 use crate::source::{RangeSource, SourceError};
@@ -211,4 +212,44 @@ async fn bytes_served_that_differ_from_the_blob_stop_the_layer() {
         other => panic!("expected LayerMismatch, got {other:?}"),
     }
     assert!(read_file(&layer, &good.files[2].0, 10).await.is_err());
+}
+
+/// Min-chunk-size layers (several small files per gzip member, at inner
+/// offsets): reading one file decodes its member's other files too, so
+/// the member is fetched once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_member_is_fetched_once_for_all_its_files() {
+    let mut l = LayerBuilder::new();
+    l.dir("s", 0o755);
+    let mut files = Vec::new();
+    for i in 0..8u64 {
+        let name = format!("s/{i}");
+        let data = e2e::image::pseudo_random(500 + 10 * i as usize, 40 + i);
+        l.file(&name, data.clone(), 0o644);
+        files.push((name, data));
+    }
+    let opts = estargz::writer::WriterOptions {
+        min_chunk_size: 1 << 20,
+        ..Default::default()
+    };
+    let mut blob = Vec::new();
+    let r = estargz::writer::convert(std::io::Cursor::new(l.tar()), &mut blob, &opts).unwrap();
+    let src = Arc::new(FakeSource::new(blob));
+    let layer = LazyLayer::open(
+        src.clone(),
+        &r.blob_digest,
+        Some(&r.toc_digest),
+        &cfg(),
+        Arc::new(ChunkCache::memory_only(64 << 20)),
+        tokio::runtime::Handle::current(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(layer.blob_check(), BlobCheck::NotNeeded);
+    let opened = src.requests();
+    let got = read_all(&layer, &files).await;
+    for ((name, want), got) in files.iter().zip(got) {
+        assert!(got == *want, "{name}");
+    }
+    assert_eq!(src.requests() - opened, 1, "{:?}", src.ranges.lock());
 }

@@ -36,6 +36,9 @@ pub enum Error {
     /// TOC cannot be trusted, so the layer is not served lazily.
     #[error("layer {layer} has no {TOC_DIGEST} (allow_no_verification mounts such layers unverified)")]
     NoTocDigest { layer: String },
+    /// An external-TOC layer whose TOC image cannot be found or used.
+    #[error("layer {layer}: external TOC: {reason}")]
+    ExternalToc { layer: String, reason: String },
     #[error("manifest of {image}: {source}")]
     Manifest {
         image: String,
@@ -99,7 +102,8 @@ impl Error {
             Error::NoImageRef
             | Error::NoLayerDigest
             | Error::Reference(_)
-            | Error::NoTocDigest { .. } => Verdict::FallBack,
+            | Error::NoTocDigest { .. }
+            | Error::ExternalToc { .. } => Verdict::FallBack,
             Error::Manifest { source, .. } | Error::Blob { source, .. } => registry(source),
             Error::Layer(e) => layer(e),
             Error::NotServed { .. } | Error::NotMounted { .. } => Verdict::Unavailable,

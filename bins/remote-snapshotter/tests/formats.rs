@@ -3,7 +3,9 @@
 //! digests, 47-byte footer, no TOC digest) runs lazily only with
 //! `allow_no_verification`, is counted and checked whole once fetched, and
 //! falls back with a reason without it; a min-chunk-size eStargz (small
-//! files sharing gzip members) runs lazily and verified.
+//! files sharing gzip members) runs lazily and verified; an external-TOC
+//! eStargz (TOC in the `<tag>-esgztoc` TOC image) runs lazily and
+//! verified, and falls back when its TOC image is missing.
 
 mod common;
 
@@ -156,6 +158,45 @@ fn min_chunk_size_estargz_runs_lazily_and_verified() {
     assert!(out.contains("2 lazy, 0 fetched"), "not lazy: {out}");
     assert_eq!(ctrd.run(&image, Some("remote"), &["sh", "-c", &cmd]), want);
     let log = std::fs::read_to_string(st.scratch.path().join("daemon.log")).unwrap();
+    assert!(!log.contains("WITHOUT verification"), "verified layers");
+    drop(st);
+}
+
+#[test]
+fn external_toc_estargz_runs_lazily_with_its_toc_image() {
+    if !e2e::require_root_tools(&["docker-registry", "containerd", "ctr", "runc", "skopeo"]) {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let (src, dst) = (scratch.path().join("src"), scratch.path().join("dst"));
+    let (cmd, want) = build(&src);
+    convert(&src, &dst, &["--external-toc"]);
+    // The TOC image sits next to the image, as the reference lays it out.
+    let layout = e2e::image::OciLayout::open(&dst);
+    let toc_image = layout.manifest(Some("v1-esgztoc"));
+    assert_eq!(toc_image["layers"].as_array().unwrap().len(), 2);
+    let reg = Registry::start(scratch.path());
+    let image = format!("{}/ext/app:v1", reg.host());
+    skopeo_push(&dst, "v1", &image);
+
+    // Without its TOC image the layers cannot be read lazily: fallback.
+    let (st, _) = stack(tempfile::tempdir().unwrap(), "noprefetch = true\n", false);
+    let ctrd = st.ctrd.as_ref().unwrap();
+    let out = pull(ctrd, &image);
+    assert!(out.contains("0 lazy, 2 fetched"), "expected a fallback: {out}");
+    assert_eq!(ctrd.run(&image, Some("remote"), &["sh", "-c", &cmd]), want);
+    let log = std::fs::read_to_string(st.scratch.path().join("daemon.log")).unwrap();
+    assert!(log.contains("esgztoc"), "the fallback names the TOC image:\n{log}");
+    drop(st);
+
+    skopeo_push(&dst, "v1-esgztoc", &format!("{}/ext/app:v1-esgztoc", reg.host()));
+    let (st, _) = stack(tempfile::tempdir().unwrap(), "noprefetch = true\n", false);
+    let ctrd = st.ctrd.as_ref().unwrap();
+    let out = pull(ctrd, &image);
+    assert!(out.contains("2 lazy, 0 fetched"), "not lazy: {out}");
+    assert_eq!(ctrd.run(&image, Some("remote"), &["sh", "-c", &cmd]), want);
+    let log = std::fs::read_to_string(st.scratch.path().join("daemon.log")).unwrap();
+    assert!(log.contains("external TOC fetched"), "{log}");
     assert!(!log.contains("WITHOUT verification"), "verified layers");
     drop(st);
 }

@@ -118,6 +118,7 @@ impl TestLayer {
                 file_offset: (i * self.chunk_size) as u64,
                 size: part.len() as u64,
                 digest: sha(part),
+                verified: true,
             });
         }
         self.add(path, n)

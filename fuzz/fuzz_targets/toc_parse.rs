@@ -68,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
                 size: u64::from(u16::from_le_bytes([rest[1], rest[2]])) << (rest[3] % 32),
                 digest: "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
                 compression: estargz::Compression::Gzip,
+                verified: rest[3] & 0x80 == 0,
             };
             let _ = decompress_chunk(&rest[4..], &c);
         }

@@ -15,6 +15,10 @@ use keys::Support;
 pub struct Config {
     pub noprefetch: bool,
     pub no_background_fetch: bool,
+    /// Mount layers nothing vouches for (legacy stargz, no TOC digest).
+    pub allow_no_verification: bool,
+    /// Here the same as `allow_no_verification` (digests a layer has are still checked).
+    pub disable_verification: bool,
     pub prefetch_timeout_sec: Option<u64>,
     pub max_concurrency: Option<u64>,
     /// stargz's top-level metrics address; `--metrics-address` wins.

@@ -19,6 +19,8 @@ pub fn stargz_config(cfg: &Config, root: &Path) -> anyhow::Result<stargzfs::Conf
         root: root.to_path_buf(),
         noprefetch: cfg.noprefetch,
         no_background_fetch: cfg.no_background_fetch,
+        allow_no_verification: cfg.allow_no_verification,
+        disable_verification: cfg.disable_verification,
         prefetch_timeout: cfg.prefetch_timeout_sec.map(Duration::from_secs),
         max_concurrency: cfg.max_concurrency.map(|n| n as usize),
         fetch_timeout: cfg.blob.fetching_timeout_sec.map(Duration::from_secs),

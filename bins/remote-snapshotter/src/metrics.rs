@@ -104,6 +104,11 @@ impl FsFigures {
                 t.corrupt.load(Relaxed),
             ),
             ("toc_kept", "TOCs written to disk", t.saved.load(Relaxed)),
+            (
+                "unverified_layers_mounted",
+                "Layers mounted without verification (allow_no_verification)",
+                fs.unverified_mounted(),
+            ),
         ];
         if let Some(h) = fs.handover_stats() {
             counters.extend([
@@ -155,7 +160,18 @@ impl Collector for FsFigures {
             let e = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(*v).encode(e)?;
         }
-        let per_layer: [(&str, &str, LayerFigure); 3] = [
+        let per_layer: [(&str, &str, LayerFigure); 4] = [
+            (
+                "layer_unverified",
+                "1 for a layer mounted without verification, 2 once its whole blob matched \
+                 the layer digest, 3 if it did not (the layer is no longer served); 0: verified",
+                |l| match l.blob_check {
+                    stargzfs::BlobCheck::NotNeeded => 0,
+                    stargzfs::BlobCheck::Pending => 1,
+                    stargzfs::BlobCheck::Passed => 2,
+                    stargzfs::BlobCheck::Failed => 3,
+                },
+            ),
             (
                 "layer_fetched_bytes",
                 "Bytes of the layer's blob fetched",
@@ -261,6 +277,7 @@ mod tests {
                 fetched: 40,
                 requests: 3,
                 alive: true,
+                blob_check: stargzfs::BlobCheck::Failed,
             }],
         };
         let text = render_with(&m, Some(f));
@@ -274,6 +291,10 @@ mod tests {
         );
         assert!(
             text.contains("remote_snapshotter_layer_requests{layer=\"sha256:ab\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("remote_snapshotter_layer_unverified{layer=\"sha256:ab\"} 3"),
             "{text}"
         );
     }

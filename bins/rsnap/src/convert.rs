@@ -39,6 +39,21 @@ pub struct Args {
     /// `ctr-remote image convert --zstdchunked --oci`.
     #[arg(long)]
     pub oci: bool,
+    /// Pack small files into shared gzip members until a member holds N
+    /// bytes (the reference's `--estargz-min-chunk-size`; readers older
+    /// than its 0.13 cannot read such layers).
+    #[arg(long, value_name = "N")]
+    pub min_chunk_size: Option<u64>,
+    /// Write legacy CRFS stargz instead of eStargz: no chunk digests, no
+    /// landmarks, the 47-byte footer, no TOC digest annotation. Such an
+    /// image mounts lazily only with `allow_no_verification`.
+    #[arg(long, conflicts_with_all = ["prioritized_files", "min_chunk_size", "external_toc"])]
+    pub legacy_stargz: bool,
+    /// Keep each layer's TOC out of its blob, in a "TOC image" published
+    /// next to the image as `<tag>-esgztoc` (the reference's
+    /// `--estargz-external-toc`; readers find it there).
+    #[arg(long)]
+    pub external_toc: bool,
     /// Layers converted at the same time (default: number of CPUs).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
@@ -96,6 +111,9 @@ pub fn run(args: Args) -> Result<()> {
             compression: args.compression,
             zstd_level: args.zstd_level,
             prioritized_files,
+            min_chunk_size: args.min_chunk_size,
+            legacy: args.legacy_stargz,
+            external_toc: args.external_toc,
             ..Default::default()
         },
         jobs: args.jobs,
@@ -144,6 +162,9 @@ pub fn run(args: Args) -> Result<()> {
         report.layers.len(),
         started.elapsed().as_secs_f64()
     );
+    if let Some(t) = &report.toc_image {
+        println!("TOC image {t}");
+    }
     Ok(())
 }
 

@@ -44,13 +44,22 @@ pub struct Args {
     noprefetch: bool,
     #[arg(long)]
     no_background_fetch: bool,
+    /// Mount layers that cannot be verified: legacy stargz (no chunk
+    /// digests), or a layer without a TOC digest annotation (the daemon's
+    /// `allow_no_verification`). Their chunks are served unchecked; once
+    /// all were fetched the whole blob is checked against the layer digest
+    /// and a mismatch stops the layer. Without it such a layer is refused.
+    #[arg(long)]
+    allow_no_verification: bool,
 }
 
-/// One layer to mount: its digest, where its bytes are, its TOC digest.
+/// One layer to mount: its digest, where its bytes are, its TOC digest,
+/// and its TOC when that is not in the blob (external TOC).
 struct Source {
     digest: String,
     source: Arc<dyn RangeSource>,
     toc_digest: Option<String>,
+    external_toc: Option<lazyfs::TocBytes>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -65,6 +74,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     cfg.noprefetch |= args.noprefetch;
     cfg.no_background_fetch |= args.no_background_fetch;
+    cfg.allow_no_verification |= args.allow_no_verification;
 
     let (reference, mountpoint) = match (&args.blob, args.targets.as_slice()) {
         (Some(_), [mp]) => (None, PathBuf::from(mp)),
@@ -90,16 +100,36 @@ pub fn run(args: Args) -> Result<()> {
 
     let mut layers = Vec::new();
     for s in sources {
-        let layer = rt
-            .block_on(LazyLayer::open(
+        let layer = match &s.external_toc {
+            Some(toc) => rt.block_on(LazyLayer::open_with_toc(
+                s.source,
+                &s.digest,
+                toc,
+                s.toc_digest.as_deref(),
+                &cfg,
+                sched.clone(),
+                rt.handle().clone(),
+            )),
+            None => rt.block_on(LazyLayer::open(
                 s.source,
                 &s.digest,
                 s.toc_digest.as_deref(),
                 &cfg,
                 sched.clone(),
                 rt.handle().clone(),
-            ))
-            .with_context(|| format!("open layer {}", s.digest))?;
+            )),
+        }
+        .with_context(|| format!("open layer {}", s.digest))?;
+        if s.toc_digest.is_none() && cfg.allow_no_verification {
+            layer.mark_unverified();
+        }
+        if layer.blob_check() != lazyfs::BlobCheck::NotNeeded {
+            eprintln!(
+                "warning: layer {} is mounted WITHOUT verification; its whole blob is \
+                 checked against the digest once every chunk was fetched",
+                s.digest
+            );
+        }
         if let Err(e) = rt.block_on(layer.prefetch()) {
             tracing::warn!(layer = %s.digest, error = %e, "prefetch failed; mounting anyway");
         }
@@ -156,6 +186,18 @@ pub fn run(args: Args) -> Result<()> {
             s.prefetch_bytes,
             s.background_bytes
         );
+        match l.blob_check() {
+            lazyfs::BlobCheck::NotNeeded => {}
+            lazyfs::BlobCheck::Pending => {
+                eprintln!("{}: unverified, not every chunk was fetched", l.digest())
+            }
+            lazyfs::BlobCheck::Passed => {
+                eprintln!("{}: unverified layer; its whole blob matched", l.digest())
+            }
+            lazyfs::BlobCheck::Failed => {
+                eprintln!("{}: the blob DID NOT match its digest", l.digest())
+            }
+        }
     }
     Ok(())
 }
@@ -175,6 +217,7 @@ fn blob_source(file: &Path) -> Result<Source> {
         digest: format!("sha256:{}", hex::encode(h.finalize())),
         source: Arc::new(FileSource::open(file)?),
         toc_digest: None,
+        external_toc: None,
     })
 }
 
@@ -202,10 +245,12 @@ async fn registry_sources(args: &Args, reference: &str) -> Result<Vec<Source>> {
             .and_then(|a| a.get(TOC_DIGEST_ANNOTATION))
             .cloned();
         let reader = client.blob_reader(&r, &digest, Some(desc.size())).await?;
+        let external_toc = external_toc(&client, &r, &digest, &reader).await?;
         out.push(Source {
             digest,
             source: Arc::new(reader),
             toc_digest,
+            external_toc,
         });
     }
     if out.is_empty() {
@@ -215,4 +260,39 @@ async fn registry_sources(args: &Args, reference: &str) -> Result<Vec<Source>> {
         );
     }
     Ok(out)
+}
+
+/// The TOC of a layer whose blob ends with an external-TOC footer: from
+/// the TOC image `<tag>-esgztoc` next to the image (the reference's
+/// layout); `None` for a blob with its TOC inside.
+async fn external_toc(
+    client: &registry::Client,
+    image: &registry::Reference,
+    digest: &str,
+    reader: &registry::BlobReader,
+) -> Result<Option<lazyfs::TocBytes>> {
+    use estargz::external;
+    let size = reader.size();
+    let n = size.min(external::FOOTER_SIZE as u64);
+    let tail = RangeSource::read(reader, size - n, n)
+        .await
+        .with_context(|| format!("read the footer of {digest}"))?;
+    if !external::is_footer(&tail) {
+        return Ok(None);
+    }
+    let Some(tag) = image.tag() else {
+        bail!("layer {digest} has an external TOC; give the image by tag to find its TOC image");
+    };
+    let toc_ref = image.repo_only().with_tag(&external::toc_image_tag(tag));
+    let m = client
+        .fetch_manifest(&toc_ref)
+        .await
+        .with_context(|| format!("TOC image {toc_ref} of layer {digest}"))?;
+    let found = external::find_toc_layer(&m.resolved.bytes, digest)
+        .with_context(|| format!("TOC image {toc_ref}"))?;
+    let member = client
+        .fetch_blob_bytes(&toc_ref, &found.digest, found.size)
+        .await
+        .with_context(|| format!("TOC {} from {toc_ref}", found.digest))?;
+    Ok(lazyfs::external_toc_bytes(member, size))
 }

@@ -20,14 +20,22 @@ pub struct Args {
     /// Print only a summary (TOC digest, entries, chunks), not the JSON.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Accept chunks without a chunkDigest (legacy CRFS stargz); they are
+    /// decompressed by --verify but cannot be checked.
+    #[arg(long)]
+    pub allow_no_verification: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let file =
         std::fs::File::open(&args.blob).with_context(|| format!("open {}", args.blob.display()))?;
     let size = file.metadata()?.len();
-    let layer =
-        estargz::reader::open(file, size, args.toc_digest.as_deref()).with_context(|| {
+    let opts = estargz::IndexOptions {
+        unverified_key: args.allow_no_verification.then(String::new),
+        ..Default::default()
+    };
+    let layer = estargz::reader::open_with(file, size, args.toc_digest.as_deref(), &opts)
+        .with_context(|| {
             format!(
                 "{} is not a valid eStargz or zstd:chunked blob",
                 args.blob.display()
@@ -39,6 +47,13 @@ pub fn run(args: Args) -> Result<()> {
         out.write_all(b"\n")?;
     }
     let chunks = layer.index.all_chunks().count();
+    let unverified = layer.index.unverified_chunks();
+    if unverified > 0 {
+        eprintln!(
+            "{unverified} of {chunks} chunks carry no digest (legacy stargz{}): they cannot be verified",
+            if layer.footer.legacy { ", 47-byte footer" } else { "" }
+        );
+    }
     if args.verify {
         for (id, c) in layer.index.all_chunks() {
             layer.read_chunk(c).with_context(|| {
@@ -60,7 +75,11 @@ pub fn run(args: Args) -> Result<()> {
         },
         layer.toc.entries.len(),
         chunks,
-        if args.verify { ", all verified" } else { "" },
+        match (args.verify, unverified) {
+            (false, _) => "",
+            (true, 0) => ", all verified",
+            (true, _) => ", all with a digest verified, the others decompressed",
+        },
         layer.footer.compression
     );
     Ok(())

@@ -29,6 +29,17 @@ pub struct LayerOptions {
     /// Per source layer digest: that layer's own list, used instead of
     /// `prioritized_files` (a profile knows which layer holds each file).
     pub prioritized_by_layer: HashMap<String, Vec<String>>,
+    /// Pack small files into shared gzip members until one holds this
+    /// many bytes (the reference's `--estargz-min-chunk-size`); `None`: a
+    /// member per chunk.
+    pub min_chunk_size: Option<u64>,
+    /// Write legacy CRFS stargz (no chunk digests, no landmarks, 47-byte
+    /// footer, no TOC digest annotation): unverifiable layers, for tests
+    /// and old tools. eStargz inputs still pass through unchanged.
+    pub legacy: bool,
+    /// Keep each converted layer's TOC out of its blob, in a TOC image
+    /// tagged `<tag>-esgztoc` (the reference's `--estargz-external-toc`).
+    pub external_toc: bool,
 }
 
 /// What happened to a layer.
@@ -47,6 +58,9 @@ pub struct Converted {
     pub desc: Descriptor,
     pub diff_id: String,
     pub action: Action,
+    /// With `external_toc`: the TOC blob (in the destination layout) for
+    /// the TOC image, annotated with this layer's digest.
+    pub toc_layer: Option<Descriptor>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -103,6 +117,7 @@ pub fn convert_layer(
             desc: src_desc.clone(),
             diff_id: src_diff_id.to_string(),
             action: Action::Kept,
+            toc_layer: None,
         });
     }
     if lazy_format(kind) == Some(opts.compression) {
@@ -159,11 +174,27 @@ pub fn convert_layer(
     );
     desc.set_annotations(src_desc.annotations().clone());
     set_format_annotations(&mut desc, report.toc_digest, report.zstd_manifest);
+    if opts.legacy {
+        // Nothing vouches for chunks without digests; a TOC digest copied
+        // from the source (or ours) would be wrong.
+        let mut ann = desc.annotations().clone().unwrap_or_default();
+        ann.remove(ANN_TOC_DIGEST);
+        desc.set_annotations(Some(ann));
+    }
     desc.insert_annotation(ANN_UNCOMPRESSED_SIZE, report.uncompressed_size.to_string());
+    let toc_layer = match &report.external_toc {
+        Some(member) => {
+            let mut d = dst.put_blob(mt::OCI_LAYER_GZIP, member)?;
+            d.insert_annotation(estargz::external::LAYER_DIGEST_ANNOTATION, out_digest.clone());
+            Some(d)
+        }
+        None => None,
+    };
     Ok(Converted {
         desc,
         diff_id: report.diff_id,
         action: Action::Converted,
+        toc_layer,
     })
 }
 
@@ -260,6 +291,7 @@ fn pass_through(
         desc,
         diff_id,
         action: Action::PassedThrough,
+        toc_layer: None,
     })
 }
 
@@ -303,6 +335,9 @@ fn writer_options(o: &LayerOptions, digest: &str) -> estargz::writer::WriterOpti
     if let Some(l) = o.zstd_level {
         w.zstd_level = l;
     }
+    w.min_chunk_size = o.min_chunk_size.unwrap_or(0);
+    w.legacy = o.legacy;
+    w.external_toc = o.external_toc;
     w.prioritized_files = o
         .prioritized_by_layer
         .get(digest)

@@ -58,6 +58,9 @@ pub struct Report {
     pub root: Descriptor,
     /// The destination and tag, for messages.
     pub destination: String,
+    /// With `LayerOptions::external_toc`: the TOC image published next to
+    /// the image (`<tag>-esgztoc`), for messages.
+    pub toc_image: Option<String>,
 }
 
 /// Convert `src` to `dst` (each `oci:DIR[:TAG]` or a registry reference).
@@ -227,11 +230,50 @@ fn convert_images(
         out_manifests.pop().ok_or(Error::NoImage)?
     };
     dst.push_manifest(&out, Some(&tag))?;
+    let toc_image = write_toc_image(&dst, &tag, &layers)?;
     Ok(Report {
         layers,
         root: out,
         destination: dst.describe(&tag),
+        toc_image,
     })
+}
+
+/// The TOC image of the converted layers that keep their TOC outside
+/// (as the reference lays it out: an empty `{}` config, one gzip layer per
+/// TOC annotated with its eStargz layer's digest, sorted by digest),
+/// published as `<tag>-esgztoc`. `None` if no layer has one.
+fn write_toc_image(dst: &Dest, tag: &str, layers: &[LayerReport]) -> Result<Option<String>> {
+    let tocs: Vec<(String, u64, String)> = layers
+        .iter()
+        .filter_map(|l| {
+            let t = l.converted.toc_layer.as_ref()?;
+            Some((
+                t.digest().to_string(),
+                t.size(),
+                l.converted.desc.digest().to_string(),
+            ))
+        })
+        .collect();
+    if tocs.is_empty() {
+        return Ok(None);
+    }
+    let mt = oci_layout::media_types::OCI_CONFIG;
+    let config = dst.layout().put_blob(mt, b"{}")?;
+    dst.push_blob(&config)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci_layout::media_types::OCI_MANIFEST,
+        "config": config,
+        "layers": estargz::external::toc_image_layers(&tocs),
+    });
+    let desc = dst.layout().put_blob(
+        oci_layout::media_types::OCI_MANIFEST,
+        manifest.to_string().as_bytes(),
+    )?;
+    let toc_tag = estargz::external::toc_image_tag(tag);
+    dst.push_manifest(&desc, Some(&toc_tag))?;
+    Ok(Some(dst.describe(&toc_tag)))
 }
 
 /// Download (if remote), convert, upload (if remote) one layer.
@@ -247,6 +289,9 @@ fn convert_one(
     let c = layer::convert_layer(src.layout(), dst.layout(), d, diff_id, opts, bar)?;
     bar.set_message("uploading");
     dst.push_blob(&c.desc)?;
+    if let Some(t) = &c.toc_layer {
+        dst.push_blob(t)?;
+    }
     Ok(c)
 }
 

@@ -51,6 +51,8 @@ pub enum Error {
     Tar(#[from] TarError),
     #[error("writer option: {0}")]
     BadOption(&'static str),
+    #[error("external TOC: {0}")]
+    ExternalToc(String),
 }
 
 /// Why a TOC does not describe a usable layer.
@@ -72,7 +74,7 @@ pub enum TocError {
     OrphanChunk(String),
     #[error("entry {name:?}: field {field} is out of range")]
     FieldRange { name: String, field: &'static str },
-    #[error("entry {0:?}: chunk has no valid sha256 chunkDigest")]
+    #[error("entry {0:?}: chunk has no valid sha256 chunkDigest (legacy stargz opens only unverified, when allowed)")]
     MissingChunkDigest(String),
     #[error("file {0:?}: chunks overlap, leave gaps or do not cover its size")]
     ChunkLayout(String),

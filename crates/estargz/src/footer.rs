@@ -68,6 +68,18 @@ pub fn write_footer(toc_offset: u64) -> [u8; FOOTER_SIZE] {
     f
 }
 
+/// The 47 bytes of a legacy CRFS stargz footer for a TOC at `toc_offset`:
+/// the eStargz footer without the `SG` subfield header (XLEN 22).
+pub fn write_legacy_footer(toc_offset: u64) -> [u8; LEGACY_FOOTER_SIZE] {
+    let mut f = [0u8; LEGACY_FOOTER_SIZE];
+    f[..4].copy_from_slice(&[0x1f, 0x8b, 0x08, FEXTRA]);
+    f[9] = 0xff;
+    f[10..12].copy_from_slice(&22u16.to_le_bytes());
+    f[12..34].copy_from_slice(format!("{toc_offset:016x}STARGZ").as_bytes());
+    f[34..39].copy_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff]);
+    f
+}
+
 /// Parse the footer from the tail of a blob: the last N >= 51 bytes, or the
 /// whole blob if it is smaller. Tries eStargz first, then zstd:chunked,
 /// then legacy stargz.
@@ -97,6 +109,9 @@ pub fn parse_footer(tail: &[u8]) -> Result<Footer> {
             compression: Compression::Gzip,
             toc_size: None,
         }),
+        None if crate::external::is_footer(tail) => Err(Error::ExternalToc(
+            "the blob's TOC is not in it but in a separate TOC image (external TOC)".into(),
+        )),
         None => Err(Error::BadFooter(
             "no STARGZ gzip Extra field or zstd:chunked footer at the end of the blob",
         )),
@@ -195,6 +210,13 @@ mod tests {
         f.extend_from_slice(b"00000000000000ffSTARGZ");
         f.extend_from_slice(&[1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(f.len(), LEGACY_FOOTER_SIZE);
+        assert_eq!(f, write_legacy_footer(255));
+        // A valid, empty gzip member, like the eStargz one.
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&f[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out.is_empty());
         let got = parse_footer(&f).unwrap();
         assert_eq!(
             got,

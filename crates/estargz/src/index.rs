@@ -52,10 +52,30 @@ pub struct Chunk {
     pub file_offset: u64,
     /// Uncompressed length of this chunk.
     pub size: u64,
-    /// `sha256:<hex>` of the chunk's uncompressed bytes (`chunkDigest`).
+    /// `sha256:<hex>` of the chunk's uncompressed bytes (`chunkDigest`); for
+    /// an unverified chunk (`verified == false`) a cache key made from the
+    /// layer and the chunk's place, which nothing can check.
     pub digest: String,
+    /// `digest` is the TOC's `chunkDigest` and every decode checks it. False
+    /// only for chunks without one (legacy stargz) in an index built with
+    /// [`IndexOptions::unverified_key`].
+    pub verified: bool,
     /// How the member is compressed: the layer's `Index::compression`,
     /// copied here so a chunk decodes on its own (`decompress_chunk`).
+    pub compression: Compression,
+}
+
+/// How [`Index::from_toc_with`] builds an index.
+#[derive(Debug, Clone, Default)]
+pub struct IndexOptions {
+    /// `None` (the default): a chunk without a valid `chunkDigest` is an
+    /// error. `Some(layer digest)`: a chunk with no `chunkDigest` at all
+    /// (legacy CRFS stargz) is accepted unverified; its `Chunk::digest` is
+    /// a key derived from this value and the chunk's place in the blob, so
+    /// the cache never confuses it with another layer's chunk. A digest
+    /// that is present but malformed is still an error.
+    pub unverified_key: Option<String>,
+    /// How the layer's chunks are compressed (its footer's).
     pub compression: Compression,
 }
 
@@ -97,6 +117,7 @@ pub struct Index {
     pub compression: Compression,
     prefetch_end: Option<u64>,
     no_prefetch: bool,
+    unverified_chunks: usize,
 }
 
 /// `name` without `./`, `/`, empty or `.` components, joined by `/`;
@@ -205,10 +226,16 @@ impl Index {
             .map_or("", |(k, _)| k.as_str())
     }
 
+    /// Chunks without a `chunkDigest` (only with `IndexOptions::unverified_key`).
+    pub fn unverified_chunks(&self) -> usize {
+        self.unverified_chunks
+    }
+
     /// Build and validate the tree of a gzip (eStargz) layer. `toc_offset`
-    /// bounds every chunk; `blob_size` bounds the TOC offset.
+    /// bounds every chunk; `blob_size` bounds the TOC offset. Every chunk
+    /// must carry a digest.
     pub fn from_toc(toc: &Toc, toc_offset: u64, blob_size: u64) -> Result<Index, TocError> {
-        Self::from_toc_as(toc, toc_offset, blob_size, Compression::Gzip)
+        Self::from_toc_with(toc, toc_offset, blob_size, &IndexOptions::default())
     }
 
     /// [`Index::from_toc`] for a layer compressed as `compression` says
@@ -218,6 +245,20 @@ impl Index {
         toc_offset: u64,
         blob_size: u64,
         compression: Compression,
+    ) -> Result<Index, TocError> {
+        let opts = IndexOptions {
+            compression,
+            ..IndexOptions::default()
+        };
+        Self::from_toc_with(toc, toc_offset, blob_size, &opts)
+    }
+
+    /// [`Index::from_toc`] with options (compression, chunks without digests).
+    pub fn from_toc_with(
+        toc: &Toc,
+        toc_offset: u64,
+        blob_size: u64,
+        opts: &IndexOptions,
     ) -> Result<Index, TocError> {
         if toc.version != 1 {
             return Err(TocError::Version(toc.version));
@@ -237,7 +278,8 @@ impl Index {
         let mut b = Builder::new();
         b.entries(toc)?;
         b.hardlinks()?;
-        b.chunks(toc_offset, compression)?;
+        let compression = opts.compression;
+        b.chunks(toc_offset, compression, opts.unverified_key.as_deref())?;
         b.nlinks();
         Ok(Index {
             nodes: b.nodes,
@@ -246,6 +288,7 @@ impl Index {
             compression,
             prefetch_end: b.prefetch_end,
             no_prefetch: b.no_prefetch,
+            unverified_chunks: b.unverified,
         })
     }
 }
@@ -270,6 +313,8 @@ struct Builder {
     links: Vec<(String, String)>,
     prefetch_end: Option<u64>,
     no_prefetch: bool,
+    /// Chunks accepted without a digest.
+    unverified: usize,
 }
 
 fn new_node(kind: NodeKind, parent: NodeId) -> Node {
@@ -330,6 +375,7 @@ impl Builder {
             links: Vec::new(),
             prefetch_end: None,
             no_prefetch: false,
+            unverified: 0,
         }
     }
 
@@ -508,7 +554,12 @@ impl Builder {
         Ok(())
     }
 
-    fn chunks(&mut self, toc_offset: u64, compression: Compression) -> Result<(), TocError> {
+    fn chunks(
+        &mut self,
+        toc_offset: u64,
+        compression: Compression,
+        unverified_key: Option<&str>,
+    ) -> Result<(), TocError> {
         let mut offsets: Vec<u64> = self
             .raw_chunks
             .values()
@@ -556,9 +607,17 @@ impl Builder {
                         toc_offset,
                     });
                 }
-                if !valid_sha256(&c.digest) {
-                    return Err(TocError::MissingChunkDigest(name()));
-                }
+                let (digest, verified) = match unverified_key {
+                    _ if valid_sha256(&c.digest) => (c.digest, true),
+                    Some(key) if c.digest.is_empty() => {
+                        self.unverified += 1;
+                        (
+                            position_key(key, c.blob_offset, c.inner_offset, end - pos),
+                            false,
+                        )
+                    }
+                    _ => return Err(TocError::MissingChunkDigest(name())),
+                };
                 let next = offsets.partition_point(|&o| o <= c.blob_offset);
                 let blob_end = offsets.get(next).copied().unwrap_or(toc_offset);
                 chunks.push(Chunk {
@@ -567,7 +626,8 @@ impl Builder {
                     inner_offset: c.inner_offset,
                     file_offset: pos,
                     size: end - pos,
-                    digest: c.digest,
+                    digest,
+                    verified,
                     compression,
                 });
                 pos = end;
@@ -605,6 +665,20 @@ impl Builder {
             self.nodes[i].nlink = 2u32.saturating_add(subdirs as u32);
         }
     }
+}
+
+/// The cache key of an unverified chunk: `sha256:` of the layer key and the
+/// chunk's place, so it has the shape of a digest but names no content.
+fn position_key(key: &str, blob_offset: u64, inner_offset: u64, size: u64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"rsnap unverified chunk\0");
+    h.update(key.as_bytes());
+    h.update(b"\0");
+    for v in [blob_offset, inner_offset, size] {
+        h.update(v.to_le_bytes());
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
 }
 
 fn raw_chunk(e: &TocEntry) -> Result<RawChunk, TocError> {

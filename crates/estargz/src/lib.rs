@@ -3,6 +3,7 @@
 //! Layers of this crate, each using only the ones above it:
 //! - `error`: one typed error for every way a blob can be bad.
 //! - `footer`: the 51-byte eStargz footer and the 47-byte legacy stargz footer.
+//! - `external`: external TOC (46-byte footer, TOC in a separate TOC image).
 //! - `toc`: the `stargz.index.json` JSON types, exactly as the spec names them.
 //! - `index`: a validated TOC as an inode-like tree with per-file chunk lists.
 //! - `tarfmt` (private): tar header and PAX parsing, the reference's ustar header.
@@ -15,11 +16,15 @@
 //!   `zstd`: the zstd:chunked footer, TOC frame, chunk decoder and encoder.
 //!
 //! Nothing is served unverified: the TOC is checked against its digest
-//! annotation and every chunk against its `chunkDigest`.
+//! annotation and every chunk against its `chunkDigest`. The one exception
+//! is asked for by name: legacy CRFS stargz, which has no chunk digests,
+//! opens only with `IndexOptions::unverified_key` (the caller then checks
+//! the whole blob against its layer digest).
 //! No HTTP, no FUSE, no async runtime here.
 
 mod compression;
 pub mod error;
+pub mod external;
 pub mod footer;
 pub mod index;
 pub mod reader;
@@ -30,7 +35,9 @@ pub mod zstd;
 
 pub use compression::Compression;
 pub use error::{Error, Result, TarError, TocError};
-pub use footer::{parse_footer, write_footer, Footer, FOOTER_SIZE};
-pub use index::{Chunk, Index, Node, NodeId, NodeKind, ROOT};
-pub use reader::{decompress_chunk, is_estargz, open, parse_toc_member, Layer, ReadAt};
+pub use footer::{parse_footer, write_footer, write_legacy_footer, Footer, FOOTER_SIZE};
+pub use index::{Chunk, Index, IndexOptions, Node, NodeId, NodeKind, ROOT};
+pub use reader::{
+    decompress_chunk, is_estargz, open, open_external, open_with, parse_toc_member, Layer, ReadAt,
+};
 pub use toc::{Toc, TocEntry};

@@ -7,11 +7,13 @@
 //!   `parse_footer` (re-exported) -> `toc_region` -> `parse_toc_member` ->
 //!   `Index::from_toc`, then `decompress_chunk` on each fetched member.
 //!
-//! Every byte handed out has matched its `chunkDigest` first.
+//! Every byte handed out has matched its `chunkDigest` first, except from a
+//! legacy stargz layer opened on purpose without digests (`open_with` and
+//! `IndexOptions::unverified_key`).
 
 use crate::error::{Error, Result};
 pub use crate::footer::{parse_footer, Footer};
-use crate::index::{Chunk, Index, NodeId, NodeKind};
+use crate::index::{Chunk, Index, IndexOptions, NodeId, NodeKind};
 use crate::tarfmt;
 use crate::toc::{Toc, TOC_TAR_NAME};
 use crate::Compression;
@@ -187,8 +189,10 @@ pub fn verify_toc_digest(digest: &str, expected: Option<&str>) -> Result<()> {
 
 /// Decompress the one gzip member or zstd frame (as `chunk.compression`
 /// says) that starts at `member[0]`, skip `inner_offset` bytes, take
-/// `chunk.size` bytes and check them against `chunk.digest`. `member` may
-/// run past the member's end. Output never exceeds `size`.
+/// `chunk.size` bytes and check them against `chunk.digest` (unless the
+/// chunk has none: `chunk.verified == false`, legacy stargz opened
+/// unverified on purpose). `member` may run past the member's end. Output
+/// never exceeds `size`.
 pub fn decompress_chunk(member: &[u8], chunk: &Chunk) -> Result<Vec<u8>> {
     decompress_from(member, chunk)
 }
@@ -223,6 +227,9 @@ fn verified<D: Read>(mut gz: D, chunk: &Chunk, gzip: fn(io::Error) -> Error) -> 
         .map_err(gzip)?;
     if out.len() as u64 != chunk.size {
         return Err(short);
+    }
+    if !chunk.verified {
+        return Ok(out);
     }
     let actual = sha256_digest(&out);
     if actual != chunk.digest {
@@ -280,6 +287,17 @@ pub fn open<R: ReadAt>(
     blob_size: u64,
     expected_toc_digest: Option<&str>,
 ) -> Result<Layer<R>> {
+    open_with(reader, blob_size, expected_toc_digest, &IndexOptions::default())
+}
+
+/// [`open`] with index options: `unverified_key` set, a legacy stargz
+/// blob (chunks without digests) opens, its chunks unchecked.
+pub fn open_with<R: ReadAt>(
+    reader: R,
+    blob_size: u64,
+    expected_toc_digest: Option<&str>,
+    opts: &IndexOptions,
+) -> Result<Layer<R>> {
     if blob_size < crate::footer::LEGACY_FOOTER_SIZE as u64 {
         return Err(Error::TooSmall(blob_size));
     }
@@ -300,13 +318,51 @@ pub fn open<R: ReadAt>(
     };
     let (toc, toc_digest) = parse_toc_member(&member)?;
     verify_toc_digest(&toc_digest, expected_toc_digest)?;
-    let index = Index::from_toc_as(&toc, region.start, blob_size, footer.compression)?;
+    let opts = IndexOptions {
+        compression: footer.compression,
+        ..opts.clone()
+    };
+    let index = Index::from_toc_with(&toc, region.start, blob_size, &opts)?;
     Ok(Layer {
         reader,
         index,
         toc,
         toc_digest,
         footer,
+    })
+}
+
+/// Open an external-TOC blob (46-byte footer) with its TOC member from the
+/// TOC image (`toc_member`: the gzip'd tar holding `stargz.index.json`).
+pub fn open_external<R: ReadAt>(
+    reader: R,
+    blob_size: u64,
+    toc_member: &[u8],
+    expected_toc_digest: Option<&str>,
+    opts: &IndexOptions,
+) -> Result<Layer<R>> {
+    let n = blob_size.min(crate::external::FOOTER_SIZE as u64);
+    let mut tail = vec![0u8; n as usize];
+    read_exact_at(&reader, blob_size - n, &mut tail)?;
+    if !crate::external::is_footer(&tail) {
+        return Err(Error::ExternalToc(
+            "the blob does not end with an external-TOC footer".into(),
+        ));
+    }
+    let end = crate::external::data_end(blob_size)?;
+    let (toc, toc_digest) = parse_toc_member(toc_member)?;
+    verify_toc_digest(&toc_digest, expected_toc_digest)?;
+    let index = Index::from_toc_with(&toc, end, blob_size, opts)?;
+    Ok(Layer {
+        reader,
+        index,
+        toc,
+        toc_digest,
+        footer: Footer {
+            toc_offset: end,
+            size: crate::external::FOOTER_SIZE,
+            legacy: false,
+        },
     })
 }
 

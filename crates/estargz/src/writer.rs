@@ -22,8 +22,8 @@ mod input;
 mod pipeline;
 
 use crate::error::{Error, Result};
-use crate::footer::write_footer;
-use crate::index::{clean_path, Index};
+use crate::footer::{write_footer, write_legacy_footer};
+use crate::index::{clean_path, Index, IndexOptions};
 use crate::reader::{read_exact_at, ReadAt};
 use crate::tarfmt::{self, BLOCK};
 use crate::toc::{
@@ -59,6 +59,23 @@ pub struct WriterOptions {
     /// Where `convert` spools the uncompressed tar; `None`: the system's
     /// temp dir (often tmpfs: pick a disk for big layers).
     pub spool_dir: Option<std::path::PathBuf>,
+    /// Pack small files into shared gzip members (the reference's
+    /// `--estargz-min-chunk-size`): a chunk starts a new member only once
+    /// the current one holds at least this many bytes, else it follows in
+    /// the same member at an `innerOffset`. 0: every chunk starts a member.
+    /// The reference counts compressed bytes (after a flush); we count
+    /// uncompressed ones, so members still compress in parallel. Readers
+    /// only see `offset` + `innerOffset`, which mean the same either way.
+    pub min_chunk_size: u64,
+    /// Write the original CRFS stargz: no `chunkDigest`, no landmark files,
+    /// the 47-byte footer. Such a layer cannot be verified chunk by chunk
+    /// (readers accept it only when told to go unverified); for tests and
+    /// for interoperating with old tools.
+    pub legacy: bool,
+    /// Keep the TOC out of the blob (the reference's external TOC): the
+    /// blob ends with the 46-byte external footer, and the TOC member is
+    /// returned in [`WriteReport::external_toc`] for a TOC image.
+    pub external_toc: bool,
 }
 
 impl Default for WriterOptions {
@@ -71,6 +88,9 @@ impl Default for WriterOptions {
             prioritized_files: Vec::new(),
             batch_bytes: 32 << 20,
             spool_dir: None,
+            min_chunk_size: 0,
+            legacy: false,
+            external_toc: false,
         }
     }
 }
@@ -94,6 +114,9 @@ pub struct WriteReport {
     /// zstd:chunked only: the `io.containers.zstd-chunked.manifest-checksum`
     /// and `-position` annotation values.
     pub zstd_manifest: Option<(String, String)>,
+    /// With `external_toc`: the TOC member (gzip'd tar of
+    /// `stargz.index.json`), a layer of the TOC image.
+    pub external_toc: Option<Vec<u8>>,
 }
 
 /// Convert a tar or tar.gz stream (detected by its magic). The tar is
@@ -137,9 +160,29 @@ pub fn convert_tar_at<S: ReadAt + Sync + ?Sized, W: Write>(
     if opts.compression == Compression::Zstd && !crate::zstd::valid_level(opts.zstd_level) {
         return Err(Error::BadOption("zstd_level must be 1-22"));
     }
+    if opts.compression == Compression::Zstd && (opts.legacy || opts.external_toc) {
+        return Err(Error::BadOption(
+            "legacy stargz and external TOCs are gzip formats",
+        ));
+    }
+    if opts.min_chunk_size > crate::index::MAX_CHUNK_SIZE / 2 {
+        // A member's bytes before a chunk count against the chunk cap.
+        return Err(Error::BadOption("min_chunk_size must be at most 32 MiB"));
+    }
+    if opts.legacy && opts.external_toc {
+        return Err(Error::BadOption("legacy stargz has no external TOC"));
+    }
+    if opts.legacy && !opts.prioritized_files.is_empty() {
+        return Err(Error::BadOption(
+            "legacy stargz has no landmarks: no prioritized files",
+        ));
+    }
     let entries = dedup(input::scan(src, len)?);
-    let (order, missed) = order(&entries, &opts.prioritized_files);
-    let plan = plan(&entries, &order, opts.chunk_size);
+    let (mut order, missed) = order(&entries, &opts.prioritized_files);
+    if opts.legacy {
+        order.retain(|i| !matches!(i, Item::Landmark(_)));
+    }
+    let plan = plan(&entries, &order, opts.chunk_size, opts.min_chunk_size);
     let mut report = emit(src, plan, out, opts)?;
     report.missed_prioritized = missed;
     Ok(report)
@@ -254,8 +297,11 @@ impl Piece {
 #[derive(Debug, Default)]
 struct Member {
     pieces: Vec<Piece>,
-    /// The member starts with a chunk: its TOC entry and length.
-    chunk: Option<(usize, u64)>,
+    /// The chunks in this member: TOC entry, uncompressed offset in the
+    /// member (`innerOffset`; 0 for the one that starts it) and length.
+    chunks: Vec<(usize, u64, u64)>,
+    /// No further chunk may join (a landmark's member).
+    sealed: bool,
 }
 
 impl Member {
@@ -272,7 +318,7 @@ struct Plan {
     file_of_chunk: HashMap<usize, usize>,
 }
 
-fn plan(entries: &[InEntry], order: &[Item], chunk_size: u64) -> Plan {
+fn plan(entries: &[InEntry], order: &[Item], chunk_size: u64, min_chunk_size: u64) -> Plan {
     let mut toc = Toc {
         version: 1,
         entries: Vec::with_capacity(entries.len() + 1),
@@ -326,8 +372,17 @@ fn plan(entries: &[InEntry], order: &[Item], chunk_size: u64) -> Plan {
             continue;
         }
         let mut written = 0u64;
+        // Landmarks always get their own member, as in the reference.
+        let own_member = data_off.is_none();
         while written < size {
-            members.push(std::mem::take(&mut cur));
+            let share = min_chunk_size > 0
+                && !own_member
+                && !cur.sealed
+                && !cur.chunks.is_empty()
+                && cur.len() < min_chunk_size;
+            if !share {
+                members.push(std::mem::take(&mut cur));
+            }
             let n = chunk_size.min(size - written);
             let idx = if written == 0 {
                 first
@@ -346,6 +401,7 @@ fn plan(entries: &[InEntry], order: &[Item], chunk_size: u64) -> Plan {
             if n == chunk_size {
                 te.chunk_size = n as i64;
             }
+            let inner = cur.len();
             cur.pieces.push(match data_off {
                 Some(off) => Piece::Src {
                     off: off + written,
@@ -353,7 +409,8 @@ fn plan(entries: &[InEntry], order: &[Item], chunk_size: u64) -> Plan {
                 },
                 None => Piece::Bytes(vec![LANDMARK_CONTENTS]),
             });
-            cur.chunk = Some((idx, n));
+            cur.chunks.push((idx, inner, n));
+            cur.sealed = own_member;
             written += n;
         }
         if size > chunk_size {
@@ -481,7 +538,8 @@ impl Codec {
 struct Compressed {
     raw: Vec<u8>,
     gz: Vec<u8>,
-    chunk_digest: Option<String>,
+    /// `sha256:` of each chunk of the member, in `Member::chunks` order.
+    chunk_digests: Vec<String>,
 }
 
 fn compress<S: ReadAt + ?Sized>(src: &S, m: &Member, codec: Codec) -> io::Result<Compressed> {
@@ -497,14 +555,18 @@ fn compress<S: ReadAt + ?Sized>(src: &S, m: &Member, codec: Codec) -> io::Result
             Piece::Bytes(b) => raw.extend_from_slice(b),
         }
     }
-    let chunk_digest = m
-        .chunk
-        .map(|(_, n)| crate::reader::sha256_digest(&raw[..n as usize]));
+    let chunk_digests = m
+        .chunks
+        .iter()
+        .map(|&(_, inner, n)| {
+            crate::reader::sha256_digest(&raw[inner as usize..(inner + n) as usize])
+        })
+        .collect();
     let gz = codec.member(&raw)?;
     Ok(Compressed {
         raw,
         gz,
-        chunk_digest,
+        chunk_digests,
     })
 }
 
@@ -546,16 +608,19 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
     let mut file_hash: HashMap<usize, Sha256> = HashMap::new();
     let codec = Codec::of(opts);
     pipeline::run(src, &members, codec, opts.batch_bytes, |m, c| {
-        if let Some((idx, n)) = m.chunk {
+        for (&(idx, inner, n), digest) in m.chunks.iter().zip(&c.chunk_digests) {
             let te = &mut toc.entries[idx];
             te.offset = out.n as i64;
-            te.chunk_digest = c.chunk_digest.clone().unwrap_or_default();
+            te.inner_offset = inner as i64;
             match file_of_chunk.get(&idx) {
                 Some(&reg) => file_hash
                     .entry(reg)
                     .or_default()
-                    .update(&c.raw[..n as usize]),
-                None => te.digest = te.chunk_digest.clone(),
+                    .update(&c.raw[inner as usize..(inner + n) as usize]),
+                None => te.digest = digest.clone(),
+            }
+            if !opts.legacy {
+                te.chunk_digest = digest.clone();
             }
         }
         out.put(&c.gz)?;
@@ -585,6 +650,7 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
     let json = toc.to_json();
     let toc_digest = crate::reader::sha256_digest(&json);
     let mut zstd_manifest = None;
+    let mut external_toc = None;
     match codec {
         Codec::Gzip(level) => {
             let mut raw = tarfmt::plain_reg_header(TOC_TAR_NAME, json.len() as u64).to_vec();
@@ -594,13 +660,31 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
                 0,
             );
             let gz = gzip_member(&raw, level);
-            let blob_size = toc_offset + gz.len() as u64 + crate::footer::FOOTER_SIZE as u64;
+            let footer: &[u8] = if opts.legacy {
+                &write_legacy_footer(toc_offset)
+            } else if opts.external_toc {
+                &crate::external::write_footer()
+            } else {
+                &write_footer(toc_offset)
+            };
+            let in_blob = if opts.external_toc { 0 } else { gz.len() as u64 };
+            let blob_size = toc_offset + in_blob + footer.len() as u64;
             // What we write must be what we can read.
-            Index::from_toc(&toc, toc_offset, blob_size)?;
-            out.put(&gz)?;
-            out.put(&write_footer(toc_offset))?;
-            diff.update(&raw);
-            uncompressed += raw.len() as u64;
+            let check = IndexOptions {
+                unverified_key: opts.legacy.then(String::new),
+                ..IndexOptions::default()
+            };
+            Index::from_toc_with(&toc, toc_offset, blob_size, &check)?;
+            if opts.external_toc {
+                // As the reference: the TOC entry and the tar's end are in the TOC
+                // image, so the layer's tar stream (and diff ID) stops before them.
+                external_toc = Some(gz);
+            } else {
+                out.put(&gz)?;
+                diff.update(&raw);
+                uncompressed += raw.len() as u64;
+            }
+            out.put(footer)?;
         }
         Codec::Zstd(level) => {
             // Skippable frames: not part of the tar stream (nor the diff ID).
@@ -621,6 +705,7 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
         entries: toc.entries.len(),
         missed_prioritized: Vec::new(),
         zstd_manifest,
+        external_toc,
     })
 }
 

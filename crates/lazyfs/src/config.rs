@@ -69,6 +69,12 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     pub cache_max_bytes: u64,
     pub memory_cache_bytes: u64,
+    /// Open layers whose chunks carry no `chunkDigest` (legacy CRFS
+    /// stargz), the reference's key name. Their chunks are served
+    /// unchecked, kept in memory only, and once all were fetched the whole
+    /// blob is checked against the layer digest (a mismatch stops the
+    /// layer). Off: such a layer fails to open (`Invalid`).
+    pub allow_no_verification: bool,
 }
 
 impl Default for Config {
@@ -95,6 +101,7 @@ impl Default for Config {
             cache_dir: None,
             cache_max_bytes: 10 << 30,
             memory_cache_bytes: 128 << 20,
+            allow_no_verification: false,
         }
     }
 }

@@ -39,6 +39,10 @@ pub enum Error {
         path: String,
         source: FetchError,
     },
+    /// An unverified layer whose whole blob did not match its digest, or
+    /// whose chunks served earlier differ from that blob: not served.
+    #[error("layer {layer} does not match its digest: {reason}")]
+    LayerMismatch { layer: String, reason: String },
     #[error("no such inode")]
     NotFound,
     #[error("not a regular file")]

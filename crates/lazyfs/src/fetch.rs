@@ -54,6 +54,9 @@ pub(crate) struct Fetcher {
     /// Gzip members of this layer known to be in the cache: offset -> length.
     resident: Mutex<HashMap<u64, u64>>,
     resident_bytes: AtomicU64,
+    /// sha256 of each unverified chunk as fetched, by (member offset, inner
+    /// offset): what the layer-level check compares with the real blob.
+    observed: Mutex<HashMap<(u64, u64), [u8; 32]>>,
 }
 
 /// One planned request range and the chunks it covers.
@@ -102,7 +105,20 @@ impl Fetcher {
             rt,
             resident: Mutex::new(HashMap::new()),
             resident_bytes: AtomicU64::new(0),
+            observed: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(crate) fn source(&self) -> &Arc<dyn RangeSource> {
+        &self.source
+    }
+
+    /// The hash of unverified chunk `c` as this layer fetched it.
+    pub(crate) fn observed(&self, c: &Chunk) -> Option<[u8; 32]> {
+        self.observed
+            .lock()
+            .get(&(c.blob_offset, c.inner_offset))
+            .copied()
     }
 
     pub(crate) fn scheduler(&self) -> &Arc<Scheduler> {
@@ -385,7 +401,16 @@ impl Fetcher {
                         me.sched.background_hold(held);
                     }
                     match &r {
-                        Ok(_) => me.mark_resident(&o.chunk),
+                        Ok(b) => {
+                            if !o.chunk.verified {
+                                use sha2::Digest as _;
+                                let h: [u8; 32] = sha2::Sha256::digest(b).into();
+                                me.observed
+                                    .lock()
+                                    .insert((o.chunk.blob_offset, o.chunk.inner_offset), h);
+                            }
+                            me.mark_resident(&o.chunk)
+                        }
                         Err(e) if e.is_corrupt() => {
                             me.stats.corrupt_chunks.fetch_add(1, Relaxed);
                         }

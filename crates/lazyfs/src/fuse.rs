@@ -83,8 +83,12 @@ impl LayerFs {
     }
 
     /// The store, if opens may be passed through on this mount.
+    /// None for an unverified layer: a copy the kernel reads by itself
+    /// would bypass a failed layer-level check.
     fn passthrough_store(&self) -> Option<&Arc<FileStore>> {
-        self.store.as_ref().filter(|_| self.passthrough)
+        self.store
+            .as_ref()
+            .filter(|_| self.passthrough && !self.layer.is_unverified())
     }
 }
 

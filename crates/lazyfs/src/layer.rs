@@ -8,8 +8,10 @@
 //! [`LazyLayer::read_pending`], which waits for the network.
 
 mod background;
+mod blobcheck;
 
 pub use background::PrefetchReport;
+pub use blobcheck::BlobCheck;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -24,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use estargz::index::{Chunk, Node, NodeId};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -54,6 +56,12 @@ pub struct LazyLayer {
     /// then the page alone); without this each retry waits the whole fetch
     /// timeout again and one read(2) takes several timeouts.
     slow_failures: Mutex<HashMap<u64, Instant>>,
+    /// Not verified chunk by chunk against a vouched-for TOC (`blobcheck`).
+    unverified: AtomicBool,
+    /// `blobcheck::{NOT_CHECKED, CHECKING, PASSED, FAILED}`.
+    check_state: AtomicU8,
+    /// Why the check failed, for every later read's error.
+    check_failure: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -143,6 +151,9 @@ impl LazyLayer {
             blob_order,
             blob_walk: Mutex::new(BlobWalk::default()),
             slow_failures: Mutex::new(HashMap::new()),
+            unverified: AtomicBool::new(false),
+            check_state: AtomicU8::new(blobcheck::NOT_CHECKED),
+            check_failure: Mutex::new(None),
         })
     }
 
@@ -220,6 +231,9 @@ impl LazyLayer {
         let Some(node) = self.tree.regular(ino) else {
             return Read::Ready(Err(Error::NotAFile));
         };
+        if let Some(e) = self.stopped() {
+            return Read::Ready(Err(e));
+        }
         let chunks = tree::chunks_for(node, off, len);
         if chunks.is_empty() {
             return Read::Ready(Ok(Bytes::new()));
@@ -257,6 +271,10 @@ impl LazyLayer {
         let Some(node) = self.tree.regular(ino) else {
             return false;
         };
+        // A copy the kernel reads itself would bypass a failed blob check.
+        if self.is_unverified() {
+            return false;
+        }
         let cache = self.fetcher.scheduler().cache();
         node.chunks.iter().all(|c| cache.contains(&c.digest))
     }
@@ -279,6 +297,11 @@ impl LazyLayer {
             Ok(parts) => {
                 if recent.is_some() {
                     self.slow_failures.lock().remove(&p.ino);
+                }
+                self.check_if_complete();
+                // The check may have failed while this read waited.
+                if let Some(e) = self.stopped() {
+                    return Err(e);
                 }
                 Ok(assemble(&p.chunks, parts, p.off, p.len))
             }
@@ -369,6 +392,7 @@ impl LazyLayer {
         if let (Some(first), Some(last)) = (chunks.first(), chunks.last()) {
             self.blob_readahead(ino, first.blob_offset, last.blob_end, &mut out);
         }
+        self.member_siblings(chunks, &mut out);
         let mut seen: HashSet<(u64, u64)> = chunks
             .iter()
             .map(|c| (c.blob_offset, c.inner_offset))
@@ -408,6 +432,24 @@ impl LazyLayer {
             {
                 ahead.push(c.clone());
             }
+        }
+    }
+
+    /// The other chunks of the members `chunks` are in (small files packed
+    /// together by a min-chunk-size writer): the same bytes decode to them
+    /// at no extra cost, so the member is fetched once, not once per file.
+    fn member_siblings(&self, chunks: &[Chunk], out: &mut Vec<Chunk>) {
+        let nodes = self.tree.nodes();
+        for c in chunks.iter().filter(|c| c.blob_end - c.blob_offset > 0) {
+            let i = self.blob_order.partition_point(|e| e.0 < c.blob_offset);
+            out.extend(
+                self.blob_order[i..]
+                    .iter()
+                    .take_while(|e| e.0 == c.blob_offset)
+                    .map(|&(_, n, k)| &nodes[n as usize].chunks[k as usize])
+                    .filter(|s| s.inner_offset != c.inner_offset)
+                    .cloned(),
+            );
         }
     }
 

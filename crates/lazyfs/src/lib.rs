@@ -52,9 +52,9 @@ pub use config::{Config, ConfigError};
 pub use error::{Error, NotEstargz};
 pub use fuse::{adopt, mount, MountHandle};
 pub use inflight::{in_flight, persist_in as persist_in_flight, wait_drained};
-pub use layer::{LazyLayer, PrefetchReport};
+pub use layer::{BlobCheck, LazyLayer, PrefetchReport};
 pub use mounts::{cleanup_dead_mounts, is_fuse_mounted};
-pub use open::TocBytes;
+pub use open::{external_toc_bytes, TocBytes};
 pub use scheduler::{FetchVia, Scheduler};
 pub use source::{FileSource, RangeSource, SourceError};
 pub use stats::{Stats, StatsSnapshot};
@@ -69,3 +69,5 @@ mod layer_tests;
 mod readpath_tests;
 #[cfg(test)]
 mod testutil;
+#[cfg(test)]
+mod unverified_tests;

@@ -59,7 +59,7 @@ impl LazyLayer {
         rt: Handle,
     ) -> Result<(Arc<LazyLayer>, TocBytes), Error> {
         let toc = read_toc_member(source.as_ref(), tail, layer_digest, cfg).await?;
-        let (index, _) = index_from_member(&toc, layer_digest, toc_digest).await?;
+        let (index, _) = index_from_member(&toc, layer_digest, toc_digest, cfg).await?;
         let layer = Self::from_index(source, layer_digest, index, cfg, via.into(), rt);
         Ok((layer, toc))
     }
@@ -77,17 +77,32 @@ impl LazyLayer {
         via: impl Into<FetchVia>,
         rt: Handle,
     ) -> Result<Arc<LazyLayer>, Error> {
-        let (index, _) = index_from_member(toc, layer_digest, Some(toc_digest)).await?;
-        Ok(Self::from_index(
-            source,
-            layer_digest,
-            index,
-            cfg,
-            via.into(),
-            rt,
-        ))
+        Self::open_with_toc(source, layer_digest, toc, Some(toc_digest), cfg, via, rt).await
     }
 
+    /// Open with a TOC from elsewhere: kept on disk, or an external TOC
+    /// (`toc.toc_offset` is then where the blob's data ends, before its
+    /// 46-byte footer: see [`external_toc_bytes`]). Without `toc_digest`
+    /// the layer is unverified ([`LazyLayer::mark_unverified`]).
+    pub async fn open_with_toc(
+        source: Arc<dyn RangeSource>,
+        layer_digest: &str,
+        toc: &TocBytes,
+        toc_digest: Option<&str>,
+        cfg: &Config,
+        via: impl Into<FetchVia>,
+        rt: Handle,
+    ) -> Result<Arc<LazyLayer>, Error> {
+        let (index, _) = index_from_member(toc, layer_digest, toc_digest, cfg).await?;
+        let layer = Self::from_index(source, layer_digest, index, cfg, via.into(), rt);
+        if toc_digest.is_none() {
+            layer.mark_unverified();
+        }
+        Ok(layer)
+    }
+
+    /// A layer with chunks that carry no digest starts unverified (see
+    /// [`LazyLayer::mark_unverified`]).
     fn from_index(
         source: Arc<dyn RangeSource>,
         layer_digest: &str,
@@ -97,7 +112,8 @@ impl LazyLayer {
         rt: Handle,
     ) -> Arc<LazyLayer> {
         let prefetch_end = index.prefetch_end();
-        LazyLayer::from_nodes(
+        let verified = index.unverified_chunks() == 0;
+        let layer = LazyLayer::from_nodes(
             source,
             layer_digest,
             index.nodes,
@@ -105,8 +121,24 @@ impl LazyLayer {
             cfg,
             via,
             rt,
-        )
+        );
+        if !verified {
+            layer.mark_unverified();
+        }
+        layer
     }
+}
+
+/// The [`TocBytes`] of an external-TOC blob of `blob_size` bytes whose
+/// TOC member (from its TOC image) is `member`: the data ends before the
+/// 46-byte footer. `None` if the blob cannot hold that footer.
+pub fn external_toc_bytes(member: Bytes, blob_size: u64) -> Option<TocBytes> {
+    let toc_offset = estargz::external::data_end(blob_size).ok()?;
+    Some(TocBytes {
+        member,
+        toc_offset,
+        blob_size,
+    })
 }
 
 /// Footer and TOC member from the blob, in at most two ranged reads.
@@ -167,12 +199,18 @@ pub async fn read_toc_member(
 }
 
 /// Parse and verify a TOC member (the digest of its JSON against
-/// `toc_digest`, when given) into the validated index.
+/// `toc_digest`, when given) into the validated index; chunks without
+/// digests only with `cfg.allow_no_verification`.
 pub async fn index_from_member(
     toc: &TocBytes,
     layer: &str,
     toc_digest: Option<&str>,
+    cfg: &Config,
 ) -> Result<(Index, String), Error> {
+    let opts = estargz::IndexOptions {
+        unverified_key: cfg.allow_no_verification.then(|| layer.to_string()),
+        ..Default::default()
+    };
     let invalid = |source: estargz::Error| Error::Invalid {
         layer: layer.to_string(),
         source,
@@ -195,7 +233,11 @@ pub async fn index_from_member(
             actual: digest.clone(),
         })?;
         // The member says gzip or zstd:chunked, and the digest just checked covers it.
-        let index = Index::from_toc_as(&toc, start, size, member_compression(&toc_member))
+        let opts = estargz::IndexOptions {
+            compression: member_compression(&toc_member),
+            ..opts
+        };
+        let index = Index::from_toc_with(&toc, start, size, &opts)
             .map_err(|e| invalid(estargz::Error::Toc(e)))?;
         Ok((index, digest))
     })?;

@@ -60,6 +60,8 @@ pub(crate) enum Tier {
     /// Disk only (memory when there is no disk tier): background fetch must
     /// not fill the memory tier with what nobody reads now.
     Cold,
+    /// Memory only: chunks without a digest (see `settle`).
+    Memory,
 }
 
 pub struct Scheduler {
@@ -166,11 +168,18 @@ impl Scheduler {
     /// drop the in-flight entry. Blocking (disk write).
     pub(crate) fn settle(&self, o: Owned, r: Result<Bytes, FetchError>, tier: Tier) {
         let Owned { chunk, tx, waiter } = o;
+        // An unverified chunk's key names no content: the disk tier, which
+        // hashes files against their names, could never serve it again.
+        let tier = if chunk.verified { tier } else { Tier::Memory };
         match (&r, tier) {
             (Ok(b), Tier::Hot) => {
                 self.cache.insert_memory(&chunk.digest, b.clone());
                 let _ = tx.send(r.clone());
                 self.cache.insert_disk(&chunk.digest, b);
+            }
+            (Ok(b), Tier::Memory) => {
+                self.cache.insert_memory(&chunk.digest, b.clone());
+                let _ = tx.send(r.clone());
             }
             (Ok(b), Tier::Cold) => {
                 if self.cache.has_disk() {

@@ -119,6 +119,7 @@ impl TestLayer {
                 size: part.len() as u64,
                 digest: sha(part),
                 compression: estargz::Compression::Gzip,
+                verified: true,
             });
         }
         self.add(path, n)

@@ -34,6 +34,16 @@ pub struct Config {
     /// Credentials per host and repository asked before the docker config
     /// (the daemon's CRI keychain: Kubernetes pull secrets).
     pub credentials: Option<Arc<dyn registry::CredentialSource>>,
+    /// Mount layers that cannot be verified (no TOC digest in the labels
+    /// or the manifest; legacy stargz without chunk digests), the
+    /// reference's `allow_no_verification`. Each is logged and counted;
+    /// once all its chunks were fetched the whole blob is checked against
+    /// the layer digest, and a mismatch stops serving it.
+    pub allow_no_verification: bool,
+    /// The reference's `disable_verification`: here the same as
+    /// `allow_no_verification` (the reference also skips digests a layer
+    /// does carry; this daemon still checks every digest there is).
+    pub disable_verification: bool,
     /// argv that starts the fd holder (`lazyfs::handover::run_holder` on
     /// [`crate::fd_store_path`]`(root)`); set, mounts survive restarts and
     /// crashes of the daemon. `None`: they die with it.
@@ -52,6 +62,7 @@ impl Config {
             // benchmark's run from 88 to 54 MiB at the same speed.
             memory_cache_bytes: 16 << 20,
             passthrough: self.passthrough,
+            allow_no_verification: self.unverified_allowed(),
             ..lazyfs::Config::default()
         };
         if let Some(t) = self.prefetch_timeout {
@@ -67,6 +78,11 @@ impl Config {
             l.cache_max_bytes = m;
         }
         l
+    }
+
+    /// Either key lets unverifiable layers mount.
+    pub(crate) fn unverified_allowed(&self) -> bool {
+        self.allow_no_verification || self.disable_verification
     }
 
     /// The registry client settings (hosts, credentials, timeouts) this

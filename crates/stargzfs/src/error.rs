@@ -34,8 +34,11 @@ pub enum Error {
     Reference(#[source] registry::Error),
     /// Without a TOC digest from the verified manifest (or the labels) the
     /// TOC cannot be trusted, so the layer is not served lazily.
-    #[error("layer {layer} has no {TOC_DIGEST}")]
+    #[error("layer {layer} has no {TOC_DIGEST} (allow_no_verification mounts such layers unverified)")]
     NoTocDigest { layer: String },
+    /// An external-TOC layer whose TOC image cannot be found or used.
+    #[error("layer {layer}: external TOC: {reason}")]
+    ExternalToc { layer: String, reason: String },
     #[error("manifest of {image}: {source}")]
     Manifest {
         image: String,
@@ -99,7 +102,8 @@ impl Error {
             Error::NoImageRef
             | Error::NoLayerDigest
             | Error::Reference(_)
-            | Error::NoTocDigest { .. } => Verdict::FallBack,
+            | Error::NoTocDigest { .. }
+            | Error::ExternalToc { .. } => Verdict::FallBack,
             Error::Manifest { source, .. } | Error::Blob { source, .. } => registry(source),
             Error::Layer(e) => layer(e),
             Error::NotServed { .. } | Error::NotMounted { .. } => Verdict::Unavailable,
@@ -129,7 +133,8 @@ fn layer(e: &lazyfs::Error) -> Verdict {
         lazyfs::Error::NotEstargz { .. }
         | lazyfs::Error::TocDigestMismatch { .. }
         | lazyfs::Error::Invalid { .. }
-        | lazyfs::Error::Corrupt { .. } => Verdict::FallBack,
+        | lazyfs::Error::Corrupt { .. }
+        | lazyfs::Error::LayerMismatch { .. } => Verdict::FallBack,
         lazyfs::Error::Unavailable { source, .. } => fetch(source),
         lazyfs::Error::NotFound
         | lazyfs::Error::NotAFile

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::runtime::Handle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub struct StargzFs {
     pub(crate) opener: Opener,
@@ -26,6 +26,8 @@ pub struct StargzFs {
     pub(crate) mounts: tokio::sync::Mutex<HashMap<PathBuf, MountHandle>>,
     /// Mounts outliving this process (`handover`); `None`: not configured.
     pub(crate) handover: Option<Arc<Handover>>,
+    /// Layers mounted without verification (`allow_no_verification`).
+    pub(crate) unverified_mounted: std::sync::atomic::AtomicU64,
 }
 
 impl StargzFs {
@@ -67,6 +69,7 @@ impl StargzFs {
             preopened: Arc::new(Preopened::default()),
             mounts: tokio::sync::Mutex::new(HashMap::new()),
             handover,
+            unverified_mounted: Default::default(),
         })
     }
 
@@ -89,9 +92,14 @@ impl StargzFs {
                 own
             }
         };
-        let toc = toc.ok_or_else(|| Error::NoTocDigest {
-            layer: digest.to_string(),
-        })?;
+        let Some(toc) = toc else {
+            if !self.opener.cfg.allow_no_verification {
+                return Err(Error::NoTocDigest {
+                    layer: digest.to_string(),
+                });
+            }
+            return self.opener.open_unverified(&image, digest).await;
+        };
         // A TOC kept on disk opens at once: never wait behind an opening
         // ahead (a manifest fetch) that an unreachable registry stalls.
         if let Some(layer) = self.opener.open_kept(&image, digest, &toc).await {
@@ -135,6 +143,13 @@ impl StargzFs {
             return Ok(());
         }
         let layer = self.open_layer(labels).await?;
+        if layer.blob_check() != lazyfs::BlobCheck::NotNeeded {
+            self.unverified_mounted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(layer = %layer.digest(), mount = %mountpoint.display(),
+                "layer mounted WITHOUT verification (allow_no_verification): no TOC digest or no chunk digests; \
+                 the whole blob is checked against the layer digest once every chunk was fetched");
+        }
         // The prioritized files are fetched while the mount goes on; reads
         // of them join that request.
         layer.start_prefetch();

@@ -330,6 +330,12 @@ impl crate::StargzFs {
         &self.opener.tocs.stats
     }
 
+    /// Layers mounted without verification since the start.
+    pub fn unverified_mounted(&self) -> u64 {
+        self.unverified_mounted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The mounted layers: mount point, layer digest, blob size, bytes fetched.
     pub async fn layers(&self) -> Vec<LayerInfo> {
         self.mounts
@@ -345,6 +351,7 @@ impl crate::StargzFs {
                     fetched: h.layer().fetched_bytes(),
                     requests: s.requests,
                     alive: h.is_alive(),
+                    blob_check: h.layer().blob_check(),
                 }
             })
             .collect()
@@ -360,4 +367,6 @@ pub struct LayerInfo {
     pub fetched: u64,
     pub requests: u64,
     pub alive: bool,
+    /// `NotNeeded` for a verified layer; else where its whole-blob check stands.
+    pub blob_check: lazyfs::BlobCheck,
 }

@@ -95,20 +95,36 @@ impl Opener {
     /// kept on disk for restarts.
     pub async fn open_tail(
         &self,
+        image: &Reference,
         digest: &str,
         (reader, tail): (registry::BlobReader, Bytes),
         toc: &str,
     ) -> Result<Arc<LazyLayer>, Error> {
-        let (layer, bytes) = LazyLayer::open_keeping_toc(
-            Arc::new(reader),
-            tail,
-            digest,
-            Some(toc),
-            &self.cfg,
-            self.sched.clone(),
-            self.rt.clone(),
-        )
-        .await?;
+        let (layer, bytes) = if estargz::external::is_footer(&tail) {
+            let bytes = self.external_toc(image, digest, reader.size()).await?;
+            let layer = LazyLayer::open_with_toc(
+                Arc::new(reader),
+                digest,
+                &bytes,
+                Some(toc),
+                &self.cfg,
+                self.sched.clone(),
+                self.rt.clone(),
+            )
+            .await?;
+            (layer, bytes)
+        } else {
+            LazyLayer::open_keeping_toc(
+                Arc::new(reader),
+                tail,
+                digest,
+                Some(toc),
+                &self.cfg,
+                self.sched.clone(),
+                self.rt.clone(),
+            )
+            .await?
+        };
         let tocs = self.tocs.clone();
         let (digest, toc) = (digest.to_string(), toc.to_string());
         // Verified above; a failure to keep it only costs the next restart.
@@ -172,6 +188,87 @@ impl Opener {
         }
     }
 
+    /// Open a layer nothing vouches for (no TOC digest; the caller checked
+    /// that unverified layers are allowed): marked unverified, so it gets
+    /// the layer-level check; its TOC is not kept on disk.
+    pub async fn open_unverified(
+        &self,
+        image: &Reference,
+        digest: &str,
+    ) -> Result<Arc<LazyLayer>, Error> {
+        let (reader, tail) = self.tail(image, digest).await?;
+        let layer = if estargz::external::is_footer(&tail) {
+            let bytes = self.external_toc(image, digest, reader.size()).await?;
+            LazyLayer::open_with_toc(
+                Arc::new(reader),
+                digest,
+                &bytes,
+                None,
+                &self.cfg,
+                self.sched.clone(),
+                self.rt.clone(),
+            )
+            .await?
+        } else {
+            LazyLayer::open_keeping_toc(
+                Arc::new(reader),
+                tail,
+                digest,
+                None,
+                &self.cfg,
+                self.sched.clone(),
+                self.rt.clone(),
+            )
+            .await?
+            .0
+        };
+        layer.mark_unverified();
+        Ok(layer)
+    }
+
+    /// The TOC of an external-TOC layer (a blob of `blob_size` bytes): from
+    /// the TOC image `<tag>-esgztoc` of the same repository, the layer whose
+    /// annotation names `digest`, fetched whole and checked against its
+    /// digest (the TOC digest is checked by the caller).
+    pub async fn external_toc(
+        &self,
+        image: &Reference,
+        digest: &str,
+        blob_size: u64,
+    ) -> Result<lazyfs::TocBytes, Error> {
+        let fail = |reason: String| Error::ExternalToc {
+            layer: digest.to_string(),
+            reason,
+        };
+        let tag = image
+            .tag()
+            .ok_or_else(|| fail(format!("{image} has no tag to name its TOC image by")))?;
+        let toc_ref = image
+            .repo_only()
+            .with_tag(&estargz::external::toc_image_tag(tag));
+        let m = self
+            .client
+            .fetch_manifest(&toc_ref)
+            .await
+            .map_err(|source| Error::Manifest {
+                image: toc_ref.to_string(),
+                source,
+            })?;
+        let found = estargz::external::find_toc_layer(&m.resolved.bytes, digest)
+            .map_err(|e| fail(format!("{toc_ref}: {e}")))?;
+        let member = self
+            .client
+            .fetch_blob_bytes(&toc_ref, &found.digest, found.size)
+            .await
+            .map_err(|source| Error::Blob {
+                layer: found.digest.clone(),
+                source,
+            })?;
+        tracing::debug!(layer = digest, toc_image = %toc_ref, "external TOC fetched");
+        lazyfs::external_toc_bytes(member, blob_size)
+            .ok_or_else(|| fail(format!("a blob of {blob_size} bytes cannot hold the footer")))
+    }
+
     /// Open a layer from the registry (the caller has already tried its
     /// kept TOC with [`Opener::open_kept`]).
     pub async fn open(
@@ -181,6 +278,6 @@ impl Opener {
         toc: String,
     ) -> Result<Arc<LazyLayer>, Error> {
         let tail = self.tail(&image, &digest).await?;
-        self.open_tail(&digest, tail, &toc).await
+        self.open_tail(&image, &digest, tail, &toc).await
     }
 }

@@ -116,7 +116,7 @@ impl Preopened {
                     debug!(layer = %digest, "blob size differs from the manifest's; not opened ahead");
                     return None;
                 }
-                let layer = opener2.open_tail(&digest, tail, &toc).await.ok()?;
+                let layer = opener2.open_tail(&image, &digest, tail, &toc).await.ok()?;
                 Some((layer, toc))
             });
             self.insert(&d, async move { task.await.ok().flatten() }.boxed());

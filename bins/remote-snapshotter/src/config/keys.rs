@@ -37,8 +37,6 @@ const ONE_CACHE: &str = "one chunk cache serves every layer: a 16 MiB memory tie
                          tier under the state directory, bounded by `cache.max_size`";
 const KERNEL_TTL: &str = "the kernel caches attributes, names and missing names for 24 h \
                           (layers never change)";
-const VERIFIED: &str = "every lazily read chunk is checked against the layer's TOC; a layer \
-                        without a TOC digest is pulled the ordinary way instead";
 const DOCKER_CREDS: &str =
     "credentials come from the docker config.json (`auths`, `credsStore`, `credHelpers`)";
 const IN_PROCESS_FUSE: &str = "FUSE is served by the daemon itself; no separate FUSE manager";
@@ -51,10 +49,10 @@ pub const KEYS: &[Key] = &[
     works("prefetch_timeout_sec", "longest wait for the prioritized files; the mount goes on without them"),
     works("max_concurrency", "ranged requests in flight per layer; four times as many registry connections"),
     works("metrics_address", "serves Prometheus metrics there (`--metrics-address` wins)"),
-    no_effect("allow_no_verification", VERIFIED),
+    works("allow_no_verification", "mounts layers that cannot be verified (no TOC digest; legacy stargz without chunk digests), each logged and counted (`unverified_layers_mounted`); once every chunk was fetched the whole blob is checked against the layer digest and a mismatch stops the layer; off, such layers are pulled the ordinary way"),
+    works("disable_verification", "as `allow_no_verification`; unlike the reference, digests a layer does carry (TOC, chunks) are still checked"),
     no_effect("debug", "use `--log-level debug`"),
     no_effect("debug_address", "there is no debug endpoint"),
-    no_effect("disable_verification", VERIFIED),
     no_effect("filesystem_cache_type", ONE_CACHE),
     no_effect("fusemanager_address", IN_PROCESS_FUSE),
     no_effect("fusemanager_path", IN_PROCESS_FUSE),

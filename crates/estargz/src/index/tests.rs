@@ -93,6 +93,7 @@ fn tree_with_implicit_parents_and_attributes() {
             size: 5,
             digest: D1.into(),
             compression: crate::Compression::Gzip,
+            verified: true,
         }]
     );
     let l = idx.node(idx.lookup("a/b/l").unwrap()).unwrap();

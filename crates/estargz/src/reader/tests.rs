@@ -248,6 +248,7 @@ fn chunk(size: u64, digest: &str) -> Chunk {
         size,
         digest: digest.into(),
         compression: crate::Compression::Gzip,
+        verified: true,
     }
 }
 

@@ -208,5 +208,6 @@ async fn background_fetch(weak: Weak<LazyLayer>) {
     }
     if let Some(l) = weak.upgrade() {
         info!(layer = %l.digest, fetched = l.fetched_bytes(), size = l.blob_size, "background fetch done");
+        l.check_if_complete();
     }
 }

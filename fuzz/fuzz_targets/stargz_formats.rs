@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     let unverified = IndexOptions {
         unverified_key: Some("sha256:fuzz".into()),
+        ..Default::default()
     };
     match mode % 4 {
         0 => {

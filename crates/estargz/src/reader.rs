@@ -362,6 +362,8 @@ pub fn open_external<R: ReadAt>(
             toc_offset: end,
             size: crate::external::FOOTER_SIZE,
             legacy: false,
+            compression: Compression::Gzip,
+            toc_size: None,
         },
     })
 }

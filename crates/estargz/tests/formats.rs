@@ -60,6 +60,7 @@ fn legacy_stargz_has_no_digests_and_opens_only_unverified() {
     }
     let opts = IndexOptions {
         unverified_key: Some(r.blob_digest.clone()),
+        ..Default::default()
     };
     let layer = estargz::open_with(&blob[..], blob.len() as u64, None, &opts).unwrap();
     assert!(layer.toc.entries.iter().all(|e| e.chunk_digest.is_empty()));
@@ -76,6 +77,7 @@ fn legacy_stargz_has_no_digests_and_opens_only_unverified() {
     assert_eq!(keys.len(), chunks.len());
     let other = IndexOptions {
         unverified_key: Some("sha256:other".into()),
+        ..Default::default()
     };
     let l2 = estargz::open_with(&blob[..], blob.len() as u64, None, &other).unwrap();
     assert!(l2.index.all_chunks().all(|(_, c)| !keys.contains(&c.digest)));
@@ -108,6 +110,7 @@ fn a_present_but_malformed_digest_is_refused_even_unverified() {
     e.chunk_digest = "sha256:nothex".into();
     let opts = IndexOptions {
         unverified_key: Some("k".into()),
+        ..Default::default()
     };
     let r = estargz::Index::from_toc_with(&toc, layer.index.toc_offset, blob.len() as u64, &opts);
     assert!(matches!(r, Err(TocError::MissingChunkDigest(_))));

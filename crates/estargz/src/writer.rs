@@ -17,6 +17,9 @@
 mod input;
 mod pipeline;
 
+/// The tar scanner, also used by `gzindex` to build a plain gzip layer's file table.
+pub use input::{scan, InEntry, Kind};
+
 use crate::error::{Error, Result};
 use crate::footer::write_footer;
 use crate::index::{clean_path, Index};
@@ -26,7 +29,6 @@ use crate::toc::{
     EntryType, Toc, TocEntry, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
     TOC_TAR_NAME,
 };
-use input::{InEntry, Kind};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};

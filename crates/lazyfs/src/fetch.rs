@@ -15,6 +15,7 @@ use crate::chunk;
 // Defined beside the chunk decoding; named here too, where callers meet it.
 pub(crate) use crate::chunk::FetchError;
 use crate::config::Config;
+use crate::decoder::{decode_group, MemberDecoder};
 use crate::scheduler::{Claim, Owned, Scheduler, Tier, Waiter};
 use crate::source::RangeSource;
 use crate::stats::{FetchClass, Stats};
@@ -23,7 +24,7 @@ use estargz::index::Chunk;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::runtime::Handle;
 
@@ -54,6 +55,8 @@ pub(crate) struct Fetcher {
     /// Gzip members of this layer known to be in the cache: offset -> length.
     resident: Mutex<HashMap<u64, u64>>,
     resident_bytes: AtomicU64,
+    /// Set for layers whose chunks are not gzip members (`decoder`).
+    decoder: OnceLock<std::sync::Arc<dyn MemberDecoder>>,
 }
 
 /// One planned request range and the chunks it covers.
@@ -102,7 +105,18 @@ impl Fetcher {
             rt,
             resident: Mutex::new(HashMap::new()),
             resident_bytes: AtomicU64::new(0),
+            decoder: OnceLock::new(),
         }
+    }
+
+    /// Decode this layer's chunks with `d` (before the first fetch).
+    pub(crate) fn set_decoder(&self, d: Arc<dyn MemberDecoder>) {
+        let _ = self.decoder.set(d);
+    }
+
+    /// The layer's format: `estargz`, or the decoder's.
+    pub(crate) fn format(&self) -> &'static str {
+        self.decoder.get().map_or("estargz", |d| d.format())
     }
 
     pub(crate) fn scheduler(&self) -> &Arc<Scheduler> {
@@ -375,25 +389,50 @@ impl Fetcher {
         let me = self.clone();
         // Gunzip, hash and write on the blocking pool: an answer can be megabytes.
         let decoded = tokio::task::spawn_blocking(move || {
+            let decoder = me.decoder.get().cloned();
             for (span, buf) in spans.into_iter().zip(bufs) {
-                for o in span.chunks {
-                    let lo = (o.chunk.blob_offset - span.start) as usize;
-                    let hi = (o.chunk.blob_end - span.start) as usize;
-                    let r = chunk::decode(&buf[lo..hi], &o.chunk).map_err(FetchError::from);
-                    let held = r.as_ref().map_or(0, |b| b.len() as u64);
-                    if background {
-                        me.sched.background_hold(held);
-                    }
-                    match &r {
-                        Ok(_) => me.mark_resident(&o.chunk),
-                        Err(e) if e.is_corrupt() => {
-                            me.stats.corrupt_chunks.fetch_add(1, Relaxed);
+                let mut rest = span.chunks;
+                while !rest.is_empty() {
+                    // A decoder takes every chunk of one blob range at once.
+                    let n = match &decoder {
+                        Some(_) => {
+                            let (s, e) = (rest[0].chunk.blob_offset, rest[0].chunk.blob_end);
+                            rest.iter()
+                                .take_while(|o| o.chunk.blob_offset == s && o.chunk.blob_end == e)
+                                .count()
                         }
-                        Err(_) => {}
-                    }
-                    me.sched.settle(o, r, tier);
-                    if background {
-                        me.sched.background_release(held);
+                        None => 1,
+                    };
+                    let group: Vec<Owned> = rest.drain(..n).collect();
+                    let lo = (group[0].chunk.blob_offset - span.start) as usize;
+                    let hi = (group[0].chunk.blob_end - span.start) as usize;
+                    let results: Vec<Result<Bytes, FetchError>> = match &decoder {
+                        Some(d) => {
+                            let refs: Vec<&Chunk> = group.iter().map(|o| &o.chunk).collect();
+                            decode_group(d.as_ref(), &buf[lo..hi], &refs)
+                                .into_iter()
+                                .map(|r| r.map_err(FetchError::from))
+                                .collect()
+                        }
+                        None => vec![chunk::decode(&buf[lo..hi], &group[0].chunk)
+                            .map_err(FetchError::from)],
+                    };
+                    for (o, r) in group.into_iter().zip(results) {
+                        let held = r.as_ref().map_or(0, |b| b.len() as u64);
+                        if background {
+                            me.sched.background_hold(held);
+                        }
+                        match &r {
+                            Ok(_) => me.mark_resident(&o.chunk),
+                            Err(e) if e.is_corrupt() => {
+                                me.stats.corrupt_chunks.fetch_add(1, Relaxed);
+                            }
+                            Err(_) => {}
+                        }
+                        me.sched.settle(o, r, tier);
+                        if background {
+                            me.sched.background_release(held);
+                        }
                     }
                 }
                 if background {

@@ -150,6 +150,15 @@ impl LazyLayer {
         &self.digest
     }
 
+    /// Which format the layer is served from (`estargz`, `gzindex`).
+    pub fn format(&self) -> &'static str {
+        self.fetcher.format()
+    }
+
+    pub(crate) fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
+    }
+
     pub fn blob_size(&self) -> u64 {
         self.blob_size
     }
@@ -187,6 +196,7 @@ impl LazyLayer {
         };
         let v = serde_json::json!({
             "digest": self.digest,
+            "format": self.format(),
             "size": self.blob_size,
             "fetchedSize": fetched,
             "fetchedPercent": pct,

@@ -25,6 +25,7 @@ pub mod hosts;
 pub mod manifest;
 pub mod multipart;
 mod push;
+pub mod referrers;
 pub mod reference;
 mod transport;
 
@@ -35,6 +36,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use hosts::{HostConfig, HostsConfig, MirrorConfig};
 pub use manifest::{Manifest, Platform, Resolved, MANIFEST_ACCEPT};
 pub use push::{BlobPush, PushOptions};
+pub use referrers::{fallback_tag, Referrer};
 pub use reference::Reference;
 
 use parking_lot::Mutex;

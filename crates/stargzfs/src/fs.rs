@@ -63,6 +63,10 @@ impl StargzFs {
                 sched,
                 rt: Handle::current(),
                 tocs: Arc::new(TocStore::new(&cfg.root)),
+                gz: crate::gzlayer::GzLookup {
+                    dir: cfg.gzindex_dir.clone(),
+                    registry_lookup: cfg.gzindex_registry,
+                },
             },
             preopened: Arc::new(Preopened::default()),
             mounts: tokio::sync::Mutex::new(HashMap::new()),
@@ -89,9 +93,15 @@ impl StargzFs {
                 own
             }
         };
-        let toc = toc.ok_or_else(|| Error::NoTocDigest {
-            layer: digest.to_string(),
-        })?;
+        let Some(toc) = toc else {
+            // No TOC: a plain gzip layer, lazy only through a seekable index.
+            return match self.opener.open_gz_indexed(&image, digest).await? {
+                Some(layer) => Ok(layer),
+                None => Err(Error::NoTocDigest {
+                    layer: digest.to_string(),
+                }),
+            };
+        };
         // A TOC kept on disk opens at once: never wait behind an opening
         // ahead (a manifest fetch) that an unreachable registry stalls.
         if let Some(layer) = self.opener.open_kept(&image, digest, &toc).await {

@@ -345,6 +345,7 @@ impl crate::StargzFs {
                     fetched: h.layer().fetched_bytes(),
                     requests: s.requests,
                     alive: h.is_alive(),
+                    format: h.layer().format(),
                 }
             })
             .collect()
@@ -360,4 +361,7 @@ pub struct LayerInfo {
     pub fetched: u64,
     pub requests: u64,
     pub alive: bool,
+    /// What the layer is served from: `estargz` (its TOC) or `gzindex`
+    /// (a plain gzip layer's seekable index).
+    pub format: &'static str,
 }

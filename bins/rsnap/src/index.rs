@@ -209,7 +209,7 @@ async fn index_layer(
         use std::io::{Seek, SeekFrom};
         file.seek(SeekFrom::Start(0))?;
         let r = std::io::BufReader::with_capacity(1 << 20, file);
-        Ok(gzindex::build(r, &digest, &opts, &scratch)?)
+        Ok::<_, anyhow::Error>(gzindex::build(r, &digest, &opts, &scratch)?)
     })
     .await?
 }
@@ -230,11 +230,13 @@ async fn push_artifact(
     let mut layers = Vec::new();
     for b in built {
         client.push_blob(repo, &b.digest, b.blob.clone()).await?;
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(gzindex::LAYER_ANNOTATION.to_string(), json!(b.layer));
         layers.push(json!({
             "mediaType": gzindex::MEDIA_TYPE,
             "digest": b.digest,
             "size": b.blob.len(),
-            "annotations": { gzindex::LAYER_ANNOTATION: b.layer },
+            "annotations": annotations,
         }));
     }
     let manifest = json!({

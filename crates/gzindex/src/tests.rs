@@ -305,11 +305,11 @@ fn structural_lies_are_refused_at_parse() {
     }
     // A piece not at a checkpoint, and one running past its span.
     let mut a = idx.clone();
-    let e = a.toc.entries.iter_mut().find(|e| e.chunk_digest.len() > 0).unwrap();
+    let e = a.toc.entries.iter_mut().find(|e| !e.chunk_digest.is_empty()).unwrap();
     e.offset += 1;
     assert!(GzIndex::parse(&a.to_bytes()).unwrap().layer_index().is_err());
     let mut a = idx.clone();
-    let e = a.toc.entries.iter_mut().find(|e| e.chunk_digest.len() > 0).unwrap();
+    let e = a.toc.entries.iter_mut().find(|e| !e.chunk_digest.is_empty()).unwrap();
     e.inner_offset = 1 << 30;
     assert!(GzIndex::parse(&a.to_bytes()).unwrap().layer_index().is_err());
     // Garbage and truncations.

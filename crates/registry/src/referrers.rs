@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::manifest::{MAX_MANIFEST, MEDIA_OCI_INDEX};
-use crate::transport::{execute_any, read_limited, unexpected, Request};
+use crate::transport::{execute_any, read_limited, Request};
 use crate::{pull_scope, Client, Reference};
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
@@ -114,6 +114,9 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
+        if !index.is_object() {
+            return Err(Error::invalid(repo, "referrers index is not a JSON object"));
+        }
         if entries(&index).iter().any(|r| r.digest == referrer.digest) {
             return Ok(());
         }

@@ -268,6 +268,9 @@ fn file_table(
             _ => {}
         }
         if e.kind != Kind::Reg || e.data.is_empty() {
+            if e.kind == Kind::Reg {
+                t.digest = format!("sha256:{}", hex::encode(Sha256::digest(b"")));
+            }
             toc.entries.push(t);
             continue;
         }

@@ -322,7 +322,7 @@ fn structural_lies_are_refused_at_parse() {
 
 #[test]
 fn several_gzip_members_get_a_checkpoint_each() {
-    let files = vec![("f1", text(5, 200 << 10)), ("f2", text(6, 300 << 10))];
+    let files = vec![("usr/lib/big.bin", text(5, 200 << 10)), ("f2", text(6, 300 << 10))];
     let tar = tar_bytes(&files);
     let cut = 512 * 200;
     let mut blob = gzip(&tar[..cut]);

@@ -159,7 +159,7 @@ fn plain_gzip_image_indexed_once_pulls_lazily_and_runs() {
         "no_background_fetch = true\n[blob]\nmax_retries = 2\n",
     )
     .unwrap();
-    let daemon = common::start(scratch.path(), &[]);
+    let (daemon, maddr) = common::start_with_metrics(scratch.path(), &[]);
     let ctrd = Containerd::start(scratch.path(), Some(&daemon.sock));
 
     // Through the counting proxy: every registry byte of the pull and run.
@@ -196,6 +196,15 @@ fn plain_gzip_image_indexed_once_pulls_lazily_and_runs() {
         state.matches("\"format\":\"gzindex\"").count(),
         3,
         "state files: {state}"
+    );
+    // And so do the metrics.
+    let m = common::metrics(&maddr);
+    assert_eq!(
+        m.lines()
+            .filter(|l| l.starts_with("remote_snapshotter_layer_format{") && l.contains("format=\"gzindex\""))
+            .count(),
+        3,
+        "{m}"
     );
 
     // An index in the local directory (no referrer in the registry).

@@ -15,6 +15,10 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
+/// Largest piece (chunk) of a file: pieces of one span are inflated
+/// together, so smaller pieces cost no extra inflating, only a digest each.
+pub const MAX_PIECE: u64 = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     /// Uncompressed bytes between checkpoints (at least; they sit on
@@ -113,6 +117,9 @@ fn inflate_pass<R: Read>(mut blob: R, mut tar: BufWriter<File>, opts: &BuildOpti
     // span crosses from one member into the next.
     let mut force = true;
     let mut in_member = true;
+    // The last compressed byte inflate consumed: a checkpoint inside a byte
+    // keeps it (`Checkpoint::prime`).
+    let mut last_byte = 0u8;
     loop {
         if in_pos == in_end && !eof {
             let n = read_retry(&mut blob, &mut inbuf)?;
@@ -131,6 +138,9 @@ fn inflate_pass<R: Read>(mut blob: R, mut tar: BufWriter<File>, opts: &BuildOpti
         }
         let step = z.inflate(&inbuf[in_pos..in_end], &mut out, zlib::Z_BLOCK);
         in_pos += step.consumed;
+        if step.consumed > 0 {
+            last_byte = inbuf[in_pos - 1];
+        }
         totin += step.consumed as u64;
         totout += step.produced as u64;
         if totout > opts.max_uncompressed {
@@ -168,10 +178,12 @@ fn inflate_pass<R: Read>(mut blob: R, mut tar: BufWriter<File>, opts: &BuildOpti
                     cap: MAX_CHECKPOINTS as u64,
                 });
             }
+            let unused = (step.data_type & 7) as u64;
             checkpoints.push(Checkpoint {
-                in_bit: totin * 8 - (step.data_type & 7) as u64,
+                in_bit: totin * 8 - unused,
                 out: totout,
                 window: window.clone(),
+                prime: if unused == 0 { 0 } else { last_byte },
             });
             last = totout;
             force = false;
@@ -281,7 +293,9 @@ fn file_table(
         while pos < e.data.end {
             let k = cps.partition_point(|c| c.out <= pos).saturating_sub(1);
             let span_end = cps.get(k + 1).map_or(total, |n| n.out);
-            let end = e.data.end.min(span_end);
+            // Pieces of at most MAX_PIECE: a read hashes and caches whole
+            // pieces, and the memory tier takes small ones only.
+            let end = e.data.end.min(span_end).min(pos + MAX_PIECE);
             let mut piece = Sha256::new();
             let mut at = pos;
             while at < end {
@@ -294,7 +308,7 @@ fn file_table(
             pieces.push(TocEntry {
                 name: e.name.clone(),
                 kind: EntryType::Chunk,
-                offset: cps[k].byte() as i64,
+                offset: cps[k].start() as i64,
                 inner_offset: (pos - cps[k].out) as i64,
                 chunk_offset: (pos - e.data.start) as i64,
                 chunk_size: (end - pos) as i64,

@@ -5,7 +5,7 @@
 //! | field | bytes |
 //! |---|---|
 //! | header length `h` | u32 LE |
-//! | header JSON (`Header`: layer, sizes, `[in_bit, out]` per checkpoint) | `h` |
+//! | header JSON (`Header`: layer, sizes, `[in_bit, out, prime byte]` per checkpoint) | `h` |
 //! | per checkpoint: window length `w` (u32 LE), window | `4 + w` each |
 //! | file table: eStargz TOC JSON (version 1) | rest |
 //!
@@ -44,12 +44,18 @@ pub struct Checkpoint {
     pub out: u64,
     /// Up to 32 KiB of uncompressed bytes before `out`.
     pub window: Vec<u8>,
+    /// The blob byte holding the first bit when the span starts inside a
+    /// byte (its high bits are primed into inflate), so a span's blob range
+    /// starts after it and the ranges of consecutive spans do not overlap
+    /// (a registry answers overlapping multi-range requests with the whole
+    /// blob). 0 when the span starts on a byte boundary.
+    pub prime: u8,
 }
 
 impl Checkpoint {
-    /// The blob byte holding the first bit: the piece chunks' `blob_offset`.
-    pub fn byte(&self) -> u64 {
-        self.in_bit / 8
+    /// First blob byte of the span's range: the piece chunks' `blob_offset`.
+    pub fn start(&self) -> u64 {
+        self.in_bit.div_ceil(8)
     }
 }
 
@@ -74,7 +80,7 @@ struct Header {
     layer_size: u64,
     uncompressed_size: u64,
     span_size: u64,
-    checkpoints: Vec<(u64, u64)>,
+    checkpoints: Vec<(u64, u64, u8)>,
 }
 
 fn valid_sha256(d: &str) -> bool {
@@ -90,7 +96,11 @@ impl GzIndex {
             layer_size: self.layer_size,
             uncompressed_size: self.uncompressed_size,
             span_size: self.span_size,
-            checkpoints: self.checkpoints.iter().map(|c| (c.in_bit, c.out)).collect(),
+            checkpoints: self
+                .checkpoints
+                .iter()
+                .map(|c| (c.in_bit, c.out, c.prime))
+                .collect(),
         };
         let h = serde_json::to_vec(&header).unwrap_or_default();
         let mut body = Vec::new();
@@ -148,7 +158,7 @@ impl GzIndex {
             });
         }
         let mut checkpoints = Vec::with_capacity(header.checkpoints.len());
-        for &(in_bit, out) in &header.checkpoints {
+        for &(in_bit, out, prime) in &header.checkpoints {
             let w = take_u32(&mut cur)? as usize;
             if w > WINDOW {
                 return Err(malformed(format!("window of {w} bytes at {out}")));
@@ -158,6 +168,7 @@ impl GzIndex {
                 in_bit,
                 out,
                 window,
+                prime,
             });
         }
         let toc = Toc::from_json(cur).map_err(|e| malformed(format!("file table: {e}")))?;
@@ -188,7 +199,7 @@ impl GzIndex {
             return Err(malformed("first checkpoint is not at the start"));
         }
         for (i, c) in self.checkpoints.iter().enumerate() {
-            if c.byte() >= self.layer_size {
+            if c.in_bit / 8 >= self.layer_size {
                 return Err(malformed(format!("checkpoint {i} past the layer")));
             }
             if c.window.len() as u64 > c.out {
@@ -196,7 +207,7 @@ impl GzIndex {
             }
             if i > 0 {
                 let p = &self.checkpoints[i - 1];
-                if c.byte() <= p.byte() || c.out <= p.out {
+                if c.start() <= p.start() || c.out <= p.out {
                     return Err(malformed(format!("checkpoint {i} out of order")));
                 }
             }
@@ -222,11 +233,12 @@ impl GzIndex {
     }
 
     /// Blob end (exclusive) of the bytes span `i` needs: through the byte
-    /// holding the next checkpoint's first bit, or the end of the blob.
+    /// holding the next checkpoint's first bit (where the next span's range
+    /// starts), or the end of the blob.
     pub fn span_blob_end(&self, i: usize) -> u64 {
         self.checkpoints
             .get(i + 1)
-            .map_or(self.layer_size, |n| n.in_bit.div_ceil(8).min(self.layer_size))
+            .map_or(self.layer_size, |n| n.start().min(self.layer_size))
     }
 
     /// Refuse to serve `layer` (digest, size) through an index built for
@@ -254,7 +266,7 @@ impl GzIndex {
             for c in &mut node.chunks {
                 let i = self
                     .checkpoints
-                    .binary_search_by_key(&c.blob_offset, |k| k.byte())
+                    .binary_search_by_key(&c.blob_offset, |k| k.start())
                     .map_err(|_| {
                         malformed(format!("piece at {} is not at a checkpoint", c.blob_offset))
                     })?;

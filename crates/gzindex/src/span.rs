@@ -10,9 +10,11 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 struct Start {
+    /// Blob offset of the span's range (after a partly used byte).
     byte: u64,
-    /// `in_bit % 8`: bits of the first byte that belong to the span before.
+    /// `in_bit % 8`: bits of the `prime` byte that belong to the span before.
     skip_bits: u8,
+    prime: u8,
     window: Arc<[u8]>,
     len: u64,
 }
@@ -29,8 +31,9 @@ impl SpanDecoder {
             .iter()
             .enumerate()
             .map(|(i, c)| Start {
-                byte: c.byte(),
+                byte: c.start(),
                 skip_bits: (c.in_bit % 8) as u8,
+                prime: c.prime,
                 window: c.window.as_slice().into(),
                 len: idx.span_len(i),
             })
@@ -38,8 +41,8 @@ impl SpanDecoder {
         SpanDecoder { starts }
     }
 
-    /// Inflate the first `need` bytes of the span starting at blob byte
-    /// `byte`, from `member` (the blob from that byte on, through the
+    /// Inflate the first `need` bytes of the span whose range starts at blob
+    /// byte `byte`, from `member` (the blob from that byte on, through the
     /// span's end).
     pub fn inflate(&self, byte: u64, member: &[u8], need: u64) -> Result<Vec<u8>> {
         let span_err = |reason: String| Error::Span {
@@ -57,12 +60,8 @@ impl SpanDecoder {
         let mut z = Inflate::new(zlib::RAW).map_err(|rc| span_err(format!("inflateInit: {rc}")))?;
         let mut input = member;
         if s.skip_bits != 0 {
-            let (&first, rest) = member
-                .split_first()
-                .ok_or_else(|| span_err("no input".into()))?;
-            z.prime(8 - s.skip_bits, first >> s.skip_bits)
+            z.prime(8 - s.skip_bits, s.prime >> s.skip_bits)
                 .map_err(|rc| span_err(format!("inflatePrime: {rc}")))?;
-            input = rest;
         }
         if !s.window.is_empty() {
             z.set_dictionary(&s.window)

@@ -11,8 +11,7 @@ mod common;
 
 use e2e::containerd::{Containerd, NAMESPACE};
 use e2e::image::{
-    busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout, LayerBuilder,
-    OciImage,
+    busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout, LayerBuilder, OciImage,
 };
 use e2e::registry::{skopeo_push, Registry};
 use e2e::tcpproxy::CountingProxy;
@@ -145,7 +144,12 @@ fn plain_gzip_image_indexed_once_pulls_lazily_and_runs() {
     ]);
     // The third image gets indexes that lie: each layer's file is the
     // index of another image's layer (right format, wrong blob).
-    for (from, to) in local.image.layer_digests.iter().zip(&lied.image.layer_digests) {
+    for (from, to) in local
+        .image
+        .layer_digests
+        .iter()
+        .zip(&lied.image.layer_digests)
+    {
         let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
         std::fs::copy(
             gzdir.join(format!("{}.gzindex", hex(from))),
@@ -201,7 +205,8 @@ fn plain_gzip_image_indexed_once_pulls_lazily_and_runs() {
     let m = common::metrics(&maddr);
     assert_eq!(
         m.lines()
-            .filter(|l| l.starts_with("remote_snapshotter_layer_format{") && l.contains("format=\"gzindex\""))
+            .filter(|l| l.starts_with("remote_snapshotter_layer_format{")
+                && l.contains("format=\"gzindex\""))
             .count(),
         3,
         "{m}"
@@ -210,7 +215,10 @@ fn plain_gzip_image_indexed_once_pulls_lazily_and_runs() {
     // An index in the local directory (no referrer in the registry).
     let local_ref = format!("{}/plain/local:v1", reg.host());
     let out = pull(&ctrd, &local_ref);
-    assert!(out.contains("3 lazy, 0 fetched"), "local index not used: {out}");
+    assert!(
+        out.contains("3 lazy, 0 fetched"),
+        "local index not used: {out}"
+    );
     let run = ctrd.run(
         &local_ref,
         Some("remote"),
@@ -221,7 +229,10 @@ fn plain_gzip_image_indexed_once_pulls_lazily_and_runs() {
     // Indexes of other layers: refused, every layer falls back, same bytes.
     let lied_ref = format!("{}/plain/lied:v1", reg.host());
     let out = pull(&ctrd, &lied_ref);
-    assert!(out.contains("0 lazy, 3 fetched"), "a lying index was used: {out}");
+    assert!(
+        out.contains("0 lazy, 3 fetched"),
+        "a lying index was used: {out}"
+    );
     let run = ctrd.run(
         &lied_ref,
         Some("remote"),

@@ -64,7 +64,10 @@ async fn manifests(client: &Client, r: &Reference, args: &Args) -> Result<Vec<re
     let mut out = Vec::new();
     for m in idx["manifests"].as_array().into_iter().flatten() {
         let p = &m["platform"];
-        let (os, arch) = (p["os"].as_str().unwrap_or(""), p["architecture"].as_str().unwrap_or(""));
+        let (os, arch) = (
+            p["os"].as_str().unwrap_or(""),
+            p["architecture"].as_str().unwrap_or(""),
+        );
         if os == "unknown" || arch == "unknown" {
             continue; // attestations
         }
@@ -74,7 +77,9 @@ async fn manifests(client: &Client, r: &Reference, args: &Args) -> Result<Vec<re
         {
             continue;
         }
-        let Some(d) = m["digest"].as_str() else { continue };
+        let Some(d) = m["digest"].as_str() else {
+            continue;
+        };
         out.push(client.resolve(&r.with_digest(d)).await?);
     }
     if out.is_empty() {
@@ -105,16 +110,22 @@ async fn run_async(args: Args) -> Result<()> {
         let v: Value = serde_json::from_slice(&m.bytes).context("image manifest")?;
         let mut built: Vec<Built> = Vec::new();
         for l in v["layers"].as_array().into_iter().flatten() {
-            let (Some(mt), Some(digest), Some(size)) =
-                (l["mediaType"].as_str(), l["digest"].as_str(), l["size"].as_u64())
-            else {
+            let (Some(mt), Some(digest), Some(size)) = (
+                l["mediaType"].as_str(),
+                l["digest"].as_str(),
+                l["size"].as_u64(),
+            ) else {
                 continue;
             };
             let has_toc = l["annotations"]
                 .get(estargz::toc::TOC_DIGEST_ANNOTATION)
                 .is_some();
             if !mt.ends_with("gzip") || has_toc {
-                println!("{} {size:>12} skipped ({mt}{})", short(digest), if has_toc { ", eStargz" } else { "" });
+                println!(
+                    "{} {size:>12} skipped ({mt}{})",
+                    short(digest),
+                    if has_toc { ", eStargz" } else { "" }
+                );
                 continue;
             }
             if let Some((blob, d)) = done.get(digest) {
@@ -144,7 +155,8 @@ async fn run_async(args: Args) -> Result<()> {
             let d = sha256(&bytes);
             if let Some(out) = &args.out {
                 let path = index_path(out, digest)?;
-                std::fs::write(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
+                std::fs::write(&path, &bytes)
+                    .with_context(|| format!("write {}", path.display()))?;
             }
             done.insert(digest.to_string(), (bytes.clone(), d.clone()));
             built.push(Built {

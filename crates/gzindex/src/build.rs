@@ -79,7 +79,13 @@ pub fn build<R: Read>(
         entries: entries.len(),
         pieces: 0,
     };
-    let toc = file_table(&tar, &entries, &pass.checkpoints, pass.out_size, &mut report)?;
+    let toc = file_table(
+        &tar,
+        &entries,
+        &pass.checkpoints,
+        pass.out_size,
+        &mut report,
+    )?;
     let idx = GzIndex {
         layer_digest: layer_digest.to_string(),
         layer_size: pass.in_size,
@@ -101,7 +107,11 @@ struct Pass {
 
 /// Inflate every gzip member of `blob`, stopping at each deflate block
 /// boundary (`Z_BLOCK`) to decide on a checkpoint.
-fn inflate_pass<R: Read>(mut blob: R, mut tar: BufWriter<File>, opts: &BuildOptions) -> Result<Pass> {
+fn inflate_pass<R: Read>(
+    mut blob: R,
+    mut tar: BufWriter<File>,
+    opts: &BuildOptions,
+) -> Result<Pass> {
     let gz_err = |m: String| Error::Gzip(m);
     let mut z = Inflate::new(zlib::GZIP).map_err(|rc| gz_err(format!("inflateInit: {rc}")))?;
     let mut hasher = Sha256::new();
@@ -132,7 +142,8 @@ fn inflate_pass<R: Read>(mut blob: R, mut tar: BufWriter<File>, opts: &BuildOpti
                 break;
             }
             // Another gzip member follows.
-            z.reset().map_err(|rc| gz_err(format!("inflateReset: {rc}")))?;
+            z.reset()
+                .map_err(|rc| gz_err(format!("inflateReset: {rc}")))?;
             in_member = true;
             force = true;
         }
@@ -330,4 +341,3 @@ fn file_table(
     }
     Ok(toc)
 }
-

@@ -31,9 +31,8 @@ const MAX_HEADER: u32 = 1 << 20;
 /// Largest window: deflate's history.
 pub const WINDOW: usize = 32 << 10;
 /// Largest decompressed body: header, windows, TOC.
-const MAX_BODY: u64 = MAX_HEADER as u64
-    + (MAX_CHECKPOINTS * (WINDOW + 4)) as u64
-    + estargz::reader::MAX_TOC_JSON;
+const MAX_BODY: u64 =
+    MAX_HEADER as u64 + (MAX_CHECKPOINTS * (WINDOW + 4)) as u64 + estargz::reader::MAX_TOC_JSON;
 
 /// A place inflating can start from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +202,9 @@ impl GzIndex {
                 return Err(malformed(format!("checkpoint {i} past the layer")));
             }
             if c.window.len() as u64 > c.out {
-                return Err(malformed(format!("checkpoint {i}: window longer than the output before it")));
+                return Err(malformed(format!(
+                    "checkpoint {i}: window longer than the output before it"
+                )));
             }
             if i > 0 {
                 let p = &self.checkpoints[i - 1];

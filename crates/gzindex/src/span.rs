@@ -55,7 +55,10 @@ impl SpanDecoder {
             .map_err(|_| span_err("no checkpoint here".into()))?;
         let s = &self.starts[i];
         if need > s.len {
-            return Err(span_err(format!("{need} bytes wanted of a {}-byte span", s.len)));
+            return Err(span_err(format!(
+                "{need} bytes wanted of a {}-byte span",
+                s.len
+            )));
         }
         let mut z = Inflate::new(zlib::RAW).map_err(|rc| span_err(format!("inflateInit: {rc}")))?;
         let mut input = member;
@@ -76,11 +79,15 @@ impl SpanDecoder {
             match step.rc {
                 zlib::Z_OK => {}
                 zlib::Z_STREAM_END if produced < out.len() => {
-                    return Err(span_err(format!("stream ends after {produced} of {need} bytes")))
+                    return Err(span_err(format!(
+                        "stream ends after {produced} of {need} bytes"
+                    )))
                 }
                 zlib::Z_STREAM_END => {}
                 zlib::Z_BUF_ERROR if step.consumed == 0 && step.produced == 0 => {
-                    return Err(span_err(format!("input ends after {produced} of {need} bytes")))
+                    return Err(span_err(format!(
+                        "input ends after {produced} of {need} bytes"
+                    )))
                 }
                 zlib::Z_BUF_ERROR => {}
                 rc => return Err(span_err(format!("inflate: {rc}"))),

@@ -8,13 +8,33 @@ use std::io::Write;
 /// Compressible but not trivially so: words from a small LCG.
 fn text(seed: u64, len: usize) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "layer", "chunk", "span", "window", "inflate", "registry", "snapshot", "overlay", "gzip",
-        "tar", "index", "lazy", "python", "site-packages", "\n", "0x7f", "def", "import",
+        "layer",
+        "chunk",
+        "span",
+        "window",
+        "inflate",
+        "registry",
+        "snapshot",
+        "overlay",
+        "gzip",
+        "tar",
+        "index",
+        "lazy",
+        "python",
+        "site-packages",
+        "\n",
+        "0x7f",
+        "def",
+        "import",
     ];
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut out = Vec::with_capacity(len + 16);
     while out.len() < len {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         out.extend_from_slice(WORDS[(x >> 33) as usize % WORDS.len()].as_bytes());
         out.push(b' ');
         if (x >> 20) % 7 == 0 {
@@ -37,7 +57,8 @@ fn tar_bytes(files: &[(&'static str, Vec<u8>)]) -> Vec<u8> {
     dir.set_entry_type(tar::EntryType::Directory);
     dir.set_mode(0o755);
     dir.set_size(0);
-    b.append_data(&mut dir, "usr/lib/", std::io::empty()).unwrap();
+    b.append_data(&mut dir, "usr/lib/", std::io::empty())
+        .unwrap();
     for (name, data) in files {
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
@@ -53,18 +74,21 @@ fn tar_bytes(files: &[(&'static str, Vec<u8>)]) -> Vec<u8> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Link);
     h.set_size(0);
-    b.append_link(&mut h, "usr/lib/hard", "usr/lib/big.bin").unwrap();
+    b.append_link(&mut h, "usr/lib/hard", "usr/lib/big.bin")
+        .unwrap();
     let mut w = tar::Header::new_gnu();
     w.set_size(0);
     w.set_mode(0);
-    b.append_data(&mut w, "etc/.wh.gone", std::io::empty()).unwrap();
+    b.append_data(&mut w, "etc/.wh.gone", std::io::empty())
+        .unwrap();
     // An xattr through a PAX header.
     b.append_pax_extensions([("SCHILY.xattr.user.tag", b"blue".as_slice())])
         .unwrap();
     let mut x = tar::Header::new_ustar();
     x.set_size(3);
     x.set_mode(0o600);
-    b.append_data(&mut x, "etc/tagged", b"abc".as_slice()).unwrap();
+    b.append_data(&mut x, "etc/tagged", b"abc".as_slice())
+        .unwrap();
     b.into_inner().unwrap()
 }
 
@@ -136,7 +160,10 @@ fn builds_round_trips_and_reads_every_file() {
     for (name, data) in &f.files {
         let id = li.lookup(name).unwrap();
         assert_eq!(&read_file(&li, &dec, &f.blob, id).unwrap(), data, "{name}");
-        assert_eq!(li.nodes[id as usize].digest.as_deref(), Some(digest(data).as_str()));
+        assert_eq!(
+            li.nodes[id as usize].digest.as_deref(),
+            Some(digest(data).as_str())
+        );
     }
     // Metadata survives: symlink, hardlink, whiteout name, xattr, owner.
     let link = &li.nodes[li.lookup("usr/lib/link").unwrap() as usize];
@@ -145,8 +172,14 @@ fn builds_round_trips_and_reads_every_file() {
     assert_eq!(li.lookup("usr/lib/hard"), li.lookup("usr/lib/big.bin"));
     assert!(li.lookup("etc/.wh.gone").is_some());
     let tagged = &li.nodes[li.lookup("etc/tagged").unwrap() as usize];
-    assert_eq!(tagged.xattrs.get("user.tag").map(Vec::as_slice), Some(b"blue".as_slice()));
-    assert_eq!(li.nodes[li.lookup("usr/lib/a.txt").unwrap() as usize].uid, 1000);
+    assert_eq!(
+        tagged.xattrs.get("user.tag").map(Vec::as_slice),
+        Some(b"blue".as_slice())
+    );
+    assert_eq!(
+        li.nodes[li.lookup("usr/lib/a.txt").unwrap() as usize].uid,
+        1000
+    );
     // Pieces of one span decode together with one inflate.
     let big = li.lookup("usr/lib/mid.py").unwrap();
     let c0 = &li.nodes[big as usize].chunks[0];
@@ -179,7 +212,12 @@ fn a_layer_that_does_not_match_its_digest_is_refused() {
         Err(Error::WrongLayer { .. })
     ));
     // Not gzip at all, and gzip cut short.
-    let e = build(&b"plain tar bytes"[..], &digest(b"plain tar bytes"), &opts(), dir.path());
+    let e = build(
+        &b"plain tar bytes"[..],
+        &digest(b"plain tar bytes"),
+        &opts(),
+        dir.path(),
+    );
     assert!(matches!(e, Err(Error::Gzip(_))), "{e:?}");
     let cut = &f.blob[..f.blob.len() / 2];
     assert!(matches!(
@@ -228,35 +266,50 @@ fn lying_windows_offsets_and_digests_give_errors_not_bytes() {
     // Each lie, then every read of the big file must fail (or, where a lie
     // happens not to matter to inflate, return the true bytes).
     let lies: Vec<(&str, Box<dyn Fn(&mut GzIndex)>)> = vec![
-        ("window", Box::new(|i: &mut GzIndex| {
-            for c in i.checkpoints.iter_mut().skip(1) {
-                c.window.iter_mut().for_each(|b| *b = b.wrapping_add(1));
-            }
-        })),
-        ("bit offset", Box::new(|i: &mut GzIndex| {
-            for c in i.checkpoints.iter_mut().skip(1) {
-                c.in_bit += 1;
-            }
-        })),
-        ("primed byte", Box::new(|i: &mut GzIndex| {
-            for c in i.checkpoints.iter_mut().skip(1) {
-                c.prime ^= 0xff;
-            }
-        })),
-        ("piece digest", Box::new(|i: &mut GzIndex| {
-            for e in &mut i.toc.entries {
-                if !e.chunk_digest.is_empty() {
-                    e.chunk_digest = format!("sha256:{}", "0".repeat(64));
+        (
+            "window",
+            Box::new(|i: &mut GzIndex| {
+                for c in i.checkpoints.iter_mut().skip(1) {
+                    c.window.iter_mut().for_each(|b| *b = b.wrapping_add(1));
                 }
-            }
-        })),
-        ("inner offset", Box::new(|i: &mut GzIndex| {
-            for e in &mut i.toc.entries {
-                if e.name == "usr/lib/big.bin" {
-                    e.inner_offset += 7;
+            }),
+        ),
+        (
+            "bit offset",
+            Box::new(|i: &mut GzIndex| {
+                for c in i.checkpoints.iter_mut().skip(1) {
+                    c.in_bit += 1;
                 }
-            }
-        })),
+            }),
+        ),
+        (
+            "primed byte",
+            Box::new(|i: &mut GzIndex| {
+                for c in i.checkpoints.iter_mut().skip(1) {
+                    c.prime ^= 0xff;
+                }
+            }),
+        ),
+        (
+            "piece digest",
+            Box::new(|i: &mut GzIndex| {
+                for e in &mut i.toc.entries {
+                    if !e.chunk_digest.is_empty() {
+                        e.chunk_digest = format!("sha256:{}", "0".repeat(64));
+                    }
+                }
+            }),
+        ),
+        (
+            "inner offset",
+            Box::new(|i: &mut GzIndex| {
+                for e in &mut i.toc.entries {
+                    if e.name == "usr/lib/big.bin" {
+                        e.inner_offset += 7;
+                    }
+                }
+            }),
+        ),
     ];
     for (what, lie) in lies {
         let mut bad = idx.clone();
@@ -310,13 +363,29 @@ fn structural_lies_are_refused_at_parse() {
     }
     // A piece not at a checkpoint, and one running past its span.
     let mut a = idx.clone();
-    let e = a.toc.entries.iter_mut().find(|e| !e.chunk_digest.is_empty()).unwrap();
+    let e = a
+        .toc
+        .entries
+        .iter_mut()
+        .find(|e| !e.chunk_digest.is_empty())
+        .unwrap();
     e.offset += 1;
-    assert!(GzIndex::parse(&a.to_bytes()).unwrap().layer_index().is_err());
+    assert!(GzIndex::parse(&a.to_bytes())
+        .unwrap()
+        .layer_index()
+        .is_err());
     let mut a = idx.clone();
-    let e = a.toc.entries.iter_mut().find(|e| !e.chunk_digest.is_empty()).unwrap();
+    let e = a
+        .toc
+        .entries
+        .iter_mut()
+        .find(|e| !e.chunk_digest.is_empty())
+        .unwrap();
     e.inner_offset = 1 << 30;
-    assert!(GzIndex::parse(&a.to_bytes()).unwrap().layer_index().is_err());
+    assert!(GzIndex::parse(&a.to_bytes())
+        .unwrap()
+        .layer_index()
+        .is_err());
     // Garbage and truncations.
     let bytes = idx.to_bytes();
     assert!(matches!(GzIndex::parse(b"nope"), Err(Error::Magic)));
@@ -327,7 +396,10 @@ fn structural_lies_are_refused_at_parse() {
 
 #[test]
 fn several_gzip_members_get_a_checkpoint_each() {
-    let files = vec![("usr/lib/big.bin", text(5, 200 << 10)), ("f2", text(6, 300 << 10))];
+    let files = vec![
+        ("usr/lib/big.bin", text(5, 200 << 10)),
+        ("f2", text(6, 300 << 10)),
+    ];
     let tar = tar_bytes(&files);
     let cut = 512 * 200;
     let mut blob = gzip(&tar[..cut]);
@@ -336,7 +408,10 @@ fn several_gzip_members_get_a_checkpoint_each() {
     let d = digest(&blob);
     let dir = tempfile::tempdir().unwrap();
     let (idx, _) = build(blob.as_slice(), &d, &opts(), dir.path()).unwrap();
-    assert!(idx.checkpoints.iter().any(|c| c.out == cut as u64 && c.in_bit / 8 >= second));
+    assert!(idx
+        .checkpoints
+        .iter()
+        .any(|c| c.out == cut as u64 && c.in_bit / 8 >= second));
     let li = idx.layer_index().unwrap();
     let dec = SpanDecoder::new(&idx);
     for (name, data) in &files {

@@ -414,17 +414,18 @@ impl Fetcher {
                     let group: Vec<Owned> = rest.drain(..n).collect();
                     let lo = (group[0].chunk.blob_offset - span.start) as usize;
                     let hi = (group[0].chunk.blob_end - span.start) as usize;
-                    let results: Vec<Result<Bytes, FetchError>> = match &decoder {
-                        Some(d) => {
-                            let refs: Vec<&Chunk> = group.iter().map(|o| &o.chunk).collect();
-                            decode_group(d.as_ref(), &buf[lo..hi], &refs)
-                                .into_iter()
-                                .map(|r| r.map_err(FetchError::from))
-                                .collect()
-                        }
-                        None => vec![chunk::decode(&buf[lo..hi], &group[0].chunk)
-                            .map_err(FetchError::from)],
-                    };
+                    let results: Vec<Result<Bytes, FetchError>> =
+                        match &decoder {
+                            Some(d) => {
+                                let refs: Vec<&Chunk> = group.iter().map(|o| &o.chunk).collect();
+                                decode_group(d.as_ref(), &buf[lo..hi], &refs)
+                                    .into_iter()
+                                    .map(|r| r.map_err(FetchError::from))
+                                    .collect()
+                            }
+                            None => vec![chunk::decode(&buf[lo..hi], &group[0].chunk)
+                                .map_err(FetchError::from)],
+                        };
                     for (o, r) in group.into_iter().zip(results) {
                         let held = r.as_ref().map_or(0, |b| b.len() as u64);
                         if background {

@@ -25,8 +25,8 @@ pub mod hosts;
 pub mod manifest;
 pub mod multipart;
 mod push;
-pub mod referrers;
 pub mod reference;
+pub mod referrers;
 mod transport;
 
 pub use blob::{BlobReader, BlobStream};
@@ -36,8 +36,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use hosts::{HostConfig, HostsConfig, MirrorConfig};
 pub use manifest::{Manifest, Platform, Resolved, MANIFEST_ACCEPT};
 pub use push::{BlobPush, PushOptions};
-pub use referrers::{fallback_tag, Referrer};
 pub use reference::Reference;
+pub use referrers::{fallback_tag, Referrer};
 
 use parking_lot::Mutex;
 use std::collections::HashMap;

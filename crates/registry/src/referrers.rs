@@ -72,8 +72,13 @@ impl Client {
             .await;
             match res {
                 Ok((resp, _)) if resp.status() == StatusCode::OK => {
-                    let b = read_limited(resp, MAX_MANIFEST, self.inner.cfg.stall_timeout, "referrers")
-                        .await?;
+                    let b = read_limited(
+                        resp,
+                        MAX_MANIFEST,
+                        self.inner.cfg.stall_timeout,
+                        "referrers",
+                    )
+                    .await?;
                     serde_json::from_slice::<Value>(&b).ok()
                 }
                 // No referrers API here (404, 405, ...): the tag schema.

@@ -95,7 +95,10 @@ impl Opener {
             source: gzindex::Error::Io(std::io::Error::other(e)),
         })?
         .map_err(bad)?;
-        tracing::info!(layer = digest, "serving a plain gzip layer through its index");
+        tracing::info!(
+            layer = digest,
+            "serving a plain gzip layer through its index"
+        );
         Ok(Some(LazyLayer::open_indexed(
             Arc::new(reader),
             digest,
@@ -136,14 +139,14 @@ impl Opener {
         if !self.gz.registry_lookup {
             return Ok(None);
         }
-        let manifest = self
-            .client
-            .fetch_manifest(image)
-            .await
-            .map_err(|source| Error::Manifest {
-                image: image.to_string(),
-                source,
-            })?;
+        let manifest =
+            self.client
+                .fetch_manifest(image)
+                .await
+                .map_err(|source| Error::Manifest {
+                    image: image.to_string(),
+                    source,
+                })?;
         let subject = manifest.resolved.digest;
         let repo = image.repo_only();
         let blob_err = |source| Error::Blob {
@@ -172,10 +175,7 @@ impl Opener {
                         .and_then(|a| a.as_str())
                         == Some(digest)
             });
-            let Some(blob) = found
-                .and_then(|l| l.get("digest"))
-                .and_then(|d| d.as_str())
-            else {
+            let Some(blob) = found.and_then(|l| l.get("digest")).and_then(|d| d.as_str()) else {
                 continue;
             };
             let bytes = self

@@ -37,7 +37,7 @@ fn text(seed: u64, len: usize) -> Vec<u8> {
             .wrapping_add(1442695040888963407);
         out.extend_from_slice(WORDS[(x >> 33) as usize % WORDS.len()].as_bytes());
         out.push(b' ');
-        if (x >> 20) % 7 == 0 {
+        if (x >> 20).is_multiple_of(7) {
             out.extend_from_slice(&x.to_le_bytes());
         }
     }
@@ -265,7 +265,8 @@ fn lying_windows_offsets_and_digests_give_errors_not_bytes() {
     let data = &f.files[1].1;
     // Each lie, then every read of the big file must fail (or, where a lie
     // happens not to matter to inflate, return the true bytes).
-    let lies: Vec<(&str, Box<dyn Fn(&mut GzIndex)>)> = vec![
+    type Lie = Box<dyn Fn(&mut GzIndex)>;
+    let lies: Vec<(&str, Lie)> = vec![
         (
             "window",
             Box::new(|i: &mut GzIndex| {

@@ -51,6 +51,11 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &["registry", "lazyfs", "snapshotter", "stargzfs"],
     ),
     ("registry", &["lazyfs", "snapshotter", "stargzfs"]),
+    // A format crate like estargz: no HTTP, FUSE or snapshot semantics.
+    (
+        "gzindex",
+        &["registry", "lazyfs", "snapshotter", "stargzfs"],
+    ),
 ];
 
 /// Packages that depend on no workspace package at all.

@@ -29,6 +29,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub cri_keychain: CriKeychainConfig,
     pub fallback_pull: FallbackPullConfig,
+    pub gzindex: GzIndexConfig,
     /// `[[resolver.host."HOST".mirrors]]` etc., passed through untouched:
     /// the registry crate owns its typed form.
     pub resolver: Option<toml::Value>,
@@ -66,6 +67,17 @@ pub struct FuseConfig {
     pub entry_timeout: Option<i64>,
     pub negative_timeout: Option<i64>,
     pub passthrough: Option<bool>,
+}
+
+/// This daemon's own `[gzindex]`: seekable indexes of plain gzip layers
+/// (`rsnap index`), which make images nobody converted lazy.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct GzIndexConfig {
+    /// Directory of `<layer hex>.gzindex` files (default `ROOT/gzindex`).
+    pub dir: Option<PathBuf>,
+    /// Look for an index among the image's OCI referrers (default true).
+    pub registry_lookup: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

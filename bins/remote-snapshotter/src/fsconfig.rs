@@ -34,6 +34,13 @@ pub fn stargz_config(cfg: &Config, root: &Path) -> anyhow::Result<stargzfs::Conf
         credentials: None,
         // Set by `main` (it knows its own executable).
         fd_holder: None,
+        gzindex_dir: Some(
+            cfg.gzindex
+                .dir
+                .clone()
+                .unwrap_or_else(|| root.join("gzindex")),
+        ),
+        gzindex_registry: cfg.gzindex.registry_lookup.unwrap_or(true),
     })
 }
 

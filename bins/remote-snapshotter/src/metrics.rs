@@ -192,6 +192,18 @@ impl Collector for FsFigures {
                 g.encode(e.encode_family(&labels)?)?;
             }
         }
+        // Which format each layer is served from, as an info-style gauge.
+        let mut e = enc.encode_descriptor(
+            "layer_format",
+            "Format a mounted layer is served from (estargz: its TOC; gzindex: a plain gzip layer's seekable index)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for l in &self.layers {
+            let labels = [("layer", l.digest.as_str()), ("format", l.format)];
+            let g = prometheus_client::metrics::gauge::ConstGauge::new(1i64);
+            g.encode(e.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }
@@ -278,6 +290,7 @@ mod tests {
                 requests: 3,
                 alive: true,
                 blob_check: stargzfs::BlobCheck::Failed,
+                format: "gzindex",
             }],
         };
         let text = render_with(&m, Some(f));
@@ -295,6 +308,12 @@ mod tests {
         );
         assert!(
             text.contains("remote_snapshotter_layer_unverified{layer=\"sha256:ab\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "remote_snapshotter_layer_format{layer=\"sha256:ab\",format=\"gzindex\"} 1"
+            ),
             "{text}"
         );
     }

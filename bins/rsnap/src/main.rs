@@ -2,6 +2,7 @@
 //! each owns its clap `Args` and a `run` function. Logic lives in the crates.
 
 mod convert;
+mod index;
 mod layers;
 mod mount;
 mod net;
@@ -29,6 +30,10 @@ struct Cli {
 enum Cmd {
     /// Convert an image (OCI layout or registry) to eStargz.
     Convert(convert::Args),
+    /// Build a seekable index of each plain gzip layer of an image and push
+    /// it as an OCI referrer of the image (or write it to a directory), so
+    /// the image is served lazily without converting it.
+    Index(index::Args),
     /// Print (and optionally verify) the TOC of an eStargz blob.
     Toc(toc::Args),
     /// Mount one layer, or all layers of an image, lazily (foreground; Ctrl-C unmounts).
@@ -50,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.cmd {
         Cmd::Convert(a) => convert::run(a),
+        Cmd::Index(a) => index::run(a),
         Cmd::Toc(a) => toc::run(a),
         Cmd::Mount(a) => mount::run(a),
         Cmd::Pull(a) => pull::run(a),

@@ -21,6 +21,9 @@
 mod input;
 mod pipeline;
 
+/// The tar scanner, also used by `gzindex` to build a plain gzip layer's file table.
+pub use input::{scan, InEntry, Kind};
+
 use crate::error::{Error, Result};
 use crate::footer::{write_footer, write_legacy_footer};
 use crate::index::{clean_path, Index, IndexOptions};
@@ -31,7 +34,6 @@ use crate::toc::{
     TOC_TAR_NAME,
 };
 use crate::Compression;
-use input::{InEntry, Kind};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};

@@ -15,6 +15,7 @@ use crate::chunk;
 // Defined beside the chunk decoding; named here too, where callers meet it.
 pub(crate) use crate::chunk::FetchError;
 use crate::config::Config;
+use crate::decoder::{decode_group, MemberDecoder};
 use crate::scheduler::{Claim, Owned, Scheduler, Tier, Waiter};
 use crate::source::RangeSource;
 use crate::stats::{FetchClass, Stats};
@@ -23,7 +24,7 @@ use estargz::index::Chunk;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::runtime::Handle;
 
@@ -57,6 +58,8 @@ pub(crate) struct Fetcher {
     /// sha256 of each unverified chunk as fetched, by (member offset, inner
     /// offset): what the layer-level check compares with the real blob.
     observed: Mutex<HashMap<(u64, u64), [u8; 32]>>,
+    /// Set for layers whose chunks are not gzip members (`decoder`).
+    decoder: OnceLock<std::sync::Arc<dyn MemberDecoder>>,
 }
 
 /// One planned request range and the chunks it covers.
@@ -78,7 +81,10 @@ pub(crate) fn plan_spans(ranges: &[(u64, u64)], gap: u64, max: u64) -> Vec<(u64,
         let (s, e) = ranges[i];
         if let Some(last) = out.last_mut() {
             let end = last.1.max(e);
-            if s <= last.1.saturating_add(gap) && end - last.0 <= max {
+            // A range inside the request adds no bytes, whatever its size
+            // (several chunks of one member or span larger than `max`).
+            let inside = s >= last.0 && e <= last.1;
+            if inside || (s <= last.1.saturating_add(gap) && end - last.0 <= max) {
                 last.1 = end;
                 last.2.push(i);
                 continue;
@@ -106,6 +112,7 @@ impl Fetcher {
             resident: Mutex::new(HashMap::new()),
             resident_bytes: AtomicU64::new(0),
             observed: Mutex::new(HashMap::new()),
+            decoder: OnceLock::new(),
         }
     }
 
@@ -119,6 +126,21 @@ impl Fetcher {
             .lock()
             .get(&(c.blob_offset, c.inner_offset))
             .copied()
+    }
+
+    /// Decode this layer's chunks with `d` (before the first fetch).
+    pub(crate) fn set_decoder(&self, d: Arc<dyn MemberDecoder>) {
+        let _ = self.decoder.set(d);
+    }
+
+    /// Whether chunks go through a decoder (spans, not gzip members).
+    pub(crate) fn has_decoder(&self) -> bool {
+        self.decoder.get().is_some()
+    }
+
+    /// The layer's format: `estargz`, or the decoder's.
+    pub(crate) fn format(&self) -> &'static str {
+        self.decoder.get().map_or("estargz", |d| d.format())
     }
 
     pub(crate) fn scheduler(&self) -> &Arc<Scheduler> {
@@ -391,34 +413,60 @@ impl Fetcher {
         let me = self.clone();
         // Gunzip, hash and write on the blocking pool: an answer can be megabytes.
         let decoded = tokio::task::spawn_blocking(move || {
+            let decoder = me.decoder.get().cloned();
             for (span, buf) in spans.into_iter().zip(bufs) {
-                for o in span.chunks {
-                    let lo = (o.chunk.blob_offset - span.start) as usize;
-                    let hi = (o.chunk.blob_end - span.start) as usize;
-                    let r = chunk::decode(&buf[lo..hi], &o.chunk).map_err(FetchError::from);
-                    let held = r.as_ref().map_or(0, |b| b.len() as u64);
-                    if background {
-                        me.sched.background_hold(held);
-                    }
-                    match &r {
-                        Ok(b) => {
-                            if !o.chunk.verified {
-                                use sha2::Digest as _;
-                                let h: [u8; 32] = sha2::Sha256::digest(b).into();
-                                me.observed
-                                    .lock()
-                                    .insert((o.chunk.blob_offset, o.chunk.inner_offset), h);
+                let mut rest = span.chunks;
+                while !rest.is_empty() {
+                    // A decoder takes every chunk of one blob range at once.
+                    let n = match &decoder {
+                        Some(_) => {
+                            let (s, e) = (rest[0].chunk.blob_offset, rest[0].chunk.blob_end);
+                            rest.iter()
+                                .take_while(|o| o.chunk.blob_offset == s && o.chunk.blob_end == e)
+                                .count()
+                        }
+                        None => 1,
+                    };
+                    let group: Vec<Owned> = rest.drain(..n).collect();
+                    let lo = (group[0].chunk.blob_offset - span.start) as usize;
+                    let hi = (group[0].chunk.blob_end - span.start) as usize;
+                    let results: Vec<Result<Bytes, FetchError>> =
+                        match &decoder {
+                            Some(d) => {
+                                let refs: Vec<&Chunk> = group.iter().map(|o| &o.chunk).collect();
+                                decode_group(d.as_ref(), &buf[lo..hi], &refs)
+                                    .into_iter()
+                                    .map(|r| r.map_err(FetchError::from))
+                                    .collect()
                             }
-                            me.mark_resident(&o.chunk)
+                            None => vec![chunk::decode(&buf[lo..hi], &group[0].chunk)
+                                .map_err(FetchError::from)],
+                        };
+                    for (o, r) in group.into_iter().zip(results) {
+                        let held = r.as_ref().map_or(0, |b| b.len() as u64);
+                        if background {
+                            me.sched.background_hold(held);
                         }
-                        Err(e) if e.is_corrupt() => {
-                            me.stats.corrupt_chunks.fetch_add(1, Relaxed);
+                        match &r {
+                            Ok(b) => {
+                                if !o.chunk.verified {
+                                    use sha2::Digest as _;
+                                    let h: [u8; 32] = sha2::Sha256::digest(b).into();
+                                    me.observed
+                                        .lock()
+                                        .insert((o.chunk.blob_offset, o.chunk.inner_offset), h);
+                                }
+                                me.mark_resident(&o.chunk)
+                            }
+                            Err(e) if e.is_corrupt() => {
+                                me.stats.corrupt_chunks.fetch_add(1, Relaxed);
+                            }
+                            Err(_) => {}
                         }
-                        Err(_) => {}
-                    }
-                    me.sched.settle(o, r, tier);
-                    if background {
-                        me.sched.background_release(held);
+                        me.sched.settle(o, r, tier);
+                        if background {
+                            me.sched.background_release(held);
+                        }
                     }
                 }
                 if background {
@@ -459,5 +507,9 @@ mod tests {
         let r = [(50, 60), (0, 50), (0, 50)];
         let p = plan_spans(&r, 0, 1000);
         assert_eq!(p, vec![(0, 60, vec![1, 2, 0])]);
+        // Chunks of one member (or span) over the limit share one request.
+        let r = [(0, 100), (0, 100), (100, 130)];
+        let p = plan_spans(&r, 0, 50);
+        assert_eq!(p, vec![(0, 100, vec![0, 1]), (100, 130, vec![2])]);
     }
 }

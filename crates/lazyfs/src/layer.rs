@@ -161,6 +161,15 @@ impl LazyLayer {
         &self.digest
     }
 
+    /// Which format the layer is served from (`estargz`, `gzindex`).
+    pub fn format(&self) -> &'static str {
+        self.fetcher.format()
+    }
+
+    pub(crate) fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
+    }
+
     pub fn blob_size(&self) -> u64 {
         self.blob_size
     }
@@ -198,6 +207,7 @@ impl LazyLayer {
         };
         let v = serde_json::json!({
             "digest": self.digest,
+            "format": self.format(),
             "size": self.blob_size,
             "fetchedSize": fetched,
             "fetchedPercent": pct,
@@ -393,6 +403,29 @@ impl LazyLayer {
             self.blob_readahead(ino, first.blob_offset, last.blob_end, &mut out);
         }
         self.member_siblings(chunks, &mut out);
+        if self.fetcher.has_decoder() {
+            // A span is fetched and inflated whole for any piece of it: take
+            // every piece of the spans touched (other files' too), or the
+            // next read of such a span fetches it again.
+            let nodes = self.tree.nodes();
+            let mut offsets: Vec<u64> = chunks
+                .iter()
+                .chain(out.iter())
+                .filter(|c| !self.fetcher.is_resident(c))
+                .map(|c| c.blob_offset)
+                .collect();
+            offsets.sort_unstable();
+            offsets.dedup();
+            for off in offsets {
+                let i = self.blob_order.partition_point(|e| e.0 < off);
+                out.extend(
+                    self.blob_order[i..]
+                        .iter()
+                        .take_while(|e| e.0 == off)
+                        .map(|&(_, n, k)| nodes[n as usize].chunks[k as usize].clone()),
+                );
+            }
+        }
         let mut seen: HashSet<(u64, u64)> = chunks
             .iter()
             .map(|c| (c.blob_offset, c.inner_offset))

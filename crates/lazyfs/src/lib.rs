@@ -21,7 +21,8 @@
 //!   mounts' FUSE connections alive across daemon processes ([`adopt`]
 //!   serves one again); `inflight`: requests read and not yet answered.
 //!   `materialize`: whole files of a layer written out from verified cached
-//!   chunks, for FUSE passthrough.
+//!   chunks, for FUSE passthrough. `decoder`: [`MemberDecoder`], for layers
+//!   whose chunks are not gzip members (plain gzip served through an index).
 //!
 //! Nothing is served that did not match its digest; nothing waits on the
 //! network longer than the configured fetch timeout. The modules are private:
@@ -30,6 +31,7 @@
 mod cache;
 mod chunk;
 mod config;
+mod decoder;
 mod error;
 mod fetch;
 mod fuse;
@@ -49,6 +51,7 @@ mod tree;
 pub use cache::{CacheConfig, ChunkCache};
 pub use chunk::{ChunkError, FetchError};
 pub use config::{Config, ConfigError};
+pub use decoder::MemberDecoder;
 pub use error::{Error, NotEstargz};
 pub use fuse::{adopt, mount, MountHandle};
 pub use inflight::{in_flight, persist_in as persist_in_flight, wait_drained};

@@ -101,6 +101,24 @@ impl LazyLayer {
         Ok(layer)
     }
 
+
+    /// A layer from an index built elsewhere (a plain gzip layer's
+    /// `gzindex`), whose chunks `decoder` decodes and verifies. The caller
+    /// has validated `index` and checked it belongs to this blob.
+    pub fn open_indexed(
+        source: Arc<dyn RangeSource>,
+        layer_digest: &str,
+        index: Index,
+        decoder: Arc<dyn crate::MemberDecoder>,
+        cfg: &Config,
+        via: impl Into<FetchVia>,
+        rt: Handle,
+    ) -> Arc<LazyLayer> {
+        let layer = Self::from_index(source, layer_digest, index, cfg, via.into(), rt);
+        layer.fetcher().set_decoder(decoder);
+        layer
+    }
+
     /// A layer with chunks that carry no digest starts unverified (see
     /// [`LazyLayer::mark_unverified`]).
     fn from_index(

@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod multipart;
 mod push;
 pub mod reference;
+pub mod referrers;
 mod transport;
 
 pub use blob::{BlobReader, BlobStream};
@@ -36,6 +37,7 @@ pub use hosts::{HostConfig, HostsConfig, MirrorConfig};
 pub use manifest::{Manifest, Platform, Resolved, MANIFEST_ACCEPT};
 pub use push::{BlobPush, PushOptions};
 pub use reference::Reference;
+pub use referrers::{fallback_tag, Referrer};
 
 use parking_lot::Mutex;
 use std::collections::HashMap;

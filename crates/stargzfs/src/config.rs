@@ -48,6 +48,12 @@ pub struct Config {
     /// [`crate::fd_store_path`]`(root)`); set, mounts survive restarts and
     /// crashes of the daemon. `None`: they die with it.
     pub fd_holder: Option<Vec<std::ffi::OsString>>,
+    /// Directory of seekable indexes of plain gzip layers
+    /// (`<hex>.gzindex`, as `rsnap index --out` writes them).
+    pub gzindex_dir: Option<PathBuf>,
+    /// Look for such an index among the image's OCI referrers when a layer
+    /// has no TOC (a manifest and one or two more requests per such layer).
+    pub gzindex_registry: bool,
 }
 
 impl Config {

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | labels lack the reference or digest, TOC digest unknown | fall back |
 //! | not eStargz, invalid TOC, TOC digest mismatch, bad bytes | fall back |
+//! | a plain gzip layer's index malformed or for another blob | fall back |
 //! | registry: unauthorized / forbidden | fall back (the error says why) |
 //! | registry: not found | fall back |
 //! | registry: unreachable, timed out, 5xx / 429 after retries | unavailable |
@@ -80,6 +81,13 @@ pub enum Error {
     /// Start-up: the chunk cache directory.
     #[error("chunk cache: {0}")]
     Cache(#[source] std::io::Error),
+    /// A plain gzip layer's index does not fit the layer or is malformed.
+    #[error("gzip index of {layer}: {source}")]
+    GzIndex {
+        layer: String,
+        #[source]
+        source: gzindex::Error,
+    },
     /// Start-up: the registry client's configuration.
     #[error("registry client: {0}")]
     Client(#[source] registry::Error),
@@ -104,6 +112,7 @@ impl Error {
             | Error::Reference(_)
             | Error::NoTocDigest { .. }
             | Error::ExternalToc { .. } => Verdict::FallBack,
+            | Error::GzIndex { .. } => Verdict::FallBack,
             Error::Manifest { source, .. } | Error::Blob { source, .. } => registry(source),
             Error::Layer(e) => layer(e),
             Error::NotServed { .. } | Error::NotMounted { .. } => Verdict::Unavailable,

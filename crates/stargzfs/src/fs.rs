@@ -65,6 +65,10 @@ impl StargzFs {
                 sched,
                 rt: Handle::current(),
                 tocs: Arc::new(TocStore::new(&cfg.root)),
+                gz: crate::gzlayer::GzLookup {
+                    dir: cfg.gzindex_dir.clone(),
+                    registry_lookup: cfg.gzindex_registry,
+                },
             },
             preopened: Arc::new(Preopened::default()),
             mounts: tokio::sync::Mutex::new(HashMap::new()),
@@ -93,6 +97,11 @@ impl StargzFs {
             }
         };
         let Some(toc) = toc else {
+            // No TOC: a plain gzip layer, lazy only through a seekable index;
+            // or legacy stargz, lazy only if the operator allows unverified layers.
+            if let Some(layer) = self.opener.open_gz_indexed(&image, digest).await? {
+                return Ok(layer);
+            }
             if !self.opener.cfg.allow_no_verification {
                 return Err(Error::NoTocDigest {
                     layer: digest.to_string(),

@@ -352,6 +352,7 @@ impl crate::StargzFs {
                     requests: s.requests,
                     alive: h.is_alive(),
                     blob_check: h.layer().blob_check(),
+                    format: h.layer().format(),
                 }
             })
             .collect()
@@ -369,4 +370,7 @@ pub struct LayerInfo {
     pub alive: bool,
     /// `NotNeeded` for a verified layer; else where its whole-blob check stands.
     pub blob_check: lazyfs::BlobCheck,
+    /// What the layer is served from: `estargz` (its TOC) or `gzindex`
+    /// (a plain gzip layer's seekable index).
+    pub format: &'static str,
 }

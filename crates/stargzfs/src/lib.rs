@@ -11,6 +11,8 @@
 //!   labels or the image manifest) -> an opened `lazyfs::LazyLayer`.
 //! - `toc_store`: verified TOCs kept under the root, so a layer opens
 //!   again after a restart without its registry.
+//! - `gzlayer`: plain gzip layers (no TOC) served through a seekable
+//!   index (`gzindex`) from a local directory or the image's referrers.
 //! - `preopen`: the other layers of the image opened ahead, while
 //!   containerd prepares the first.
 //! - `handover`: mounts that outlive the daemon process: FUSE fds kept by
@@ -21,6 +23,7 @@
 mod config;
 mod error;
 mod fs;
+mod gzlayer;
 mod handover;
 mod open;
 mod preopen;
@@ -29,6 +32,7 @@ mod toc_store;
 pub use config::Config;
 pub use error::Error;
 pub use fs::StargzFs;
+pub use gzlayer::index_path as gz_index_path;
 pub use handover::{fd_store_path, HandoverStats, LayerInfo};
 /// Where an unverified layer's whole-blob check stands ([`LayerInfo::blob_check`]).
 pub use lazyfs::BlobCheck;

@@ -46,6 +46,8 @@ pub(crate) struct Opener {
     pub rt: Handle,
     /// Verified TOCs on disk: a layer opens without its registry after a restart.
     pub tocs: Arc<TocStore>,
+    /// Where seekable indexes of plain gzip layers are looked for.
+    pub(crate) gz: crate::gzlayer::GzLookup,
 }
 
 impl Opener {

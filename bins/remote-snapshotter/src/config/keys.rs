@@ -96,6 +96,8 @@ pub const KEYS: &[Key] = &[
     no_effect("fuse.merge_buffer_size", "passthrough copies a file from its verified cached chunks once; no merge buffer"),
     no_effect("fuse.merge_worker_count", "passthrough copies a file from its verified cached chunks once; no merge workers"),
     no_effect("fuse.negative_timeout", KERNEL_TTL),
+    works("gzindex.dir", "this daemon's own key: directory of seekable indexes of plain gzip layers (`<layer hex>.gzindex`, written by `rsnap index --out`), looked at first when a layer has no TOC; default `ROOT/gzindex`"),
+    works("gzindex.registry_lookup", "this daemon's own key: when a layer has no TOC and no local index, look for one among the image manifest's OCI referrers (`rsnap index` pushes it there; the `sha256-<hex>` tag on registries without the referrers API); default true"),
     no_effect("fuse_manager.address", IN_PROCESS_FUSE),
     no_effect("fuse_manager.enable", IN_PROCESS_FUSE),
     no_effect("fuse_manager.path", IN_PROCESS_FUSE),

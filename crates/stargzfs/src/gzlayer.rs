@@ -1,0 +1,213 @@
+//! Plain gzip layers (no eStargz TOC) served lazily through a seekable
+//! index (`gzindex`, built by `rsnap index`): looked up in the local index
+//! directory first, then among the image manifest's OCI referrers (the
+//! referrers API, else the `sha256-<hex>` tag). No index: the caller falls
+//! back as for any layer without a TOC. An index that does not fit its
+//! layer (another digest or size, a file table or pieces that do not match
+//! its checkpoints) is refused here; one that lies about bytes fails its
+//! piece digests at read time, never serving them.
+
+use crate::error::Error;
+use crate::open::Opener;
+use bytes::Bytes;
+use lazyfs::{ChunkError, LazyLayer, MemberDecoder};
+use registry::Reference;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The decoder lazyfs calls for this layer's pieces.
+struct Pieces(gzindex::SpanDecoder);
+
+impl MemberDecoder for Pieces {
+    fn format(&self) -> &'static str {
+        "gzindex"
+    }
+
+    fn decode(
+        &self,
+        member: &[u8],
+        chunks: &[&estargz::index::Chunk],
+    ) -> Vec<Result<Bytes, ChunkError>> {
+        self.0
+            .decode(member, chunks)
+            .into_iter()
+            .zip(chunks)
+            .map(|(r, c)| match r {
+                Ok(v) => Ok(Bytes::from(v)),
+                Err(gzindex::Error::DigestMismatch { actual, .. }) => {
+                    Err(ChunkError::DigestMismatch {
+                        digest: c.digest.clone(),
+                        actual,
+                    })
+                }
+                Err(e) => Err(ChunkError::Malformed {
+                    digest: c.digest.clone(),
+                    reason: e.to_string(),
+                }),
+            })
+            .collect()
+    }
+}
+
+/// Where an index file for `layer` lives in `dir`: `<dir>/<hex>.gzindex`.
+pub fn index_path(dir: &Path, layer: &str) -> Option<PathBuf> {
+    let hex = layer.strip_prefix("sha256:")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(dir.join(format!("{hex}.gzindex")))
+}
+
+impl Opener {
+    /// The layer through its index, `None` when there is no index for it.
+    pub(crate) async fn open_gz_indexed(
+        &self,
+        image: &Reference,
+        digest: &str,
+    ) -> Result<Option<Arc<LazyLayer>>, Error> {
+        let bad = |source: gzindex::Error| Error::GzIndex {
+            layer: digest.to_string(),
+            source,
+        };
+        let Some(bytes) = self.find_gz_index(image, digest).await? else {
+            return Ok(None);
+        };
+        let reader = self
+            .client
+            .blob_reader(image, digest, None)
+            .await
+            .map_err(|source| Error::Blob {
+                layer: digest.to_string(),
+                source,
+            })?;
+        let size = reader.size();
+        let d = digest.to_string();
+        // Up to 64 MiB to inflate and a tree to build: off the async threads.
+        let (index, decoder) = tokio::task::spawn_blocking(move || {
+            let idx = gzindex::GzIndex::parse(&bytes)?;
+            idx.check_layer(&d, size)?;
+            let index = idx.layer_index()?;
+            Ok::<_, gzindex::Error>((index, gzindex::SpanDecoder::new(&idx)))
+        })
+        .await
+        .map_err(|e| Error::GzIndex {
+            layer: digest.to_string(),
+            source: gzindex::Error::Io(std::io::Error::other(e)),
+        })?
+        .map_err(bad)?;
+        tracing::info!(
+            layer = digest,
+            "serving a plain gzip layer through its index"
+        );
+        Ok(Some(LazyLayer::open_indexed(
+            Arc::new(reader),
+            digest,
+            index,
+            Arc::new(Pieces(decoder)),
+            &self.cfg,
+            self.sched.clone(),
+            self.rt.clone(),
+        )))
+    }
+
+    /// The index file's bytes: the local directory, then the registry.
+    async fn find_gz_index(&self, image: &Reference, digest: &str) -> Result<Option<Bytes>, Error> {
+        if let Some(path) = self
+            .gz
+            .dir
+            .as_deref()
+            .and_then(|dir| index_path(dir, digest))
+        {
+            let limit = gzindex::MAX_INDEX_BYTES;
+            let read = tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let f = std::fs::File::open(&path)?;
+                let mut b = Vec::new();
+                f.take(limit + 1).read_to_end(&mut b)?;
+                Ok::<_, std::io::Error>(b)
+            })
+            .await
+            .ok();
+            match read {
+                Some(Ok(b)) => return Ok(Some(Bytes::from(b))),
+                Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(layer = digest, error = %e, "cannot read the local gzip index");
+                }
+                _ => {}
+            }
+        }
+        if !self.gz.registry_lookup {
+            return Ok(None);
+        }
+        let manifest =
+            self.client
+                .fetch_manifest(image)
+                .await
+                .map_err(|source| Error::Manifest {
+                    image: image.to_string(),
+                    source,
+                })?;
+        let subject = manifest.resolved.digest;
+        let repo = image.repo_only();
+        let blob_err = |source| Error::Blob {
+            layer: digest.to_string(),
+            source,
+        };
+        let referrers = self
+            .client
+            .referrers(&repo, &subject, gzindex::ARTIFACT_TYPE)
+            .await
+            .map_err(blob_err)?;
+        for r in referrers {
+            let m = self
+                .client
+                .resolve(&repo.with_digest(&r.digest))
+                .await
+                .map_err(blob_err)?;
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.bytes) else {
+                continue;
+            };
+            let layers = v.get("layers").and_then(|l| l.as_array());
+            let found = layers.into_iter().flatten().find(|l| {
+                l.get("mediaType").and_then(|m| m.as_str()) == Some(gzindex::MEDIA_TYPE)
+                    && l.get("annotations")
+                        .and_then(|a| a.get(gzindex::LAYER_ANNOTATION))
+                        .and_then(|a| a.as_str())
+                        == Some(digest)
+            });
+            let Some(blob) = found.and_then(|l| l.get("digest")).and_then(|d| d.as_str()) else {
+                continue;
+            };
+            let bytes = self
+                .client
+                .fetch_blob_bytes(&repo, blob, gzindex::MAX_INDEX_BYTES)
+                .await
+                .map_err(blob_err)?;
+            return Ok(Some(bytes));
+        }
+        Ok(None)
+    }
+}
+
+/// Where indexes are looked for.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GzLookup {
+    pub dir: Option<PathBuf>,
+    pub registry_lookup: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_paths_are_named_by_layer_hex_only() {
+        let hex = "a".repeat(64);
+        assert_eq!(
+            index_path(Path::new("/d"), &format!("sha256:{hex}")),
+            Some(PathBuf::from(format!("/d/{hex}.gzindex")))
+        );
+        assert_eq!(index_path(Path::new("/d"), "sha256:../../etc"), None);
+        assert_eq!(index_path(Path::new("/d"), "md5:abc"), None);
+    }
+}

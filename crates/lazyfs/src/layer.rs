@@ -8,8 +8,10 @@
 //! [`LazyLayer::read_pending`], which waits for the network.
 
 mod background;
+mod observe;
 
 pub use background::PrefetchReport;
+pub use observe::OpenObserver;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -54,6 +56,8 @@ pub struct LazyLayer {
     /// then the page alone); without this each retry waits the whole fetch
     /// timeout again and one read(2) takes several timeouts.
     slow_failures: Mutex<HashMap<u64, Instant>>,
+    /// Told of every open of a regular file (profiles of real runs).
+    observer: std::sync::OnceLock<Arc<dyn OpenObserver>>,
 }
 
 #[derive(Debug, Default)]
@@ -143,6 +147,7 @@ impl LazyLayer {
             blob_order,
             blob_walk: Mutex::new(BlobWalk::default()),
             slow_failures: Mutex::new(HashMap::new()),
+            observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -266,6 +271,7 @@ impl LazyLayer {
         let memory = SLOW_FAILURE_MEMORY.min(timeout / 2);
         let recent = self.slow_failures.lock().get(&p.ino).copied();
         if recent.is_some_and(|t| t.elapsed() < memory) {
+            self.fetcher.scheduler().note_read_timeout();
             return Err(self.read_error(p.ino, FetchError::Timeout(timeout)));
         }
         let started = Instant::now();
@@ -281,6 +287,9 @@ impl LazyLayer {
                 Ok(assemble(&p.chunks, parts, p.off, p.len))
             }
             Err(e) => {
+                if matches!(e, FetchError::Timeout(_)) {
+                    self.fetcher.scheduler().note_read_timeout();
+                }
                 if !e.is_corrupt() && started.elapsed() >= timeout / 2 {
                     self.slow_failures.lock().insert(p.ino, Instant::now());
                 }

@@ -21,7 +21,8 @@
 //!   mounts' FUSE connections alive across daemon processes ([`adopt`]
 //!   serves one again); `inflight`: requests read and not yet answered.
 //!   `materialize`: whole files of a layer written out from verified cached
-//!   chunks, for FUSE passthrough.
+//!   chunks, for FUSE passthrough. `metrics`: latency histograms, bounded
+//!   failures and cache figures across layers, for the daemon's endpoint.
 //!
 //! Nothing is served that did not match its digest; nothing waits on the
 //! network longer than the configured fetch timeout. The modules are private:
@@ -38,6 +39,7 @@ mod inflight;
 mod layer;
 mod lru;
 mod materialize;
+mod metrics;
 mod mounts;
 mod open;
 mod readahead;
@@ -52,7 +54,8 @@ pub use config::{Config, ConfigError};
 pub use error::{Error, NotEstargz};
 pub use fuse::{adopt, mount, MountHandle};
 pub use inflight::{in_flight, persist_in as persist_in_flight, wait_drained};
-pub use layer::{LazyLayer, PrefetchReport};
+pub use layer::{LazyLayer, OpenObserver, PrefetchReport};
+pub use metrics::{CacheFigures, FetchFigures, HistogramSnapshot, LATENCY_BUCKETS};
 pub use mounts::{cleanup_dead_mounts, is_fuse_mounted};
 pub use open::TocBytes;
 pub use scheduler::{FetchVia, Scheduler};

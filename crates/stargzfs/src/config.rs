@@ -38,6 +38,9 @@ pub struct Config {
     /// [`crate::fd_store_path`]`(root)`); set, mounts survive restarts and
     /// crashes of the daemon. `None`: they die with it.
     pub fd_holder: Option<Vec<std::ffi::OsString>>,
+    /// Record which files containers open first, per image
+    /// (`crate::profile`); `None`: no recording.
+    pub profile: Option<crate::ProfileConfig>,
 }
 
 impl Config {

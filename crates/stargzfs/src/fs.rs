@@ -26,6 +26,8 @@ pub struct StargzFs {
     pub(crate) mounts: tokio::sync::Mutex<HashMap<PathBuf, MountHandle>>,
     /// Mounts outliving this process (`handover`); `None`: not configured.
     pub(crate) handover: Option<Arc<Handover>>,
+    /// Profiles of real runs (`[profile] record`); `None`: off.
+    recorder: Option<Arc<crate::profile::Recorder>>,
 }
 
 impl StargzFs {
@@ -67,6 +69,10 @@ impl StargzFs {
             preopened: Arc::new(Preopened::default()),
             mounts: tokio::sync::Mutex::new(HashMap::new()),
             handover,
+            recorder: cfg
+                .profile
+                .clone()
+                .map(|p| crate::profile::Recorder::new(&cfg.root, p, Handle::current())),
         })
     }
 
@@ -135,6 +141,9 @@ impl StargzFs {
             return Ok(());
         }
         let layer = self.open_layer(labels).await?;
+        if let (Some(rec), Some(image)) = (&self.recorder, first(labels, &REF_KEYS)) {
+            rec.attach(&layer, image, preopen::listed_layers(labels));
+        }
         // The prioritized files are fetched while the mount goes on; reads
         // of them join that request.
         layer.start_prefetch();

@@ -15,6 +15,8 @@
 //!   containerd prepares the first.
 //! - `handover`: mounts that outlive the daemon process: FUSE fds kept by
 //!   the fd holder, taken back and served at the next start.
+//! - `profile`: opt-in profiles of real runs: per image, the files
+//!   containers open first, kept for `rsnap profile export`.
 //! - [`StargzFs`]: the `RemoteFs` itself: the mount table (one
 //!   `lazyfs::MountHandle` per mount point), check, unmount.
 
@@ -24,16 +26,22 @@ mod fs;
 mod handover;
 mod open;
 mod preopen;
+mod profile;
 mod toc_store;
 
 pub use config::Config;
 pub use error::Error;
 pub use fs::StargzFs;
 pub use handover::{fd_store_path, HandoverStats, LayerInfo};
+/// What [`StargzFs::fetch_figures`] returns (latencies, bounded failures, cache).
+pub use lazyfs::{CacheFigures, FetchFigures, HistogramSnapshot};
 /// The fd holder's loop, for the daemon's `fd-holder` mode.
 pub use lazyfs::handover::{run_holder as run_fd_holder, HolderConfig as FdHolderConfig};
 /// The `[resolver]` table's typed form, for building a [`Config`].
 pub use registry::HostsConfig;
 /// What [`Config::credentials`] is built from.
 pub use registry::{Credential, CredentialSource};
+pub use profile::{
+    profile_path, profiles_dir, ProfileConfig, SavedLayer, SavedProfile, PROFILE_VERSION,
+};
 pub use toc_store::{TocStore, TocStoreStats};

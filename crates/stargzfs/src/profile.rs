@@ -67,7 +67,10 @@ pub struct SavedLayer {
 
 /// The file the profile of `image` is kept in, under the daemon's root.
 pub fn profile_path(root: &Path, image: &str) -> PathBuf {
-    let h = format!("{:x}", Sha256::digest(image.as_bytes()));
+    let h: String = Sha256::digest(image.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     profiles_dir(root).join(format!("{h}.json"))
 }
 

@@ -149,19 +149,30 @@ fn readers_get_an_error_when_no_daemon_comes_back_within_the_handover_timeout() 
         Some(2),
         "{text}"
     );
-    let out = common::ctr_when_reconnected(
-        st.ctrd.as_ref().unwrap(),
-        &[
-            "run",
-            "--rm",
-            "--snapshotter=remote",
-            &image,
-            &unique_id("after"),
-            "wc",
-            "-c",
-            "/d/a.bin",
-        ],
-    );
+    // containerd redials the restarted daemon with a backoff: "Error while
+    // dialing" for a few seconds is that, not a failure of ours.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let out = loop {
+        let out = common::ctr_when_reconnected(
+            st.ctrd.as_ref().unwrap(),
+            &[
+                "run",
+                "--rm",
+                "--snapshotter=remote",
+                &image,
+                &unique_id("after"),
+                "wc",
+                "-c",
+                "/d/a.bin",
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() || !err.contains("Error while dialing") || Instant::now() > deadline
+        {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert!(
         out.status.success(),
         "{}",

@@ -78,7 +78,12 @@ pub fn convert_layer(
             action: Action::Kept,
         });
     }
-    if let Input::Gzip = kind {
+    // An eStargz input is kept as is, unless files are to be put first
+    // (`rsnap optimize` of an eStargz image, e.g. from a profile the daemon
+    // recorded): then every layer is written again, the untouched ones with
+    // the no-prefetch landmark.
+    let reorder = !opts.prioritized_files.is_empty() || !opts.prioritized_by_layer.is_empty();
+    if let (Input::Gzip, false) = (&kind, reorder) {
         if let Some(toc_digest) = estargz_toc_digest(&path) {
             return pass_through(src, dst, src_desc, src_diff_id, toc_digest, bar);
         }

@@ -111,7 +111,8 @@ opt_section() {
   echo "## rsnap optimize vs ctr-remote image optimize (issue #13)"
   echo
   echo "\`bench/optimize.sh $RUNS\`, $(date -u +%Y-%m-%d), $(cpu_model), $(nproc) cores;"
-  echo "release build of this tree, Go reference containerd-stargz-grpc/ctr-remote $(ctr-remote --version 2>/dev/null | awk '{print $3}' | head -1)."
+  echo "binaries: \`$RSNAP\`, \`$DAEMON\`; Go reference: Debian's stargz-snapshotter $(dpkg-query -W -f '${Version}' stargz-snapshotter 2>/dev/null) (\`ctr-remote\`), containerd-stargz-grpc from \`$REF_DIR\`."
+  echo "Medians of two runs are the lower value (bench-lib.sh's \`median\`)."
   echo "Machine load (1/5/15 min) at the start of each optimize run: ${loads[*]:0:$RUNS};"
   echo "uptime at start: \`$UPTIME0\`.${LOAD_NOTE:+ $LOAD_NOTE}"
   echo "Source: bench-lib.sh's 3-layer python image (gzip), \`python3 /app/run.py\`."

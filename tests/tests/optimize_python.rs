@@ -90,7 +90,12 @@ fn build(dir: &Path) -> Image {
     )];
     let mut links: Vec<(String, String)> = vec![(
         PYTHON[1..].to_string(),
-        real_python.file_name().unwrap().to_str().unwrap().to_string(),
+        real_python
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string(),
     )];
     let (mut interp, mut libc, mut libpython) = (None, None, None);
     for line in text.lines().map(str::trim) {
@@ -121,7 +126,11 @@ fn build(dir: &Path) -> Image {
             files.push((rel, real));
         }
     }
-    for p in files.iter().map(|(p, _)| p).chain(links.iter().map(|(p, _)| p)) {
+    for p in files
+        .iter()
+        .map(|(p, _)| p)
+        .chain(links.iter().map(|(p, _)| p))
+    {
         dirs.extend(parents(p));
     }
     // /lib and /lib64 may be symlinks on the host (usr-merge): keep them real
@@ -139,7 +148,12 @@ fn build(dir: &Path) -> Image {
     }
     l0.dir("tmp", 0o1777);
 
-    let version = real_python.file_name().unwrap().to_str().unwrap().to_string();
+    let version = real_python
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let stdlib_dir = Path::new("/usr/lib").join(&version);
     let mut l1 = LayerBuilder::new();
     for d in parents(&stdlib_dir.to_str().unwrap()[1..]) {
@@ -234,7 +248,8 @@ fn a_python_image_records_interpreter_libraries_and_imported_modules() {
         assert!(l1.contains(&want), "{want} missing from layer 1: {rec:#}");
     }
     assert!(
-        !l1.iter().any(|f| f.contains("/email/") || f.contains("/http/")),
+        !l1.iter()
+            .any(|f| f.contains("/email/") || f.contains("/http/")),
         "modules the command does not import: {rec:#}"
     );
     // The app layer: the script, then the file it reads; not the other.

@@ -107,23 +107,83 @@ impl FsFigures {
         let f = fs.fetch_figures();
         let c = f.cache;
         counters.extend([
-            ("cache_memory_hits", "Chunk lookups answered by the memory tier", c.memory_hits),
-            ("cache_disk_hits", "Chunk lookups answered by the disk tier (verified again)", c.disk_hits),
-            ("cache_misses", "Chunk lookups neither tier answered", c.misses),
-            ("cache_memory_evictions", "Chunks evicted from the memory tier (cap)", c.memory_evictions),
-            ("cache_disk_evictions", "Chunks evicted from the disk tier (cache.max_size)", c.disk_evictions),
-            ("cache_disk_corrupt", "Disk chunks that failed their digest (deleted, never served)", c.disk_corrupt),
-            ("cache_disk_write_errors", "Chunks that could not be written to the disk tier", c.disk_write_errors),
-            ("cache_memory_hit_bytes", "Bytes served from the memory tier", c.memory_hit_bytes),
-            ("cache_disk_hit_bytes", "Bytes served from the disk tier", c.disk_hit_bytes),
-            ("cache_inserted_bytes", "Bytes of verified chunks fetched into the cache", c.inserted_bytes),
-            ("fetch_request_failures", "Registry requests that failed (any cause)", f.request_failures),
-            ("fetch_request_timeouts", "Registry requests cut at the fetch timeout (bounded)", f.request_timeouts),
-            ("read_timeouts", "Reads answered EIO because their wait reached the fetch timeout (bounded)", f.read_timeouts),
+            (
+                "cache_memory_hits",
+                "Chunk lookups answered by the memory tier",
+                c.memory_hits,
+            ),
+            (
+                "cache_disk_hits",
+                "Chunk lookups answered by the disk tier (verified again)",
+                c.disk_hits,
+            ),
+            (
+                "cache_misses",
+                "Chunk lookups neither tier answered",
+                c.misses,
+            ),
+            (
+                "cache_memory_evictions",
+                "Chunks evicted from the memory tier (cap)",
+                c.memory_evictions,
+            ),
+            (
+                "cache_disk_evictions",
+                "Chunks evicted from the disk tier (cache.max_size)",
+                c.disk_evictions,
+            ),
+            (
+                "cache_disk_corrupt",
+                "Disk chunks that failed their digest (deleted, never served)",
+                c.disk_corrupt,
+            ),
+            (
+                "cache_disk_write_errors",
+                "Chunks that could not be written to the disk tier",
+                c.disk_write_errors,
+            ),
+            (
+                "cache_memory_hit_bytes",
+                "Bytes served from the memory tier",
+                c.memory_hit_bytes,
+            ),
+            (
+                "cache_disk_hit_bytes",
+                "Bytes served from the disk tier",
+                c.disk_hit_bytes,
+            ),
+            (
+                "cache_inserted_bytes",
+                "Bytes of verified chunks fetched into the cache",
+                c.inserted_bytes,
+            ),
+            (
+                "fetch_request_failures",
+                "Registry requests that failed (any cause)",
+                f.request_failures,
+            ),
+            (
+                "fetch_request_timeouts",
+                "Registry requests cut at the fetch timeout (bounded)",
+                f.request_timeouts,
+            ),
+            (
+                "read_timeouts",
+                "Reads answered EIO because their wait reached the fetch timeout (bounded)",
+                f.read_timeouts,
+            ),
         ]);
         let gauges = vec![
-            ("cache_memory_bytes", "Bytes held in the memory tier", c.memory_bytes),
-            ("cache_disk_bytes", "Bytes held in the disk tier", c.disk_bytes),
+            (
+                "cache_memory_bytes",
+                "Bytes held in the memory tier",
+                c.memory_bytes,
+            ),
+            (
+                "cache_disk_bytes",
+                "Bytes held in the disk tier",
+                c.disk_bytes,
+            ),
         ];
         let latency = vec![
             ("foreground", f.foreground_latency),
@@ -199,12 +259,13 @@ impl Collector for FsFigures {
             )?;
             for (class, h) in &self.latency {
                 let labels = [("class", *class)];
-                e.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    h.sum_seconds,
-                    h.count,
-                    &per_bucket(h),
-                    None,
-                )?;
+                e.encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        h.sum_seconds,
+                        h.count,
+                        &per_bucket(h),
+                        None,
+                    )?;
             }
         }
         let per_layer: [(&str, &str, LayerFigure); 3] = [

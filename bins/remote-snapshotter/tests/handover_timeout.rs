@@ -100,7 +100,10 @@ fn readers_get_an_error_when_no_daemon_comes_back_within_the_handover_timeout() 
             let p = m.join("d/a.bin");
             std::thread::spawn(move || {
                 let r = std::fs::read(&p);
-                (r.map(|b| b.len()).map_err(|e| e.to_string()), Instant::now())
+                (
+                    r.map(|b| b.len()).map_err(|e| e.to_string()),
+                    Instant::now(),
+                )
             })
         })
         .collect();

@@ -65,7 +65,9 @@ fn a_profile_recorded_by_the_daemon_optimizes_the_image() {
 
     std::fs::write(
         s.join("config.toml"),
-        format!("no_background_fetch = true\n[profile]\nrecord = true\nwindow_sec = {WINDOW_SEC}\n"),
+        format!(
+            "no_background_fetch = true\n[profile]\nrecord = true\nwindow_sec = {WINDOW_SEC}\n"
+        ),
     )
     .unwrap();
     let daemon = common::start(&s, &[]);
@@ -93,7 +95,9 @@ fn a_profile_recorded_by_the_daemon_optimizes_the_image() {
     let root = s.join("root");
     let root_s = root.to_str().unwrap();
     let listed = wait_until(Duration::from_secs(WINDOW_SEC + 15), || {
-        rsnap(&["profile", "list", "--root", root_s]).1.contains("prof/app:v1")
+        rsnap(&["profile", "list", "--root", root_s])
+            .1
+            .contains("prof/app:v1")
     });
     assert!(listed, "no profile kept");
     let rec = s.join("record.json");
@@ -107,8 +111,7 @@ fn a_profile_recorded_by_the_daemon_optimizes_the_image() {
         root_s,
         "--plain-http",
     ]);
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&rec).unwrap()).unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec).unwrap()).unwrap();
     eprintln!("record: {record:#}");
     let files_of = |needle: &str| -> Vec<String> {
         record["layers"]
@@ -173,7 +176,10 @@ fn a_profile_recorded_by_the_daemon_optimizes_the_image() {
     let proxy = CountingProxy::start(reg.port);
     let lazy_ref = format!("{}/prof/app:opt", proxy.host());
     pull(&lazy_ref);
-    assert_eq!(ctrd.run(&lazy_ref, Some("remote"), &["sh", "-c", cmd]), want);
+    assert_eq!(
+        ctrd.run(&lazy_ref, Some("remote"), &["sh", "-c", cmd]),
+        want
+    );
     let read = proxy.bytes_down();
     eprintln!(
         "FIGURE profile-record: image {plain_size} B; optimized from the daemon's record, pull + run read {read} B"

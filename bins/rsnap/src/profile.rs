@@ -46,11 +46,7 @@ pub fn run(args: Args) -> Result<()> {
             for (_, p) in profiles(&root)? {
                 let files: usize = p.layers.iter().map(|l| l.files.len()).sum();
                 let cut = if p.truncated { " (truncated)" } else { "" };
-                println!(
-                    "{}\t{} layers\t{files} files{cut}",
-                    p.image,
-                    p.layers.len()
-                );
+                println!("{}\t{} layers\t{files} files{cut}", p.image, p.layers.len());
             }
             Ok(())
         }
@@ -189,7 +185,10 @@ mod tests {
         };
         let r = to_record(&p, &digest('a')).unwrap();
         assert_eq!(r.image, digest('a'));
-        assert_eq!(r.files(&digest('b')).unwrap(), ["bin/sh", "lib/ld-musl.so.1"]);
+        assert_eq!(
+            r.files(&digest('b')).unwrap(),
+            ["bin/sh", "lib/ld-musl.so.1"]
+        );
         let mut bad = p.clone();
         bad.layers[0].files.push("../etc/passwd".into());
         assert!(to_record(&bad, &digest('a')).is_err());
@@ -215,7 +214,10 @@ mod tests {
             find(root.path(), "reg.example/app:v1").unwrap().image,
             "reg.example/app:v1"
         );
-        assert_eq!(find(root.path(), "app:v1").unwrap().image, "reg.example/app:v1");
+        assert_eq!(
+            find(root.path(), "app:v1").unwrap().image,
+            "reg.example/app:v1"
+        );
         assert!(find(root.path(), "reg.example").is_err(), "ambiguous");
         assert!(find(root.path(), "nothing").is_err());
     }

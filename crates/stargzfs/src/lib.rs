@@ -33,15 +33,15 @@ pub use config::Config;
 pub use error::Error;
 pub use fs::StargzFs;
 pub use handover::{fd_store_path, HandoverStats, LayerInfo};
-/// What [`StargzFs::fetch_figures`] returns (latencies, bounded failures, cache).
-pub use lazyfs::{CacheFigures, FetchFigures, HistogramSnapshot};
 /// The fd holder's loop, for the daemon's `fd-holder` mode.
 pub use lazyfs::handover::{run_holder as run_fd_holder, HolderConfig as FdHolderConfig};
+/// What [`StargzFs::fetch_figures`] returns (latencies, bounded failures, cache).
+pub use lazyfs::{CacheFigures, FetchFigures, HistogramSnapshot};
+pub use profile::{
+    profile_path, profiles_dir, ProfileConfig, SavedLayer, SavedProfile, PROFILE_VERSION,
+};
 /// The `[resolver]` table's typed form, for building a [`Config`].
 pub use registry::HostsConfig;
 /// What [`Config::credentials`] is built from.
 pub use registry::{Credential, CredentialSource};
-pub use profile::{
-    profile_path, profiles_dir, ProfileConfig, SavedLayer, SavedProfile, PROFILE_VERSION,
-};
 pub use toc_store::{TocStore, TocStoreStats};

@@ -172,7 +172,11 @@ fn give_up(path: &Path, held: Held, waited: Duration) {
         let mp = canonical(&st.mountpoint);
         let detached = crate::mounts::cleanup_dead_mounts(&mp).unwrap_or_default();
         info!(mount = %mp.display(), detached = !detached.is_empty(), "fd holder: gave up a connection");
-        note.push_str(&format!("{}\t{}\n", st.layer_digest, st.mountpoint.display()));
+        note.push_str(&format!(
+            "{}\t{}\n",
+            st.layer_digest,
+            st.mountpoint.display()
+        ));
     }
     let file = path.with_file_name(GAVE_UP_FILE);
     let res = std::fs::OpenOptions::new()

@@ -30,6 +30,7 @@ pub struct Config {
     pub cri_keychain: CriKeychainConfig,
     pub fallback_pull: FallbackPullConfig,
     pub gzindex: GzIndexConfig,
+    pub profile: ProfileConfig,
     /// `[[resolver.host."HOST".mirrors]]` etc., passed through untouched:
     /// the registry crate owns its typed form.
     pub resolver: Option<toml::Value>,
@@ -67,6 +68,18 @@ pub struct FuseConfig {
     pub entry_timeout: Option<i64>,
     pub negative_timeout: Option<i64>,
     pub passthrough: Option<bool>,
+    /// Seconds the fd holder keeps mounts for a daemon that does not come
+    /// back; 0: forever.
+    pub handover_timeout_sec: Option<u64>,
+}
+
+/// `[profile]`: this daemon's own section (profiles of real runs).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct ProfileConfig {
+    pub record: bool,
+    pub window_sec: Option<u64>,
+    pub max_files: Option<usize>,
 }
 
 /// This daemon's own `[gzindex]`: seekable indexes of plain gzip layers

@@ -41,6 +41,14 @@ pub fn stargz_config(cfg: &Config, root: &Path) -> anyhow::Result<stargzfs::Conf
                 .unwrap_or_else(|| root.join("gzindex")),
         ),
         gzindex_registry: cfg.gzindex.registry_lookup.unwrap_or(true),
+        profile: cfg.profile.record.then(|| {
+            let d = stargzfs::ProfileConfig::default();
+            stargzfs::ProfileConfig {
+                window: cfg.profile.window_sec.map_or(d.window, Duration::from_secs),
+                max_files: cfg.profile.max_files.unwrap_or(d.max_files),
+                ..d
+            }
+        }),
     })
 }
 
@@ -63,6 +71,9 @@ fetching_timeout_sec = 5
 max_size = 1024
 [fuse]
 passthrough = true
+[profile]
+record = true
+window_sec = 3
 [[resolver.host."registry.example".mirrors]]
 host = "mirror.example"
 "#,
@@ -76,8 +87,12 @@ host = "mirror.example"
         assert_eq!(s.fetch_timeout, Some(Duration::from_secs(5)));
         assert_eq!(s.cache_max_bytes, Some(1024));
         assert!(s.passthrough);
+        let p = s.profile.as_ref().expect("recording on");
+        assert_eq!(p.window, Duration::from_secs(3));
+        assert_eq!(p.max_files, 10_000);
         let off = stargz_config(&Config::parse("").unwrap(), Path::new("/s")).unwrap();
         assert!(!off.passthrough, "passthrough is off unless asked for");
+        assert!(off.profile.is_none(), "recording is off unless asked for");
         assert_eq!(s.retries, Some(7));
         assert_eq!(s.retry_base, Some(Duration::from_millis(30)));
         assert_eq!(

@@ -27,6 +27,9 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
 const DEFAULT_CONFIG: &str = "/etc/remote-snapshotter/config.toml";
+/// `[fuse] handover_timeout_sec` unset: readers of a node whose daemon does
+/// not come back get an error after ten minutes rather than never.
+const DEFAULT_HANDOVER_TIMEOUT_SEC: u64 = 600;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,6 +77,10 @@ enum Mode {
         /// The unix socket to serve (`ROOT/fdstore.sock`).
         #[arg(long)]
         socket: PathBuf,
+        /// Give the connections up this many seconds after the last
+        /// daemon went away without another attaching (0: never).
+        #[arg(long, default_value_t = 0)]
+        give_up_after: u64,
     },
 }
 
@@ -97,7 +104,11 @@ async fn main() -> anyhow::Result<()> {
     tune_allocator();
     let args = Args::parse();
     init_logging(&args)?;
-    if let Some(Mode::FdHolder { socket }) = &args.mode {
+    if let Some(Mode::FdHolder {
+        socket,
+        give_up_after,
+    }) = &args.mode
+    {
         // Survive the signals that stop the daemon's process group or
         // terminal; it exits by itself once it holds nothing.
         // SAFETY: setting signal dispositions to ignore, before any thread
@@ -107,7 +118,11 @@ async fn main() -> anyhow::Result<()> {
             libc::signal(libc::SIGHUP, libc::SIG_IGN);
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         }
-        let cfg = stargzfs::FdHolderConfig::default();
+        let cfg = stargzfs::FdHolderConfig {
+            give_up_after: (*give_up_after > 0)
+                .then(|| std::time::Duration::from_secs(*give_up_after)),
+            ..Default::default()
+        };
         return tokio::task::block_in_place(|| stargzfs::run_fd_holder(socket, &cfg))
             .context("fd holder");
     }
@@ -138,6 +153,12 @@ async fn main() -> anyhow::Result<()> {
             "fd-holder".into(),
             "--socket".into(),
             sock.into(),
+            "--give-up-after".into(),
+            cfg.fuse
+                .handover_timeout_sec
+                .unwrap_or(DEFAULT_HANDOVER_TIMEOUT_SEC)
+                .to_string()
+                .into(),
         ]);
     }
     let remote = Arc::new(stargzfs::StargzFs::new(&fs_cfg).context("eStargz filesystem")?);

@@ -1,7 +1,9 @@
 //! Opt-in Prometheus text endpoint (`--metrics-address`) for the remote
 //! protocol's counters, the restart machinery (handed-over mounts, TOCs
-//! kept on disk, requests a crash abandoned) and per-layer fetch figures. A minimal HTTP/1.1 responder: one GET per
-//! connection, any path, so no web framework is pulled in for it.
+//! kept on disk, requests a crash abandoned), per-layer fetch figures, the
+//! chunk cache (hits, misses, evictions, bytes per tier), request latency
+//! histograms and bounded failures. A minimal HTTP/1.1 responder: one GET
+//! per connection, any path, so no web framework is pulled in for it.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -85,6 +87,8 @@ impl Collector for SnapshotterCollector {
 #[derive(Debug, Default)]
 struct FsFigures {
     counters: Vec<(&'static str, &'static str, u64)>,
+    gauges: Vec<(&'static str, &'static str, u64)>,
+    latency: Vec<(&'static str, stargzfs::HistogramSnapshot)>,
     layers: Vec<stargzfs::LayerInfo>,
 }
 
@@ -109,6 +113,96 @@ impl FsFigures {
                 "Layers mounted without verification (allow_no_verification)",
                 fs.unverified_mounted(),
             ),
+            (
+                "toc_fetched",
+                "Layers whose TOC was read from the registry (none kept, or the kept one unusable)",
+                t.fetched_from_registry.load(Relaxed),
+            ),
+        ];
+        let f = fs.fetch_figures();
+        let c = f.cache;
+        counters.extend([
+            (
+                "cache_memory_hits",
+                "Chunk lookups answered by the memory tier",
+                c.memory_hits,
+            ),
+            (
+                "cache_disk_hits",
+                "Chunk lookups answered by the disk tier (verified again)",
+                c.disk_hits,
+            ),
+            (
+                "cache_misses",
+                "Chunk lookups neither tier answered",
+                c.misses,
+            ),
+            (
+                "cache_memory_evictions",
+                "Chunks evicted from the memory tier (cap)",
+                c.memory_evictions,
+            ),
+            (
+                "cache_disk_evictions",
+                "Chunks evicted from the disk tier (cache.max_size)",
+                c.disk_evictions,
+            ),
+            (
+                "cache_disk_corrupt",
+                "Disk chunks that failed their digest (deleted, never served)",
+                c.disk_corrupt,
+            ),
+            (
+                "cache_disk_write_errors",
+                "Chunks that could not be written to the disk tier",
+                c.disk_write_errors,
+            ),
+            (
+                "cache_memory_hit_bytes",
+                "Bytes served from the memory tier",
+                c.memory_hit_bytes,
+            ),
+            (
+                "cache_disk_hit_bytes",
+                "Bytes served from the disk tier",
+                c.disk_hit_bytes,
+            ),
+            (
+                "cache_inserted_bytes",
+                "Bytes of verified chunks fetched into the cache",
+                c.inserted_bytes,
+            ),
+            (
+                "fetch_request_failures",
+                "Registry requests that failed (any cause)",
+                f.request_failures,
+            ),
+            (
+                "fetch_request_timeouts",
+                "Registry requests cut at the fetch timeout (bounded)",
+                f.request_timeouts,
+            ),
+            (
+                "read_timeouts",
+                "Reads answered EIO because their wait reached the fetch timeout (bounded)",
+                f.read_timeouts,
+            ),
+        ]);
+        let gauges = vec![
+            (
+                "cache_memory_bytes",
+                "Bytes held in the memory tier",
+                c.memory_bytes,
+            ),
+            (
+                "cache_disk_bytes",
+                "Bytes held in the disk tier",
+                c.disk_bytes,
+            ),
+        ];
+        let latency = vec![
+            ("foreground", f.foreground_latency),
+            ("background", f.background_latency),
         ];
         if let Some(h) = fs.handover_stats() {
             counters.extend([
@@ -138,6 +232,11 @@ impl FsFigures {
                     h.undrained_requests.load(Relaxed),
                 ),
                 (
+                    "handover_given_up",
+                    "Mounts the fd holder gave up while no daemon ran (handover_timeout_sec): readers got errors",
+                    h.given_up.load(Relaxed),
+                ),
+                (
                     "handover_keep_failures",
                     "Mounts whose FUSE fd could not be given to the fd holder",
                     h.keep_failures.load(Relaxed),
@@ -146,6 +245,8 @@ impl FsFigures {
         }
         FsFigures {
             counters,
+            gauges,
+            latency,
             layers: fs.layers().await,
         }
     }
@@ -159,6 +260,28 @@ impl Collector for FsFigures {
         for (name, help, v) in &self.counters {
             let e = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(*v).encode(e)?;
+        }
+        for (name, help, v) in &self.gauges {
+            let e = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            prometheus_client::metrics::gauge::ConstGauge::new(*v as i64).encode(e)?;
+        }
+        if !self.latency.is_empty() {
+            let mut e = enc.encode_descriptor(
+                "fetch_latency_seconds",
+                "Time of each registry request of lazy fetches, by class (foreground: a reader or the prefetch waits; background: the rest of a layer)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (class, h) in &self.latency {
+                let labels = [("class", *class)];
+                e.encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        h.sum_seconds,
+                        h.count,
+                        &per_bucket(h),
+                        None,
+                    )?;
+            }
         }
         let per_layer: [(&str, &str, LayerFigure); 4] = [
             (
@@ -206,6 +329,23 @@ impl Collector for FsFigures {
         }
         Ok(())
     }
+}
+
+/// The encoder wants each bucket's own count (it sums them) and a last
+/// `+Inf` bucket; the snapshot is cumulative.
+fn per_bucket(h: &stargzfs::HistogramSnapshot) -> Vec<(f64, u64)> {
+    let mut prev = 0;
+    let mut out: Vec<(f64, u64)> = h
+        .buckets
+        .iter()
+        .map(|&(le, cum)| {
+            let n = cum.saturating_sub(prev);
+            prev = cum;
+            (le, n)
+        })
+        .collect();
+    out.push((f64::INFINITY, h.count.saturating_sub(prev)));
+    out
 }
 
 #[cfg(test)]
@@ -282,6 +422,15 @@ mod tests {
         let m = Arc::new(Metrics::default());
         let f = FsFigures {
             counters: vec![("handover_adopted", "h", 2)],
+            gauges: vec![("cache_disk_bytes", "d", 4096)],
+            latency: vec![(
+                "foreground",
+                stargzfs::HistogramSnapshot {
+                    buckets: vec![(0.01, 1), (0.1, 3)],
+                    count: 4,
+                    sum_seconds: 5.2,
+                },
+            )],
             layers: vec![stargzfs::LayerInfo {
                 mountpoint: "/m".into(),
                 digest: "sha256:ab".into(),
@@ -316,5 +465,18 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(
+            text.contains("remote_snapshotter_cache_disk_bytes 4096"),
+            "{text}"
+        );
+        // Cumulative buckets as the snapshot had them, and +Inf = count.
+        for line in [
+            "remote_snapshotter_fetch_latency_seconds_count{class=\"foreground\"} 4",
+            "remote_snapshotter_fetch_latency_seconds_bucket{le=\"0.01\",class=\"foreground\"} 1",
+            "remote_snapshotter_fetch_latency_seconds_bucket{le=\"0.1\",class=\"foreground\"} 3",
+            "remote_snapshotter_fetch_latency_seconds_bucket{le=\"+Inf\",class=\"foreground\"} 4",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

@@ -521,6 +521,25 @@ fn a_cached_image_starts_after_a_restart_with_the_registry_down() {
         String::from_utf8_lossy(&out.stdout),
         format!("{}  {BIG}\n", hex(&big))
     );
+    // What an operator sees of it: the cached files came from the disk tier
+    // (memory is empty after a restart), the refused requests and their
+    // latency are counted, the fetched chunks went into the cache.
+    let text = common::metrics(&metrics);
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert!(value("remote_snapshotter_cache_disk_hits_total") >= 1.0);
+    assert!(value("remote_snapshotter_cache_disk_hit_bytes_total") >= 1.0);
+    assert!(value("remote_snapshotter_cache_misses_total") >= 1.0);
+    assert!(value("remote_snapshotter_fetch_request_failures_total") >= 1.0);
+    assert!(value("remote_snapshotter_cache_inserted_bytes_total") >= BIG_BYTES as f64 / 2.0);
+    assert!(value("remote_snapshotter_cache_disk_bytes") >= BIG_BYTES as f64 / 2.0);
+    let fg = "remote_snapshotter_fetch_latency_seconds";
+    assert!(value(&format!("{fg}_count{{class=\"foreground\"}}")) >= 2.0);
+    assert!(value(&format!("{fg}_bucket{{le=\"+Inf\",class=\"foreground\"}}")) >= 2.0);
     eprintln!(
         "FIGURE registry-down-restart: socket up {} ; cached container starts {} ; uncached read EIO in {} ; after the registry returned ok in {}",
         secs(socket_up),

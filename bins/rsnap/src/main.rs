@@ -7,6 +7,7 @@ mod layers;
 mod mount;
 mod net;
 mod optimize;
+mod profile;
 mod pull;
 mod toc;
 
@@ -45,6 +46,9 @@ enum Cmd {
     Optimize(optimize::Args),
     /// List the remote layers mounted under a daemon's root: image, fetched %, state.
     Layers(layers::Args),
+    /// Profiles of real runs the daemon recorded (`[profile] record`):
+    /// list them, or export one as an `optimize --reuse-record` record.
+    Profile(profile::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,5 +65,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Pull(a) => pull::run(a),
         Cmd::Optimize(a) => optimize::run(a),
         Cmd::Layers(a) => layers::run(a),
+        Cmd::Profile(a) => profile::run(a),
     }
 }

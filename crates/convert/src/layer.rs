@@ -120,7 +120,12 @@ pub fn convert_layer(
             toc_layer: None,
         });
     }
-    if lazy_format(kind) == Some(opts.compression) {
+    // An input already in the output format (eStargz or zstd:chunked) is
+    // kept as is, unless files are to be put first (`rsnap optimize` of such
+    // an image, e.g. from a profile the daemon recorded): then every layer
+    // is written again, the untouched ones with the no-prefetch landmark.
+    let reorder = !opts.prioritized_files.is_empty() || !opts.prioritized_by_layer.is_empty();
+    if lazy_format(kind) == Some(opts.compression) && !reorder {
         if let Some(toc_digest) = estargz_toc_digest(&path, opts.compression) {
             return pass_through(src, dst, src_desc, src_diff_id, toc_digest, kind, bar);
         }

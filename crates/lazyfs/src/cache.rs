@@ -55,6 +55,11 @@ pub(crate) struct CacheStats {
     pub(crate) disk_write_errors: AtomicU64,
     pub(crate) memory_bytes: AtomicU64,
     pub(crate) disk_bytes: AtomicU64,
+    pub(crate) memory_evictions: AtomicU64,
+    /// Bytes served from each tier, and bytes of fetched chunks settled.
+    pub(crate) memory_hit_bytes: AtomicU64,
+    pub(crate) disk_hit_bytes: AtomicU64,
+    pub(crate) inserted_bytes: AtomicU64,
 }
 
 pub struct ChunkCache {
@@ -147,6 +152,9 @@ impl ChunkCache {
         let hex = digest_hex(digest)?;
         let b = self.mem.lock().get(hex)?;
         self.stats.memory_hits.fetch_add(1, Relaxed);
+        self.stats
+            .memory_hit_bytes
+            .fetch_add(b.len() as u64, Relaxed);
         Some(b)
     }
 
@@ -172,6 +180,7 @@ impl ChunkCache {
         match &hit {
             Some(b) => {
                 self.stats.disk_hits.fetch_add(1, Relaxed);
+                self.stats.disk_hit_bytes.fetch_add(b.len() as u64, Relaxed);
                 self.insert_memory(digest, b.clone());
             }
             None => {
@@ -226,6 +235,7 @@ impl ChunkCache {
             if mem.pop_oldest().is_none() {
                 break;
             }
+            self.stats.memory_evictions.fetch_add(1, Relaxed);
         }
         self.stats.memory_bytes.store(mem.weight(), Relaxed);
     }
@@ -295,6 +305,25 @@ impl ChunkCache {
             return 0.0;
         }
         self.disk.lock().weight() as f64 / self.disk_cap as f64
+    }
+
+    /// The cache's counters and tier sizes now.
+    pub fn figures(&self) -> crate::metrics::CacheFigures {
+        let s = &self.stats;
+        crate::metrics::CacheFigures {
+            memory_hits: s.memory_hits.load(Relaxed),
+            disk_hits: s.disk_hits.load(Relaxed),
+            misses: s.misses.load(Relaxed),
+            memory_evictions: s.memory_evictions.load(Relaxed),
+            disk_evictions: s.disk_evictions.load(Relaxed),
+            disk_corrupt: s.disk_corrupt.load(Relaxed),
+            disk_write_errors: s.disk_write_errors.load(Relaxed),
+            inserted_bytes: s.inserted_bytes.load(Relaxed),
+            memory_hit_bytes: s.memory_hit_bytes.load(Relaxed),
+            disk_hit_bytes: s.disk_hit_bytes.load(Relaxed),
+            memory_bytes: s.memory_bytes.load(Relaxed),
+            disk_bytes: s.disk_bytes.load(Relaxed),
+        }
     }
 
     pub(crate) fn has_disk(&self) -> bool {
@@ -394,6 +423,8 @@ mod tests {
             c.insert(&digest_of(&b), b);
         }
         assert!(c.stats.memory_bytes.load(Relaxed) <= 4000);
+        // 10 x 900 bytes under a 4000-byte cap: 4 stay, 6 were evicted.
+        assert_eq!(c.figures().memory_evictions, 6);
         let newest = Bytes::from(vec![9u8; 900]);
         assert!(c.get_memory(&digest_of(&newest)).is_some());
         let oldest = Bytes::from(vec![0u8; 900]);

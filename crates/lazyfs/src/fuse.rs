@@ -261,6 +261,7 @@ impl Filesystem for LayerFs {
             Some(_) => return reply.error(Errno::EISDIR),
             None => return reply.error(Errno::ENOENT),
         }
+        self.layer.note_open(ino.0);
         let fh = self.next_fh.fetch_add(1, Relaxed);
         let Some(store) = self.passthrough_store() else {
             self.files.lock().insert(fh, Arc::new(OpenFile::default()));

@@ -12,7 +12,12 @@
 //!
 //! Protocol: one `SOCK_SEQPACKET` message per request/answer, JSON, with at
 //! most one fd: `put` (key, state + fd), `del` (key), `list` (answered by one
-//! message per entry with its fd, then `{"end":true}`).
+//! message per entry with its fd, then `{"end":true}`), `attach` (answered
+//! `ok`, then the connection stays open while the daemon lives: its lease;
+//! see [`holder`] for the give-up it bounds). A holder that predates
+//! `attach` answers it with an error, and the daemon goes on without a lease.
+
+mod holder;
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -20,8 +25,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
+use std::time::Duration;
 
 /// Largest message (state JSON); labels of a many-layer image fit easily.
 const MAX_MSG: usize = 256 * 1024;
@@ -68,6 +72,7 @@ enum Req {
     Put { key: String, state: ConnState },
     Del { key: String },
     List,
+    Attach { pid: u32 },
 }
 
 #[derive(Debug, Serialize, Deserialize, Default)]
@@ -177,6 +182,20 @@ impl FdStore {
         check(self.call(&Req::Del { key: key.into() }, None)?)
     }
 
+    /// A lease: the returned socket stays connected while it is kept open;
+    /// the holder gives its connections up only once no lease is left
+    /// (for its configured time). Dropping it ends the lease.
+    pub fn attach(&self) -> std::io::Result<Lease> {
+        let sock = self.connect()?;
+        let req = Req::Attach {
+            pid: std::process::id(),
+        };
+        send(sock.as_fd(), &serde_json::to_vec(&req)?, None)?;
+        let (msg, _) = recv(sock.as_fd())?;
+        check(parse_answer(&msg)?)?;
+        Ok(Lease(sock))
+    }
+
     /// Every held connection with a dup of its fd.
     pub fn list(&self) -> std::io::Result<Vec<(ConnState, OwnedFd)>> {
         let sock = self.connect()?;
@@ -193,6 +212,21 @@ impl FdStore {
                 _ => return Err(std::io::Error::other("fd store: entry without state or fd")),
             }
         }
+    }
+}
+
+/// A daemon's lease with the holder ([`FdStore::attach`]); dropping it
+/// ends the lease.
+#[derive(Debug)]
+pub struct Lease(OwnedFd);
+
+impl Lease {
+    /// Whether the holder still has it (it sends nothing on a lease: a
+    /// readable or hung-up socket means the holder is gone).
+    pub fn is_alive(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut p = [PollFd::new(&self.0, PollFlags::IN)];
+        matches!(poll(&mut p, Some(&Timespec::default())), Ok(0))
     }
 }
 
@@ -214,253 +248,4 @@ fn check(a: Answer) -> std::io::Result<()> {
     }
 }
 
-/// How the holder decides it is no longer needed.
-#[derive(Debug, Clone)]
-pub struct HolderConfig {
-    /// Exit after holding nothing for this long.
-    pub idle_exit: Duration,
-    /// How often entries whose mount is gone are dropped.
-    pub prune_every: Duration,
-}
-
-impl Default for HolderConfig {
-    fn default() -> Self {
-        HolderConfig {
-            idle_exit: Duration::from_secs(30),
-            prune_every: Duration::from_secs(2),
-        }
-    }
-}
-
-/// The holder: serve the store at `path` until nothing has been held for
-/// `idle_exit`, or the socket's directory is gone. Entries whose mount point
-/// is no longer a FUSE mount are dropped (their connection then ends).
-/// Single-threaded; every call is short.
-pub fn run_holder(path: &Path, cfg: &HolderConfig) -> std::io::Result<()> {
-    let sock = seqpacket()?;
-    let _ = std::fs::remove_file(path);
-    rustix::net::bind(&sock, &rustix::net::SocketAddrUnix::new(path)?)?;
-    rustix::net::listen(&sock, 64)?;
-    info!(socket = %path.display(), "fd holder serving");
-    let mut held: HashMap<String, (ConnState, OwnedFd)> = HashMap::new();
-    let mut empty_since = Some(Instant::now());
-    let mut last_prune = Instant::now();
-    loop {
-        let mut fds = [rustix::event::PollFd::new(
-            &sock,
-            rustix::event::PollFlags::IN,
-        )];
-        let timeout = rustix::event::Timespec::try_from(cfg.prune_every).ok();
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        if !fds[0].revents().is_empty() {
-            if let Ok(conn) = rustix::net::accept_with(&sock, rustix::net::SocketFlags::CLOEXEC) {
-                let t = Some(Duration::from_secs(5));
-                let _ = rustix::net::sockopt::set_socket_timeout(
-                    &conn,
-                    rustix::net::sockopt::Timeout::Recv,
-                    t,
-                );
-                if let Err(e) = serve_one(conn.as_fd(), &mut held) {
-                    debug!(error = %e, "fd holder: a client failed");
-                }
-            }
-        }
-        if last_prune.elapsed() >= cfg.prune_every {
-            last_prune = Instant::now();
-            held.retain(|key, (st, _)| {
-                let keep = crate::mounts::is_fuse_mounted(&canonical(&st.mountpoint));
-                if !keep {
-                    info!(key, "fd holder: mount gone; dropping its connection");
-                }
-                keep
-            });
-            if !path.parent().is_some_and(Path::exists) {
-                warn!(socket = %path.display(), "fd holder: directory gone; exiting");
-                return Ok(());
-            }
-        }
-        match (&empty_since, held.is_empty()) {
-            (None, true) => empty_since = Some(Instant::now()),
-            (Some(_), false) => empty_since = None,
-            (Some(t), true) if t.elapsed() >= cfg.idle_exit => {
-                let _ = std::fs::remove_file(path);
-                info!("fd holder: nothing held; exiting");
-                return Ok(());
-            }
-            _ => {}
-        }
-    }
-}
-
-/// `p` with its parent canonicalized: the mount table has real paths, and
-/// the mount point itself must not be touched (a stat could wait for a
-/// server that is not there yet).
-fn canonical(p: &Path) -> PathBuf {
-    match (
-        p.parent().and_then(|d| d.canonicalize().ok()),
-        p.file_name(),
-    ) {
-        (Some(d), Some(n)) => d.join(n),
-        _ => p.to_path_buf(),
-    }
-}
-
-fn serve_one(
-    conn: BorrowedFd<'_>,
-    held: &mut HashMap<String, (ConnState, OwnedFd)>,
-) -> std::io::Result<()> {
-    let (msg, mut fds) = recv(conn)?;
-    let reply = |a: &Answer, fd: Option<BorrowedFd<'_>>| -> std::io::Result<()> {
-        send(conn, &serde_json::to_vec(a)?, fd)
-    };
-    let req: Req = match serde_json::from_slice(&msg) {
-        Ok(r) => r,
-        Err(e) => {
-            return reply(
-                &Answer {
-                    error: Some(format!("bad request: {e}")),
-                    ..Default::default()
-                },
-                None,
-            )
-        }
-    };
-    match req {
-        Req::Put { key, state } => {
-            let Some(fd) = fds.pop() else {
-                let error = Some("put without an fd".to_string());
-                return reply(
-                    &Answer {
-                        error,
-                        ..Default::default()
-                    },
-                    None,
-                );
-            };
-            debug!(key, "fd holder: holding");
-            held.insert(key, (state, fd));
-        }
-        Req::Del { key } => {
-            debug!(key, "fd holder: releasing");
-            held.remove(&key);
-        }
-        Req::List => {
-            for (st, fd) in held.values() {
-                let a = Answer {
-                    state: Some(st.clone()),
-                    ..Default::default()
-                };
-                reply(&a, Some(fd.as_fd()))?;
-            }
-            let end = Answer {
-                end: true,
-                ..Default::default()
-            };
-            return reply(&end, None);
-        }
-    }
-    reply(
-        &Answer {
-            ok: true,
-            ..Default::default()
-        },
-        None,
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-
-    fn wait(mut f: impl FnMut() -> bool) -> bool {
-        (0..250).any(|_| {
-            f() || {
-                std::thread::sleep(Duration::from_millis(20));
-                false
-            }
-        })
-    }
-
-    fn state(mp: &str) -> ConnState {
-        ConnState {
-            mountpoint: mp.into(),
-            layer_digest: "sha256:aa".into(),
-            labels: [("k".to_string(), "v".to_string())].into(),
-            proto: Some((7, 41)),
-            mounted_at: 1,
-        }
-    }
-
-    #[test]
-    fn holder_keeps_fds_and_gives_back_the_same_open_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("fd.sock");
-        let cfg = HolderConfig {
-            idle_exit: Duration::from_secs(600),
-            prune_every: Duration::from_secs(600),
-        };
-        let p = sock.clone();
-        std::thread::spawn(move || run_holder(&p, &cfg));
-        let store = FdStore::new(&sock);
-        assert!(wait(|| store.is_running()));
-        let (mut rd, wr) = std::io::pipe().unwrap();
-        let wr: OwnedFd = wr.into();
-        store.put("/m/1", &state("/m/1"), wr.as_fd()).unwrap();
-        drop(wr);
-        let listed = store.list().unwrap();
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].0, state("/m/1"));
-        // The fd that came back writes into the same pipe.
-        let mut w = std::fs::File::from(listed.into_iter().next().unwrap().1);
-        w.write_all(b"hi").unwrap();
-        drop(w);
-        let mut got = [0u8; 2];
-        rd.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"hi");
-        // Put without an fd is refused; del releases.
-        assert!(store
-            .call(
-                &Req::Put {
-                    key: "x".into(),
-                    state: state("x")
-                },
-                None
-            )
-            .map(check)
-            .unwrap()
-            .is_err());
-        store.del("/m/1").unwrap();
-        assert!(store.list().unwrap().is_empty());
-        // The holder closed its copy: the pipe's writer is gone.
-        let mut rest = Vec::new();
-        rd.read_to_end(&mut rest).unwrap();
-        assert!(rest.is_empty());
-    }
-
-    #[test]
-    fn holder_exits_when_idle_and_drops_entries_whose_mount_is_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("fd.sock");
-        let cfg = HolderConfig {
-            idle_exit: Duration::from_millis(300),
-            prune_every: Duration::from_millis(50),
-        };
-        let p = sock.clone();
-        let t = std::thread::spawn(move || run_holder(&p, &cfg));
-        let store = FdStore::new(&sock);
-        assert!(wait(|| store.is_running()));
-        let (_rd, wr) = std::io::pipe().unwrap();
-        let wr: OwnedFd = wr.into();
-        // Not a FUSE mount: pruned at the next tick, then idle, then exit.
-        store
-            .put("/nowhere", &state("/nowhere"), wr.as_fd())
-            .unwrap();
-        t.join().unwrap().unwrap();
-        assert!(!sock.exists());
-        assert!(!store.is_running());
-    }
-}
+pub use holder::{run_holder, HolderConfig, GAVE_UP_FILE};

@@ -9,9 +9,11 @@
 
 mod background;
 mod blobcheck;
+mod observe;
 
 pub use background::PrefetchReport;
 pub use blobcheck::BlobCheck;
+pub use observe::OpenObserver;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -62,6 +64,8 @@ pub struct LazyLayer {
     check_state: AtomicU8,
     /// Why the check failed, for every later read's error.
     check_failure: Mutex<Option<String>>,
+    /// Told of every open of a regular file (profiles of real runs).
+    observer: std::sync::OnceLock<Arc<dyn OpenObserver>>,
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +158,7 @@ impl LazyLayer {
             unverified: AtomicBool::new(false),
             check_state: AtomicU8::new(blobcheck::NOT_CHECKED),
             check_failure: Mutex::new(None),
+            observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -296,6 +301,7 @@ impl LazyLayer {
         let memory = SLOW_FAILURE_MEMORY.min(timeout / 2);
         let recent = self.slow_failures.lock().get(&p.ino).copied();
         if recent.is_some_and(|t| t.elapsed() < memory) {
+            self.fetcher.scheduler().note_read_timeout();
             return Err(self.read_error(p.ino, FetchError::Timeout(timeout)));
         }
         let started = Instant::now();
@@ -316,6 +322,9 @@ impl LazyLayer {
                 Ok(assemble(&p.chunks, parts, p.off, p.len))
             }
             Err(e) => {
+                if matches!(e, FetchError::Timeout(_)) {
+                    self.fetcher.scheduler().note_read_timeout();
+                }
                 if !e.is_corrupt() && started.elapsed() >= timeout / 2 {
                     self.slow_failures.lock().insert(p.ino, Instant::now());
                 }

@@ -23,6 +23,8 @@
 //!   `materialize`: whole files of a layer written out from verified cached
 //!   chunks, for FUSE passthrough. `decoder`: [`MemberDecoder`], for layers
 //!   whose chunks are not gzip members (plain gzip served through an index).
+//!   `metrics`: latency histograms, bounded failures and cache figures
+//!   across layers, for the daemon's endpoint.
 //!
 //! Nothing is served that did not match its digest; nothing waits on the
 //! network longer than the configured fetch timeout. The modules are private:
@@ -40,6 +42,7 @@ mod inflight;
 mod layer;
 mod lru;
 mod materialize;
+mod metrics;
 mod mounts;
 mod open;
 mod readahead;
@@ -55,7 +58,8 @@ pub use decoder::MemberDecoder;
 pub use error::{Error, NotEstargz};
 pub use fuse::{adopt, mount, MountHandle};
 pub use inflight::{in_flight, persist_in as persist_in_flight, wait_drained};
-pub use layer::{BlobCheck, LazyLayer, PrefetchReport};
+pub use layer::{BlobCheck, LazyLayer, OpenObserver, PrefetchReport};
+pub use metrics::{CacheFigures, FetchFigures, HistogramSnapshot, LATENCY_BUCKETS};
 pub use mounts::{cleanup_dead_mounts, is_fuse_mounted};
 pub use open::{external_toc_bytes, TocBytes};
 pub use scheduler::{FetchVia, Scheduler};

@@ -19,6 +19,7 @@
 use crate::cache::ChunkCache;
 use crate::chunk::FetchError;
 use crate::config::Config;
+use crate::metrics::{FetchFigures, SchedulerStats};
 use crate::source::{RangeSource, SourceError};
 use crate::stats::FetchClass;
 use bytes::Bytes;
@@ -80,6 +81,8 @@ pub struct Scheduler {
     /// written), and the most it ever held.
     pub(crate) background_held: AtomicU64,
     pub(crate) background_held_peak: AtomicU64,
+    /// Latencies and bounded failures, for operators.
+    pub(crate) stats: SchedulerStats,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -121,7 +124,13 @@ impl Scheduler {
             quiet: Duration::from_millis(cfg.background_quiet_ms),
             background_held: AtomicU64::new(0),
             background_held_peak: AtomicU64::new(0),
+            stats: SchedulerStats::default(),
         })
+    }
+
+    /// Request latencies, bounded failures and the cache's figures now.
+    pub fn figures(&self) -> FetchFigures {
+        self.stats.figures(self.cache.figures())
     }
 
     pub fn cache(&self) -> &Arc<ChunkCache> {
@@ -171,6 +180,10 @@ impl Scheduler {
         // An unverified chunk's key names no content: the disk tier, which
         // hashes files against their names, could never serve it again.
         let tier = if chunk.verified { tier } else { Tier::Memory };
+        if let Ok(b) = &r {
+            let n = b.len() as u64;
+            self.cache.stats.inserted_bytes.fetch_add(n, Relaxed);
+        }
         match (&r, tier) {
             (Ok(b), Tier::Hot) => {
                 self.cache.insert_memory(&chunk.digest, b.clone());
@@ -282,9 +295,23 @@ impl Scheduler {
                 _ => source.read_many(ranges).await,
             }
         };
-        let bufs = tokio::time::timeout(self.timeout, read)
+        let started = Instant::now();
+        let res = tokio::time::timeout(self.timeout, read)
             .await
-            .map_err(|_| FetchError::Timeout(self.timeout))??;
+            .map_err(|_| FetchError::Timeout(self.timeout))
+            .and_then(|r| r.map_err(FetchError::from));
+        let hist = match class {
+            FetchClass::Background => &self.stats.background_latency,
+            FetchClass::OnDemand | FetchClass::Prefetch => &self.stats.foreground_latency,
+        };
+        hist.observe(started.elapsed());
+        if let Err(e) = &res {
+            self.stats.request_failures.fetch_add(1, Relaxed);
+            if matches!(e, FetchError::Timeout(_)) {
+                self.stats.request_timeouts.fetch_add(1, Relaxed);
+            }
+        }
+        let bufs = res?;
         if bufs.len() != ranges.len() {
             return Err(SourceError::RangesMismatch.into());
         }
@@ -299,6 +326,11 @@ impl Scheduler {
             }
         }
         Ok(bufs)
+    }
+
+    /// Count a read that gave up at the fetch timeout (answered EIO).
+    pub(crate) fn note_read_timeout(&self) {
+        self.stats.read_timeouts.fetch_add(1, Relaxed);
     }
 
     /// Count `n` more bytes held by background fetch.

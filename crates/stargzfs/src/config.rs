@@ -54,6 +54,9 @@ pub struct Config {
     /// Look for such an index among the image's OCI referrers when a layer
     /// has no TOC (a manifest and one or two more requests per such layer).
     pub gzindex_registry: bool,
+    /// Record which files containers open first, per image
+    /// (`crate::profile`); `None`: no recording.
+    pub profile: Option<crate::ProfileConfig>,
 }
 
 impl Config {

@@ -28,6 +28,8 @@ pub struct StargzFs {
     pub(crate) handover: Option<Arc<Handover>>,
     /// Layers mounted without verification (`allow_no_verification`).
     pub(crate) unverified_mounted: std::sync::atomic::AtomicU64,
+    /// Profiles of real runs (`[profile] record`); `None`: off.
+    recorder: Option<Arc<crate::profile::Recorder>>,
 }
 
 impl StargzFs {
@@ -74,6 +76,10 @@ impl StargzFs {
             mounts: tokio::sync::Mutex::new(HashMap::new()),
             handover,
             unverified_mounted: Default::default(),
+            recorder: cfg
+                .profile
+                .clone()
+                .map(|p| crate::profile::Recorder::new(&cfg.root, p, Handle::current())),
         })
     }
 
@@ -158,6 +164,9 @@ impl StargzFs {
             warn!(layer = %layer.digest(), mount = %mountpoint.display(),
                 "layer mounted WITHOUT verification (allow_no_verification): no TOC digest or no chunk digests; \
                  the whole blob is checked against the layer digest once every chunk was fetched");
+        }
+        if let (Some(rec), Some(image)) = (&self.recorder, first(labels, &REF_KEYS)) {
+            rec.attach(&layer, image, preopen::listed_layers(labels));
         }
         // The prioritized files are fetched while the mount goes on; reads
         // of them join that request.

@@ -3,7 +3,7 @@
 //! demand in its own process group; at start the connections the holder
 //! kept are taken back and served again ([`crate::StargzFs::adopt_inherited`]).
 
-use lazyfs::handover::{ConnState, FdStore};
+use lazyfs::handover::{ConnState, FdStore, Lease};
 use lazyfs::MountHandle;
 use parking_lot::Mutex;
 use snapshotter::Labels;
@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Where the holder listens, under the daemon's root.
 pub fn fd_store_path(root: &Path) -> PathBuf {
@@ -36,6 +36,9 @@ pub struct HandoverStats {
     pub undrained_requests: AtomicU64,
     /// Failures to give a mount's fd to the holder.
     pub keep_failures: AtomicU64,
+    /// Mounts the holder gave up while no daemon ran (`handover_timeout_sec`
+    /// passed): their readers got an error, the mounts were detached.
+    pub given_up: AtomicU64,
 }
 
 pub(crate) struct Handover {
@@ -45,6 +48,9 @@ pub(crate) struct Handover {
     log: PathBuf,
     root: PathBuf,
     inherited: Mutex<HashMap<PathBuf, (ConnState, OwnedFd)>>,
+    /// This process's lease with the holder (see `lazyfs::handover`): while
+    /// it is open the holder never gives the connections up.
+    lease: Mutex<Option<Lease>>,
     pub stats: HandoverStats,
 }
 
@@ -56,6 +62,7 @@ impl Handover {
             log: root.join("fd-holder.log"),
             root: root.to_path_buf(),
             inherited: Mutex::new(HashMap::new()),
+            lease: Mutex::new(None),
             stats: HandoverStats::default(),
         }
     }
@@ -73,9 +80,13 @@ impl Handover {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "cannot keep the in-flight count on disk"),
         }
+        self.count_given_up();
         if !self.store.is_running() {
             return 0;
         }
+        // Attach before taking the connections: from now on the holder
+        // knows a daemon serves them.
+        self.ensure_lease();
         match self.store.list() {
             Ok(list) => {
                 let mut inh = self.inherited.lock();
@@ -93,6 +104,40 @@ impl Handover {
                 0
             }
         }
+    }
+
+    /// Count (and remove) the holder's note of mounts it gave up.
+    fn count_given_up(&self) {
+        let note = self.root.join(lazyfs::handover::GAVE_UP_FILE);
+        let Ok(text) = std::fs::read_to_string(&note) else {
+            return;
+        };
+        let _ = std::fs::remove_file(&note);
+        let n = text.lines().filter(|l| !l.is_empty()).count() as u64;
+        if n > 0 {
+            warn!(
+                mounts = n,
+                "the fd holder gave up mounts while no daemon ran (their readers got errors)"
+            );
+            self.stats.given_up.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Hold a lease with the running holder (a new one if the holder we
+    /// attached to has exited). A holder too old to know leases refuses;
+    /// it then never gives up, as before.
+    fn ensure_lease(&self) {
+        let mut lease = self.lease.lock();
+        if lease.as_ref().is_some_and(Lease::is_alive) {
+            return;
+        }
+        *lease = match self.store.attach() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                debug!(error = %e, "no lease with the fd holder");
+                None
+            }
+        };
     }
 
     pub fn inherited_paths(&self) -> Vec<PathBuf> {
@@ -152,6 +197,9 @@ impl Handover {
             result = self
                 .spawn_holder()
                 .and_then(|()| self.store.put(&key, st, anchor.as_fd()));
+        }
+        if result.is_ok() {
+            self.ensure_lease();
         }
         if let Err(e) = result {
             self.stats.keep_failures.fetch_add(1, Relaxed);
@@ -323,6 +371,12 @@ impl crate::StargzFs {
     /// Counters of the handover, if it is configured.
     pub fn handover_stats(&self) -> Option<&HandoverStats> {
         self.handover.as_deref().map(|h| &h.stats)
+    }
+
+    /// Request latencies, bounded failures and chunk cache figures of
+    /// every layer (one scheduler and cache per process).
+    pub fn fetch_figures(&self) -> lazyfs::FetchFigures {
+        self.opener.sched.figures()
     }
 
     /// Counters of the TOCs kept on disk.

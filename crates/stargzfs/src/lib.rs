@@ -17,6 +17,8 @@
 //!   containerd prepares the first.
 //! - `handover`: mounts that outlive the daemon process: FUSE fds kept by
 //!   the fd holder, taken back and served at the next start.
+//! - `profile`: opt-in profiles of real runs: per image, the files
+//!   containers open first, kept for `rsnap profile export`.
 //! - [`StargzFs`]: the `RemoteFs` itself: the mount table (one
 //!   `lazyfs::MountHandle` per mount point), check, unmount.
 
@@ -27,6 +29,7 @@ mod gzlayer;
 mod handover;
 mod open;
 mod preopen;
+mod profile;
 mod toc_store;
 
 pub use config::Config;
@@ -38,6 +41,11 @@ pub use handover::{fd_store_path, HandoverStats, LayerInfo};
 pub use lazyfs::BlobCheck;
 /// The fd holder's loop, for the daemon's `fd-holder` mode.
 pub use lazyfs::handover::{run_holder as run_fd_holder, HolderConfig as FdHolderConfig};
+/// What [`StargzFs::fetch_figures`] returns (latencies, bounded failures, cache).
+pub use lazyfs::{CacheFigures, FetchFigures, HistogramSnapshot};
+pub use profile::{
+    profile_path, profiles_dir, ProfileConfig, SavedLayer, SavedProfile, PROFILE_VERSION,
+};
 /// The `[resolver]` table's typed form, for building a [`Config`].
 pub use registry::HostsConfig;
 /// What [`Config::credentials`] is built from.

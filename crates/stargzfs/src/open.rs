@@ -127,6 +127,10 @@ impl Opener {
             )
             .await?
         };
+        self.tocs
+            .stats
+            .fetched_from_registry
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tocs = self.tocs.clone();
         let (digest, toc) = (digest.to_string(), toc.to_string());
         // Verified above; a failure to keep it only costs the next restart.

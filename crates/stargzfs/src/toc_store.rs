@@ -29,6 +29,9 @@ pub struct TocStoreStats {
     pub corrupt: AtomicU64,
     /// TOCs written.
     pub saved: AtomicU64,
+    /// Layers whose TOC was read from the registry (none kept, or the kept
+    /// one was corrupt or for another TOC digest).
+    pub fetched_from_registry: AtomicU64,
 }
 
 #[derive(Debug)]

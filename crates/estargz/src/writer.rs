@@ -512,7 +512,9 @@ fn compress<S: ReadAt + ?Sized>(src: &S, m: &Member, level: u32) -> io::Result<C
     let chunk_digests = m
         .chunks
         .iter()
-        .map(|&(_, inner, n)| crate::reader::sha256_digest(&raw[inner as usize..(inner + n) as usize]))
+        .map(|&(_, inner, n)| {
+            crate::reader::sha256_digest(&raw[inner as usize..(inner + n) as usize])
+        })
         .collect();
     let gz = gzip_member(&raw, level);
     Ok(Compressed {
@@ -612,7 +614,11 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
     } else {
         &write_footer(toc_offset)
     };
-    let in_blob = if opts.external_toc { 0 } else { gz.len() as u64 };
+    let in_blob = if opts.external_toc {
+        0
+    } else {
+        gz.len() as u64
+    };
     let blob_size = toc_offset + in_blob + footer.len() as u64;
     // What we write must be what we can read.
     let check = IndexOptions {

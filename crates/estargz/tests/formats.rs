@@ -78,7 +78,10 @@ fn legacy_stargz_has_no_digests_and_opens_only_unverified() {
         unverified_key: Some("sha256:other".into()),
     };
     let l2 = estargz::open_with(&blob[..], blob.len() as u64, None, &other).unwrap();
-    assert!(l2.index.all_chunks().all(|(_, c)| !keys.contains(&c.digest)));
+    assert!(l2
+        .index
+        .all_chunks()
+        .all(|(_, c)| !keys.contains(&c.digest)));
     read_all(&layer, &specs);
     // Still a plain tar.gz for containerd.
     let mut raw = Vec::new();
@@ -148,7 +151,12 @@ fn min_chunk_size_packs_small_files_into_shared_members() {
         ..Default::default()
     };
     let r1 = convert(&tar[..], &mut plain, &o1).unwrap();
-    assert!(r.blob_size < r1.blob_size, "{} vs {}", r.blob_size, r1.blob_size);
+    assert!(
+        r.blob_size < r1.blob_size,
+        "{} vs {}",
+        r.blob_size,
+        r1.blob_size
+    );
 }
 
 #[test]
@@ -200,13 +208,25 @@ fn external_toc_keeps_the_toc_out_of_the_blob() {
     assert!(!String::from_utf8_lossy(&raw).contains("stargz.index.json"));
     // The wrong TOC digest, or another blob's TOC, is refused.
     assert!(matches!(
-        estargz::open_external(&blob[..], blob.len() as u64, &toc, Some("sha256:00"), &IndexOptions::default()),
+        estargz::open_external(
+            &blob[..],
+            blob.len() as u64,
+            &toc,
+            Some("sha256:00"),
+            &IndexOptions::default()
+        ),
         Err(Error::TocDigestMismatch { .. })
     ));
     let mut plain = Vec::new();
     convert(&tar[..], &mut plain, &WriterOptions::default()).unwrap();
     assert!(matches!(
-        estargz::open_external(&plain[..], plain.len() as u64, &toc, None, &IndexOptions::default()),
+        estargz::open_external(
+            &plain[..],
+            plain.len() as u64,
+            &toc,
+            None,
+            &IndexOptions::default()
+        ),
         Err(Error::ExternalToc(_))
     ));
 }

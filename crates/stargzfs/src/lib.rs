@@ -30,10 +30,10 @@ pub use config::Config;
 pub use error::Error;
 pub use fs::StargzFs;
 pub use handover::{fd_store_path, HandoverStats, LayerInfo};
-/// Where an unverified layer's whole-blob check stands ([`LayerInfo::blob_check`]).
-pub use lazyfs::BlobCheck;
 /// The fd holder's loop, for the daemon's `fd-holder` mode.
 pub use lazyfs::handover::{run_holder as run_fd_holder, HolderConfig as FdHolderConfig};
+/// Where an unverified layer's whole-blob check stands ([`LayerInfo::blob_check`]).
+pub use lazyfs::BlobCheck;
 /// The `[resolver]` table's typed form, for building a [`Config`].
 pub use registry::HostsConfig;
 /// What [`Config::credentials`] is built from.

@@ -230,3 +230,51 @@ fn external_toc_keeps_the_toc_out_of_the_blob() {
         Err(Error::ExternalToc(_))
     ));
 }
+
+#[test]
+fn unverified_mode_still_refuses_crafted_tocs() {
+    let specs = small_files(3);
+    let o = WriterOptions {
+        legacy: true,
+        ..Default::default()
+    };
+    let mut blob = Vec::new();
+    convert(&build_tar(&specs)[..], &mut blob, &o).unwrap();
+    let opts = IndexOptions {
+        unverified_key: Some("k".into()),
+    };
+    let layer = estargz::open_with(&blob[..], blob.len() as u64, None, &opts).unwrap();
+    let (toc, end, size) = (&layer.toc, layer.index.toc_offset, blob.len() as u64);
+    let build = |t: &estargz::Toc| estargz::Index::from_toc_with(t, end, size, &opts);
+    // A duplicate entry.
+    let mut dup = toc.clone();
+    let again = dup
+        .entries
+        .iter()
+        .find(|e| e.name == "big")
+        .unwrap()
+        .clone();
+    dup.entries.push(again);
+    assert!(matches!(build(&dup), Err(TocError::Duplicate(_))));
+    // A name escaping the layer.
+    let mut trav = toc.clone();
+    trav.entries
+        .iter_mut()
+        .find(|e| e.name == "big")
+        .unwrap()
+        .name = "../../etc/passwd".into();
+    assert!(matches!(build(&trav), Err(TocError::BadName(_))));
+    // A chunk at or past the TOC.
+    let mut past = toc.clone();
+    past.entries
+        .iter_mut()
+        .find(|e| e.name == "big")
+        .unwrap()
+        .offset = end as i64;
+    assert!(matches!(
+        build(&past),
+        Err(TocError::ChunkOutOfRange { .. })
+    ));
+    // A TOC offset past the end of the blob.
+    assert!(estargz::Index::from_toc_with(toc, size + 1, size, &opts).is_err());
+}

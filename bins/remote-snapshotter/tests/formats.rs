@@ -10,8 +10,8 @@
 mod common;
 
 use e2e::containerd::{Containerd, NAMESPACE};
-use e2e::image::{busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout};
 use e2e::image::LayerBuilder;
+use e2e::image::{busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout};
 use e2e::process::wait_until;
 use e2e::registry::{skopeo_push, Registry};
 use std::path::Path;
@@ -22,14 +22,20 @@ use std::time::Duration;
 fn build(dir: &Path) -> (String, String) {
     let big = pseudo_random(5 << 20, 11);
     let mut data = LayerBuilder::new();
-    data.dir("data", 0o755).file("data/big.bin", big.clone(), 0o644);
+    data.dir("data", 0o755)
+        .file("data/big.bin", big.clone(), 0o644);
     let mut small = Vec::new();
     for i in 0..60u64 {
         let bytes = pseudo_random(300 + 97 * i as usize, 200 + i);
         data.file(&format!("data/s/{i:02}"), bytes.clone(), 0o644);
         small.extend_from_slice(&bytes);
     }
-    write_oci_layout(dir, "v1", vec![busybox_layer().tar_gz(), data.tar_gz()], &["/bin/sh"]);
+    write_oci_layout(
+        dir,
+        "v1",
+        vec![busybox_layer().tar_gz(), data.tar_gz()],
+        &["/bin/sh"],
+    );
     let cmd = "sha256sum /data/big.bin; cat /data/s/* | sha256sum".to_string();
     let hex = |d: &[u8]| sha256_digest(d).trim_start_matches("sha256:").to_string();
     let want = format!("{}  /data/big.bin\n{}  -\n", hex(&big), hex(&small));
@@ -38,7 +44,15 @@ fn build(dir: &Path) -> (String, String) {
 
 fn pull(ctrd: &Containerd, reference: &str) -> String {
     let sock = ctrd.socket.to_str().unwrap().to_string();
-    rsnap_ok(&["pull", "-a", &sock, "-n", NAMESPACE, "--plain-http", reference])
+    rsnap_ok(&[
+        "pull",
+        "-a",
+        &sock,
+        "-n",
+        NAMESPACE,
+        "--plain-http",
+        reference,
+    ])
 }
 
 fn convert(src: &Path, dst: &Path, flags: &[&str]) {
@@ -94,7 +108,10 @@ fn legacy_stargz_runs_unverified_when_allowed_and_falls_back_without() {
     let (st, _) = stack(tempfile::tempdir().unwrap(), "noprefetch = true\n", false);
     let ctrd = st.ctrd.as_ref().unwrap();
     let out = pull(ctrd, &image);
-    assert!(out.contains("0 lazy, 2 fetched"), "expected a fallback: {out}");
+    assert!(
+        out.contains("0 lazy, 2 fetched"),
+        "expected a fallback: {out}"
+    );
     assert_eq!(ctrd.run(&image, Some("remote"), &["sh", "-c", &cmd]), want);
     let log = std::fs::read_to_string(st.scratch.path().join("daemon.log")).unwrap();
     assert!(
@@ -125,7 +142,11 @@ fn legacy_stargz_runs_unverified_when_allowed_and_falls_back_without() {
         unverified_states(&common::metrics(&addr)) == [2, 2]
     });
     let text = common::metrics(&addr);
-    assert!(passed, "both blobs checked whole: {:?}", unverified_states(&text));
+    assert!(
+        passed,
+        "both blobs checked whole: {:?}",
+        unverified_states(&text)
+    );
     let log = std::fs::read_to_string(st.scratch.path().join("daemon.log")).unwrap();
     assert!(log.contains("WITHOUT verification"), "logged per layer");
     assert_eq!(log.matches("layer mounted WITHOUT verification").count(), 2);
@@ -144,7 +165,10 @@ fn min_chunk_size_estargz_runs_lazily_and_verified() {
     // Small files really share members.
     let layout = e2e::image::OciLayout::open(&dst);
     let manifest = layout.manifest(Some("v1"));
-    let data = manifest["layers"][1]["digest"].as_str().unwrap().to_string();
+    let data = manifest["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let blob = layout.blob_path(&data);
     let toc = rsnap_ok(&["toc", blob.to_str().unwrap(), "--verify"]);
     assert!(toc.contains("\"innerOffset\""), "no shared members");
@@ -183,13 +207,23 @@ fn external_toc_estargz_runs_lazily_with_its_toc_image() {
     let (st, _) = stack(tempfile::tempdir().unwrap(), "noprefetch = true\n", false);
     let ctrd = st.ctrd.as_ref().unwrap();
     let out = pull(ctrd, &image);
-    assert!(out.contains("0 lazy, 2 fetched"), "expected a fallback: {out}");
+    assert!(
+        out.contains("0 lazy, 2 fetched"),
+        "expected a fallback: {out}"
+    );
     assert_eq!(ctrd.run(&image, Some("remote"), &["sh", "-c", &cmd]), want);
     let log = std::fs::read_to_string(st.scratch.path().join("daemon.log")).unwrap();
-    assert!(log.contains("esgztoc"), "the fallback names the TOC image:\n{log}");
+    assert!(
+        log.contains("esgztoc"),
+        "the fallback names the TOC image:\n{log}"
+    );
     drop(st);
 
-    skopeo_push(&dst, "v1-esgztoc", &format!("{}/ext/app:v1-esgztoc", reg.host()));
+    skopeo_push(
+        &dst,
+        "v1-esgztoc",
+        &format!("{}/ext/app:v1-esgztoc", reg.host()),
+    );
     let (st, _) = stack(tempfile::tempdir().unwrap(), "noprefetch = true\n", false);
     let ctrd = st.ctrd.as_ref().unwrap();
     let out = pull(ctrd, &image);

@@ -190,7 +190,10 @@ pub fn convert_layer(
     let toc_layer = match &report.external_toc {
         Some(member) => {
             let mut d = dst.put_blob(mt::OCI_LAYER_GZIP, member)?;
-            d.insert_annotation(estargz::external::LAYER_DIGEST_ANNOTATION, out_digest.clone());
+            d.insert_annotation(
+                estargz::external::LAYER_DIGEST_ANNOTATION,
+                out_digest.clone(),
+            );
             Some(d)
         }
         None => None,

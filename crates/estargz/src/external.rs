@@ -102,10 +102,13 @@ fn valid_sha256(d: &str) -> bool {
 pub fn find_toc_layer(manifest: &[u8], layer_digest: &str) -> Result<TocLayer> {
     let bad = |m: String| Error::ExternalToc(m);
     if manifest.len() > MAX_MANIFEST {
-        return Err(bad(format!("TOC image manifest of {} bytes", manifest.len())));
+        return Err(bad(format!(
+            "TOC image manifest of {} bytes",
+            manifest.len()
+        )));
     }
-    let m: Manifest = serde_json::from_slice(manifest)
-        .map_err(|e| bad(format!("TOC image manifest: {e}")))?;
+    let m: Manifest =
+        serde_json::from_slice(manifest).map_err(|e| bad(format!("TOC image manifest: {e}")))?;
     let mut found: Option<TocLayer> = None;
     for l in &m.layers {
         let names = l
@@ -120,7 +123,10 @@ pub fn find_toc_layer(manifest: &[u8], layer_digest: &str) -> Result<TocLayer> {
             return Err(bad(format!("TOC image lists layer {layer_digest} twice")));
         }
         if !valid_sha256(&l.digest) {
-            return Err(bad(format!("TOC layer digest {:?} is not sha256", l.digest)));
+            return Err(bad(format!(
+                "TOC layer digest {:?} is not sha256",
+                l.digest
+            )));
         }
         let size = u64::try_from(l.size)
             .ok()

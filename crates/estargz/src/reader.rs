@@ -287,7 +287,12 @@ pub fn open<R: ReadAt>(
     blob_size: u64,
     expected_toc_digest: Option<&str>,
 ) -> Result<Layer<R>> {
-    open_with(reader, blob_size, expected_toc_digest, &IndexOptions::default())
+    open_with(
+        reader,
+        blob_size,
+        expected_toc_digest,
+        &IndexOptions::default(),
+    )
 }
 
 /// [`open`] with index options: `unverified_key` set, a legacy stargz

@@ -80,7 +80,10 @@ fn legacy_stargz_has_no_digests_and_opens_only_unverified() {
         ..Default::default()
     };
     let l2 = estargz::open_with(&blob[..], blob.len() as u64, None, &other).unwrap();
-    assert!(l2.index.all_chunks().all(|(_, c)| !keys.contains(&c.digest)));
+    assert!(l2
+        .index
+        .all_chunks()
+        .all(|(_, c)| !keys.contains(&c.digest)));
     read_all(&layer, &specs);
     // Still a plain tar.gz for containerd.
     let mut raw = Vec::new();
@@ -151,7 +154,12 @@ fn min_chunk_size_packs_small_files_into_shared_members() {
         ..Default::default()
     };
     let r1 = convert(&tar[..], &mut plain, &o1).unwrap();
-    assert!(r.blob_size < r1.blob_size, "{} vs {}", r.blob_size, r1.blob_size);
+    assert!(
+        r.blob_size < r1.blob_size,
+        "{} vs {}",
+        r.blob_size,
+        r1.blob_size
+    );
 }
 
 #[test]
@@ -203,13 +211,73 @@ fn external_toc_keeps_the_toc_out_of_the_blob() {
     assert!(!String::from_utf8_lossy(&raw).contains("stargz.index.json"));
     // The wrong TOC digest, or another blob's TOC, is refused.
     assert!(matches!(
-        estargz::open_external(&blob[..], blob.len() as u64, &toc, Some("sha256:00"), &IndexOptions::default()),
+        estargz::open_external(
+            &blob[..],
+            blob.len() as u64,
+            &toc,
+            Some("sha256:00"),
+            &IndexOptions::default()
+        ),
         Err(Error::TocDigestMismatch { .. })
     ));
     let mut plain = Vec::new();
     convert(&tar[..], &mut plain, &WriterOptions::default()).unwrap();
     assert!(matches!(
-        estargz::open_external(&plain[..], plain.len() as u64, &toc, None, &IndexOptions::default()),
+        estargz::open_external(
+            &plain[..],
+            plain.len() as u64,
+            &toc,
+            None,
+            &IndexOptions::default()
+        ),
         Err(Error::ExternalToc(_))
     ));
+}
+
+#[test]
+fn unverified_mode_still_refuses_crafted_tocs() {
+    let specs = small_files(3);
+    let o = WriterOptions {
+        legacy: true,
+        ..Default::default()
+    };
+    let mut blob = Vec::new();
+    convert(&build_tar(&specs)[..], &mut blob, &o).unwrap();
+    let opts = IndexOptions {
+        unverified_key: Some("k".into()),
+    };
+    let layer = estargz::open_with(&blob[..], blob.len() as u64, None, &opts).unwrap();
+    let (toc, end, size) = (&layer.toc, layer.index.toc_offset, blob.len() as u64);
+    let build = |t: &estargz::Toc| estargz::Index::from_toc_with(t, end, size, &opts);
+    // A duplicate entry.
+    let mut dup = toc.clone();
+    let again = dup
+        .entries
+        .iter()
+        .find(|e| e.name == "big")
+        .unwrap()
+        .clone();
+    dup.entries.push(again);
+    assert!(matches!(build(&dup), Err(TocError::Duplicate(_))));
+    // A name escaping the layer.
+    let mut trav = toc.clone();
+    trav.entries
+        .iter_mut()
+        .find(|e| e.name == "big")
+        .unwrap()
+        .name = "../../etc/passwd".into();
+    assert!(matches!(build(&trav), Err(TocError::BadName(_))));
+    // A chunk at or past the TOC.
+    let mut past = toc.clone();
+    past.entries
+        .iter_mut()
+        .find(|e| e.name == "big")
+        .unwrap()
+        .offset = end as i64;
+    assert!(matches!(
+        build(&past),
+        Err(TocError::ChunkOutOfRange { .. })
+    ));
+    // A TOC offset past the end of the blob.
+    assert!(estargz::Index::from_toc_with(toc, size + 1, size, &opts).is_err());
 }

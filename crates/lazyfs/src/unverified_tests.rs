@@ -55,7 +55,11 @@ fn allow() -> Config {
     }
 }
 
-async fn open(src: Arc<dyn RangeSource>, digest: &str, c: &Config) -> Result<Arc<LazyLayer>, Error> {
+async fn open(
+    src: Arc<dyn RangeSource>,
+    digest: &str,
+    c: &Config,
+) -> Result<Arc<LazyLayer>, Error> {
     LazyLayer::open(
         src,
         digest,
@@ -135,7 +139,9 @@ async fn allowed_legacy_layer_is_served_then_checked_whole() {
     // Every chunk fetched: the check ran by itself and passed.
     assert_eq!(wait_check(&layer).await, BlobCheck::Passed);
     // Nothing unverified went to the disk tier.
-    let on_disk = std::fs::read_dir(dir.path().join("chunks")).unwrap().count();
+    let on_disk = std::fs::read_dir(dir.path().join("chunks"))
+        .unwrap()
+        .count();
     assert_eq!(on_disk, 0);
     assert!(read_file(&layer, &l.files[1].0, 10).await.is_ok());
 }
@@ -149,7 +155,9 @@ async fn a_blob_that_is_not_the_layer_stops_the_layer() {
     read_all(&layer, &l.files).await;
     assert_eq!(wait_check(&layer).await, BlobCheck::Failed);
     match read_file(&layer, &l.files[0].0, 5).await {
-        Err(Error::LayerMismatch { reason, .. }) => assert!(reason.contains("hashes to"), "{reason}"),
+        Err(Error::LayerMismatch { reason, .. }) => {
+            assert!(reason.contains("hashes to"), "{reason}")
+        }
         other => panic!("expected LayerMismatch, got {other:?}"),
     }
     assert!(matches!(

@@ -35,7 +35,9 @@ pub enum Error {
     Reference(#[source] registry::Error),
     /// Without a TOC digest from the verified manifest (or the labels) the
     /// TOC cannot be trusted, so the layer is not served lazily.
-    #[error("layer {layer} has no {TOC_DIGEST} (allow_no_verification mounts such layers unverified)")]
+    #[error(
+        "layer {layer} has no {TOC_DIGEST} (allow_no_verification mounts such layers unverified)"
+    )]
     NoTocDigest { layer: String },
     /// An external-TOC layer whose TOC image cannot be found or used.
     #[error("layer {layer}: external TOC: {reason}")]

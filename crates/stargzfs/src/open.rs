@@ -271,8 +271,11 @@ impl Opener {
                 source,
             })?;
         tracing::debug!(layer = digest, toc_image = %toc_ref, "external TOC fetched");
-        lazyfs::external_toc_bytes(member, blob_size)
-            .ok_or_else(|| fail(format!("a blob of {blob_size} bytes cannot hold the footer")))
+        lazyfs::external_toc_bytes(member, blob_size).ok_or_else(|| {
+            fail(format!(
+                "a blob of {blob_size} bytes cannot hold the footer"
+            ))
+        })
     }
 
     /// Open a layer from the registry (the caller has already tried its

@@ -155,17 +155,16 @@ impl LazyLayer {
         let timeout = self.cfg.fetch_timeout();
         while pos < self.blob_size {
             let len = READ_BYTES.min(self.blob_size - pos);
-            let part: Bytes =
-                tokio::time::timeout(timeout, self.fetcher.source().read(pos, len))
-                    .await
-                    .map_err(|_| Error::Unavailable {
-                        layer: self.digest.clone(),
-                        source: crate::FetchError::Timeout(timeout),
-                    })?
-                    .map_err(|e| Error::Unavailable {
-                        layer: self.digest.clone(),
-                        source: e.into(),
-                    })?;
+            let part: Bytes = tokio::time::timeout(timeout, self.fetcher.source().read(pos, len))
+                .await
+                .map_err(|_| Error::Unavailable {
+                    layer: self.digest.clone(),
+                    source: crate::FetchError::Timeout(timeout),
+                })?
+                .map_err(|e| Error::Unavailable {
+                    layer: self.digest.clone(),
+                    source: e.into(),
+                })?;
             if part.len() as u64 != len {
                 return Err(mismatch(format!("short read at {pos}")));
             }

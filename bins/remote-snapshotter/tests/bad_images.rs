@@ -422,13 +422,9 @@ fn crafted_bad_estargz_images_are_refused_or_fall_back_safely() {
     for c in &cases {
         skopeo_push(&layout, c.tag, &format!("{}/bad/{}:v1", reg.host(), c.tag));
     }
-    // `rsnap pull` counts a layer the daemon pulled itself as "lazy" too;
-    // what is checked here is the lazy path's refusal and containerd's own
-    // applier, so the daemon's fallback pull is off (its unpacker refuses
-    // `..` and symlinked parents: crates/fullpull/src/unpack.rs).
     std::fs::write(
         scratch.path().join("config.toml"),
-        "noprefetch = true\nno_background_fetch = true\n[blob]\nmax_retries = 1\nfetching_timeout_sec = 5\n[fallback_pull]\nenable = false\n",
+        "noprefetch = true\nno_background_fetch = true\n[blob]\nmax_retries = 1\nfetching_timeout_sec = 5\n",
     )
     .unwrap();
     let mut daemon = common::start(scratch.path(), &[]);

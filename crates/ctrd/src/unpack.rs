@@ -27,6 +27,9 @@ pub struct Pulled {
     pub remote: usize,
     /// Layers fetched and applied (the snapshotter could not mount them).
     pub fetched: usize,
+    /// Layers the snapshotter could not mount but pulled and unpacked
+    /// itself (its fallback pull): committed, not lazy.
+    pub unpacked: usize,
 }
 
 /// Pull `img` into `snapshotter` under a lease, then record the image.
@@ -35,17 +38,22 @@ pub async fn pull(ctr: &mut Containerd, img: &ImageParts, snapshotter: &str) -> 
     let result = unpack(ctr, img, snapshotter).await;
     // Release the lease even when unpacking failed: the gc labels keep what we want.
     let ended = ctr.end_lease().await;
-    let (remote, fetched) = result?;
+    let (remote, fetched, unpacked) = result?;
     ended?;
     Ok(Pulled {
         name: img.name.clone(),
         layers: img.layers.len(),
         remote,
         fetched,
+        unpacked,
     })
 }
 
-async fn unpack(ctr: &Containerd, img: &ImageParts, snapshotter: &str) -> Result<(usize, usize)> {
+async fn unpack(
+    ctr: &Containerd,
+    img: &ImageParts,
+    snapshotter: &str,
+) -> Result<(usize, usize, usize)> {
     let chains = chain_ids(&img.diff_ids);
     let top = chains.last().cloned().unwrap_or_default();
 
@@ -60,7 +68,7 @@ async fn unpack(ctr: &Containerd, img: &ImageParts, snapshotter: &str) -> Result
     .await?;
 
     let layer_list = layers_label(&img.layers);
-    let (mut remote, mut fetched) = (0, 0);
+    let (mut remote, mut fetched, mut unpacked) = (0, 0, 0);
     for (i, layer) in img.layers.iter().enumerate() {
         let chain = &chains[i];
         if ctr.snapshot_exists(snapshotter, chain).await? {
@@ -90,7 +98,13 @@ async fn unpack(ctr: &Containerd, img: &ImageParts, snapshotter: &str) -> Result
         }
         let key = format!("extract-{}-{}", std::process::id(), chain);
         match ctr.prepare(snapshotter, &key, &parent, labels).await? {
-            Prepared::Remote => remote += 1,
+            Prepared::Remote => {
+                if ctr.snapshot_is_remote(snapshotter, chain).await? {
+                    remote += 1
+                } else {
+                    unpacked += 1
+                }
+            }
             Prepared::Active(mounts) => {
                 let applied = apply_layer(ctr, img, i, mounts).await;
                 if let Err(e) = applied {
@@ -125,7 +139,7 @@ async fn unpack(ctr: &Containerd, img: &ImageParts, snapshotter: &str) -> Result
         annotations: HashMap::new(),
     };
     ctr.put_image(&img.name, target).await?;
-    Ok((remote, fetched))
+    Ok((remote, fetched, unpacked))
 }
 
 async fn apply_layer(

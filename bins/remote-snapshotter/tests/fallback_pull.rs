@@ -184,6 +184,10 @@ async fn fallback_pull_unpacks_what_containerd_would() {
 
     let (ok, out) = pull(ctrd, &image);
     assert!(ok, "rsnap pull: {out}");
+    assert!(
+        out.contains("0 lazy, 0 fetched, 2 pulled by the snapshotter"),
+        "rsnap pull: {out}"
+    );
     let m = common::metrics(&metrics);
     let warnings = || {
         std::fs::read_to_string(stack.scratch.path().join("daemon.log"))

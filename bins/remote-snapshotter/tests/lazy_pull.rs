@@ -107,10 +107,12 @@ fn estargz_image_pulls_lazily_runs_and_survives_a_daemon_restart() {
     skopeo_push(&src, "v1", &format!("{}/plain/app:v1", reg.host()));
 
     // No background fetch, so the bytes counted are what the pull and the
-    // container really needed.
+    // container really needed. The plain image below checks containerd's
+    // own fallback path, so the daemon's fallback pull is switched off
+    // (tests/fallback_pull.rs covers that).
     std::fs::write(
         scratch.path().join("config.toml"),
-        "no_background_fetch = true\n[blob]\nmax_retries = 2\n",
+        "no_background_fetch = true\n[blob]\nmax_retries = 2\n[fallback_pull]\nenable = false\n",
     )
     .unwrap();
     let daemon = common::start(scratch.path(), &[]);

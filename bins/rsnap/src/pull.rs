@@ -60,8 +60,13 @@ async fn pull(args: Args) -> Result<()> {
         "manifest and config fetched"
     );
     let p = ctrd::pull(&mut ctr, &img, &args.snapshotter).await?;
+    // Layers the snapshotter pulled itself are neither lazy nor fetched here.
+    let unpacked = match p.unpacked {
+        0 => String::new(),
+        n => format!(", {n} pulled by the snapshotter"),
+    };
     println!(
-        "pulled {} ({} layers: {} lazy, {} fetched) in {:.3}s",
+        "pulled {} ({} layers: {} lazy, {} fetched{unpacked}) in {:.3}s",
         p.name,
         p.layers,
         p.remote,

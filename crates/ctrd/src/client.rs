@@ -166,6 +166,25 @@ impl Containerd {
         }
     }
 
+    /// Whether the committed snapshot `key` is a remote (lazily mounted)
+    /// layer: the snapshotter labels those with the remote marker; a layer
+    /// it pulled and unpacked itself has none.
+    pub async fn snapshot_is_remote(&self, snapshotter: &str, key: &str) -> Result<bool> {
+        let req = StatSnapshotRequest {
+            snapshotter: snapshotter.to_string(),
+            key: key.to_string(),
+        };
+        let info = self
+            .client
+            .snapshots()
+            .stat(self.req(req))
+            .await
+            .map_err(Error::rpc("snapshot stat"))?
+            .into_inner()
+            .info;
+        Ok(info.is_some_and(|i| i.labels.contains_key(snapshot_labels::LABEL_REMOTE)))
+    }
+
     pub async fn prepare(
         &self,
         snapshotter: &str,

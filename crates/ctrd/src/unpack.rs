@@ -29,6 +29,9 @@ pub struct Pulled {
     pub remote: usize,
     /// Layers fetched and applied (the snapshotter could not mount them).
     pub fetched: usize,
+    /// Layers the snapshotter could not mount but pulled and unpacked
+    /// itself (its fallback pull): committed, not lazy.
+    pub unpacked: usize,
 }
 
 /// Pull `img` into `snapshotter` under a lease, then record the image.
@@ -37,17 +40,22 @@ pub async fn pull(ctr: &mut Containerd, img: &ImageParts, snapshotter: &str) -> 
     let result = unpack(ctr, img, snapshotter).await;
     // Release the lease even when unpacking failed: the gc labels keep what we want.
     let ended = ctr.end_lease().await;
-    let (remote, fetched) = result?;
+    let (remote, fetched, unpacked) = result?;
     ended?;
     Ok(Pulled {
         name: img.name.clone(),
         layers: img.layers.len(),
         remote,
         fetched,
+        unpacked,
     })
 }
 
-async fn unpack(ctr: &Containerd, img: &ImageParts, snapshotter: &str) -> Result<(usize, usize)> {
+async fn unpack(
+    ctr: &Containerd,
+    img: &ImageParts,
+    snapshotter: &str,
+) -> Result<(usize, usize, usize)> {
     let started = Instant::now();
     let chains = chain_ids(&img.diff_ids);
     let top = chains.last().cloned().unwrap_or_default();
@@ -65,7 +73,7 @@ async fn unpack(ctr: &Containerd, img: &ImageParts, snapshotter: &str) -> Result
     );
     let (config, layers) = futures::join!(config, prepare_layers(ctr, img, snapshotter, &chains));
     config?;
-    let (remote, fetched) = layers?;
+    let (remote, fetched, unpacked) = layers?;
     debug!(
         ms = started.elapsed().as_millis() as u64,
         "config stored, layers prepared"
@@ -94,20 +102,21 @@ async fn unpack(ctr: &Containerd, img: &ImageParts, snapshotter: &str) -> Result
     };
     ctr.put_image(&img.name, target).await?;
     debug!(ms = started.elapsed().as_millis() as u64, "image recorded");
-    Ok((remote, fetched))
+    Ok((remote, fetched, unpacked))
 }
 
 /// `Prepare` each layer in order (each names its parent); returns how many
-/// were mounted remotely and how many fetched and applied here.
+/// were mounted remotely, how many fetched and applied here, and how many
+/// the snapshotter pulled and unpacked itself.
 async fn prepare_layers(
     ctr: &Containerd,
     img: &ImageParts,
     snapshotter: &str,
     chains: &[String],
-) -> Result<(usize, usize)> {
+) -> Result<(usize, usize, usize)> {
     let started = Instant::now();
     let layer_list = layers_label(&img.layers);
-    let (mut remote, mut fetched) = (0, 0);
+    let (mut remote, mut fetched, mut unpacked) = (0, 0, 0);
     for (i, layer) in img.layers.iter().enumerate() {
         let chain = &chains[i];
         if ctr.snapshot_exists(snapshotter, chain).await? {
@@ -137,7 +146,13 @@ async fn prepare_layers(
         }
         let key = format!("extract-{}-{}", std::process::id(), chain);
         match ctr.prepare(snapshotter, &key, &parent, labels).await? {
-            Prepared::Remote => remote += 1,
+            Prepared::Remote => {
+                if ctr.snapshot_is_remote(snapshotter, chain).await? {
+                    remote += 1
+                } else {
+                    unpacked += 1
+                }
+            }
             Prepared::Active(mounts) => {
                 let applied = apply_layer(ctr, img, i, mounts).await;
                 if let Err(e) = applied {
@@ -154,7 +169,7 @@ async fn prepare_layers(
             "layer prepared"
         );
     }
-    Ok((remote, fetched))
+    Ok((remote, fetched, unpacked))
 }
 
 async fn apply_layer(

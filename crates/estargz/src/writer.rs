@@ -669,7 +669,11 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
             } else {
                 &write_footer(toc_offset)
             };
-            let in_blob = if opts.external_toc { 0 } else { gz.len() as u64 };
+            let in_blob = if opts.external_toc {
+                0
+            } else {
+                gz.len() as u64
+            };
             let blob_size = toc_offset + in_blob + footer.len() as u64;
             // What we write must be what we can read.
             let check = IndexOptions {

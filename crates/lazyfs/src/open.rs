@@ -101,7 +101,6 @@ impl LazyLayer {
         Ok(layer)
     }
 
-
     /// A layer from an index built elsewhere (a plain gzip layer's
     /// `gzindex`), whose chunks `decoder` decodes and verifies. The caller
     /// has validated `index` and checked it belongs to this blob.

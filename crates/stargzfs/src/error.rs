@@ -114,7 +114,7 @@ impl Error {
             | Error::Reference(_)
             | Error::NoTocDigest { .. }
             | Error::ExternalToc { .. } => Verdict::FallBack,
-            | Error::GzIndex { .. } => Verdict::FallBack,
+            Error::GzIndex { .. } => Verdict::FallBack,
             Error::Manifest { source, .. } | Error::Blob { source, .. } => registry(source),
             Error::Layer(e) => layer(e),
             Error::NotServed { .. } | Error::NotMounted { .. } => Verdict::Unavailable,

@@ -39,13 +39,13 @@ pub use gzlayer::index_path as gz_index_path;
 pub use handover::{fd_store_path, HandoverStats, LayerInfo};
 /// The fd holder's loop, for the daemon's `fd-holder` mode.
 pub use lazyfs::handover::{run_holder as run_fd_holder, HolderConfig as FdHolderConfig};
+/// Where an unverified layer's whole-blob check stands ([`LayerInfo::blob_check`]).
+pub use lazyfs::BlobCheck;
 /// What [`StargzFs::fetch_figures`] returns (latencies, bounded failures, cache).
 pub use lazyfs::{CacheFigures, FetchFigures, HistogramSnapshot};
 pub use profile::{
     profile_path, profiles_dir, ProfileConfig, SavedLayer, SavedProfile, PROFILE_VERSION,
 };
-/// Where an unverified layer's whole-blob check stands ([`LayerInfo::blob_check`]).
-pub use lazyfs::BlobCheck;
 /// The `[resolver]` table's typed form, for building a [`Config`].
 pub use registry::HostsConfig;
 /// What [`Config::credentials`] is built from.

@@ -4,7 +4,9 @@
 //! A file is written only after its TOC matched the TOC digest the image
 //! promised (atomically: temporary file, fsync, rename). It holds a sha256
 //! of its own contents, the TOC digest, the TOC's offset and the blob size,
-//! then the TOC member as it was in the blob. On load the file's hash is
+//! then the TOC member as it was in the blob (a gzip member, or
+//! zstd:chunked's skippable frame: its first bytes keep the layer's
+//! compression, `estargz::reader::member_compression`). On load the file's hash is
 //! checked, and the opener parses and hashes the TOC again against the
 //! digest: a corrupt or truncated file is deleted and the TOC read from the
 //! registry again, never trusted.

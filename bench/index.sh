@@ -19,7 +19,8 @@
 # `rsnap index` took, and the load.
 #
 # Env: RUNS, DELAY_MS (15), MBIT (200), RSNAP/DAEMON/WANPROXY (else built in
-# CARGO_TARGET_DIR/release), DOC (default docs/benchmarks.md; DOC=- prints only).
+# CARGO_TARGET_DIR/release), DOC (default docs/benchmarks.md; DOC=- prints only),
+# NOTE (a sentence for the section: which binaries, what else ran).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=scripts/lib.sh
@@ -162,6 +163,7 @@ MD
 
 Pull + run of the indexed image against eStargz: $(ratio "$(med gzindex/total)" "$(med esgz/total)")× (target ≤ 1.5×).
 Load (1/5/15 min) before each case: ${loads[*]}. Before the script: $UPTIME0.
+${NOTE:-}
 \`rsnap index\` said:
 
 \`\`\`

@@ -81,10 +81,7 @@ pub(crate) fn plan_spans(ranges: &[(u64, u64)], gap: u64, max: u64) -> Vec<(u64,
         let (s, e) = ranges[i];
         if let Some(last) = out.last_mut() {
             let end = last.1.max(e);
-            // A range inside the request adds no bytes, whatever its size
-            // (several chunks of one member or span larger than `max`).
-            let inside = s >= last.0 && e <= last.1;
-            if inside || (s <= last.1.saturating_add(gap) && end - last.0 <= max) {
+            if s <= last.1.saturating_add(gap) && end - last.0 <= max {
                 last.1 = end;
                 last.2.push(i);
                 continue;
@@ -507,9 +504,5 @@ mod tests {
         let r = [(50, 60), (0, 50), (0, 50)];
         let p = plan_spans(&r, 0, 1000);
         assert_eq!(p, vec![(0, 60, vec![1, 2, 0])]);
-        // Chunks of one member (or span) over the limit share one request.
-        let r = [(0, 100), (0, 100), (100, 130)];
-        let p = plan_spans(&r, 0, 50);
-        assert_eq!(p, vec![(0, 100, vec![0, 1]), (100, 130, vec![2])]);
     }
 }

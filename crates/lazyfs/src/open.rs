@@ -113,7 +113,17 @@ impl LazyLayer {
         via: impl Into<FetchVia>,
         rt: Handle,
     ) -> Arc<LazyLayer> {
-        let layer = Self::from_index(source, layer_digest, index, cfg, via.into(), rt);
+        // A span is one blob range for all its pieces: a request must be
+        // allowed to hold a whole one, or each piece goes alone.
+        let widest = index
+            .all_chunks()
+            .map(|(_, c)| c.blob_end.saturating_sub(c.blob_offset))
+            .max()
+            .unwrap_or(0);
+        let mut cfg = cfg.clone();
+        cfg.max_request_bytes = cfg.max_request_bytes.max(widest);
+        cfg.background_request_bytes = cfg.background_request_bytes.max(widest);
+        let layer = Self::from_index(source, layer_digest, index, &cfg, via.into(), rt);
         layer.fetcher().set_decoder(decoder);
         layer
     }

@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 size: u64::from(u16::from_le_bytes([rest[1], rest[2]])) << (rest[3] % 32),
                 digest: "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
                 compression: Compression::Zstd,
+                verified: true,
             };
             let _ = decompress_chunk(&rest[4..], &c);
         }

@@ -245,6 +245,7 @@ fn unverified_mode_still_refuses_crafted_tocs() {
     convert(&build_tar(&specs)[..], &mut blob, &o).unwrap();
     let opts = IndexOptions {
         unverified_key: Some("k".into()),
+        ..Default::default()
     };
     let layer = estargz::open_with(&blob[..], blob.len() as u64, None, &opts).unwrap();
     let (toc, end, size) = (&layer.toc, layer.index.toc_offset, blob.len() as u64);

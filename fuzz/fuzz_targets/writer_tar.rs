@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         prioritized_files: if knob & 1 == 1 { vec!["a".into(), "b/c".into()] } else { vec![] },
         batch_bytes: 4096,
         spool_dir: None,
+        ..Default::default()
     };
     let mut blob = Vec::new();
     // Plain tars skip the spool file (faster); gzip goes the whole way.

@@ -411,30 +411,14 @@ impl LazyLayer {
         if let (Some(first), Some(last)) = (chunks.first(), chunks.last()) {
             self.blob_readahead(ino, first.blob_offset, last.blob_end, &mut out);
         }
-        self.member_siblings(chunks, &mut out);
-        if self.fetcher.has_decoder() {
-            // A span is fetched and inflated whole for any piece of it: take
-            // every piece of the spans touched (other files' too), or the
-            // next read of such a span fetches it again.
-            let nodes = self.tree.nodes();
-            let mut offsets: Vec<u64> = chunks
-                .iter()
-                .chain(out.iter())
-                .filter(|c| !self.fetcher.is_resident(c))
-                .map(|c| c.blob_offset)
-                .collect();
-            offsets.sort_unstable();
-            offsets.dedup();
-            for off in offsets {
-                let i = self.blob_order.partition_point(|e| e.0 < off);
-                out.extend(
-                    self.blob_order[i..]
-                        .iter()
-                        .take_while(|e| e.0 == off)
-                        .map(|&(_, n, k)| nodes[n as usize].chunks[k as usize].clone()),
-                );
-            }
-        }
+        // A span of an indexed layer is fetched and inflated whole for any
+        // piece of it: its readahead pieces take their span-mates too.
+        let ahead: Vec<Chunk> = if self.fetcher.has_decoder() {
+            out.clone()
+        } else {
+            Vec::new()
+        };
+        self.member_siblings(chunks.iter().chain(&ahead), &mut out);
         let mut seen: HashSet<(u64, u64)> = chunks
             .iter()
             .map(|c| (c.blob_offset, c.inner_offset))
@@ -478,11 +462,12 @@ impl LazyLayer {
     }
 
     /// The other chunks of the members `chunks` are in (small files packed
-    /// together by a min-chunk-size writer): the same bytes decode to them
-    /// at no extra cost, so the member is fetched once, not once per file.
-    fn member_siblings(&self, chunks: &[Chunk], out: &mut Vec<Chunk>) {
+    /// together by a min-chunk-size writer, or pieces of one span of an
+    /// indexed gzip layer): the same bytes decode to them at no extra cost,
+    /// so the member is fetched once, not once per file.
+    fn member_siblings<'a>(&self, chunks: impl Iterator<Item = &'a Chunk>, out: &mut Vec<Chunk>) {
         let nodes = self.tree.nodes();
-        for c in chunks.iter().filter(|c| c.blob_end - c.blob_offset > 0) {
+        for c in chunks.filter(|c| c.blob_end - c.blob_offset > 0) {
             let i = self.blob_order.partition_point(|e| e.0 < c.blob_offset);
             out.extend(
                 self.blob_order[i..]

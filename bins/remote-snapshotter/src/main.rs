@@ -169,11 +169,12 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(adopted, failed, "handed-over mounts");
     }
     let pull = cfg.fallback_pull.settings();
+    let mut pull_stats = None;
     let wrapped: Arc<dyn snapshotter::RemoteFs> = if pull.enable {
-        Arc::new(
-            fullpull::PullingFs::new(remote.clone(), fs_cfg.client(), pull, &args.root)
-                .context("fallback pull")?,
-        )
+        let p = fullpull::PullingFs::new(remote.clone(), remote.client(), pull, &args.root)
+            .context("fallback pull")?;
+        pull_stats = Some(p.stats());
+        Arc::new(p)
     } else {
         remote.clone()
     };
@@ -188,7 +189,12 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("metrics address {addr}"))?;
         tracing::info!(%addr, "serving metrics");
-        tokio::spawn(metrics::serve(l, snap.metrics(), Some(remote.clone())));
+        tokio::spawn(metrics::serve(
+            l,
+            snap.metrics(),
+            Some(remote.clone()),
+            pull_stats,
+        ));
     }
 
     if let Some(k) = keychain.clone() {

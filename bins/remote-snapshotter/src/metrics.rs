@@ -93,6 +93,28 @@ struct FsFigures {
 }
 
 impl FsFigures {
+    /// The fallback pull's own figures (layers pulled ahead of their Prepare).
+    fn add_pull(&mut self, p: &fullpull::Stats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counters.extend([
+            (
+                "fallback_pull_ahead_started",
+                "Layers the daemon began pulling ahead of their Prepare (not lazy: no TOC, no index)",
+                p.ahead_started.load(Relaxed),
+            ),
+            (
+                "fallback_pull_ahead_used",
+                "Layers pulled ahead whose Prepare took the result",
+                p.ahead_used.load(Relaxed),
+            ),
+            (
+                "fallback_pull_bytes",
+                "Compressed bytes of layers the daemon pulled itself",
+                p.compressed_bytes.load(Relaxed),
+            ),
+        ]);
+    }
+
     async fn take(fs: &stargzfs::StargzFs) -> FsFigures {
         use std::sync::atomic::Ordering::Relaxed;
         let t = fs.toc_stats();
@@ -369,22 +391,26 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     fs: Option<Arc<stargzfs::StargzFs>>,
+    pull: Option<Arc<fullpull::Stats>>,
 ) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
         let metrics = metrics.clone();
-        let fs = fs.clone();
+        let (fs, pull) = (fs.clone(), pull.clone());
         tokio::spawn(async move {
             // Only the request head matters; bound what we read.
             let mut buf = [0u8; 2048];
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
-            let figures = match &fs {
+            let mut figures = match &fs {
                 Some(fs) => Some(FsFigures::take(fs).await),
                 None => None,
             };
+            if let (Some(f), Some(p)) = (figures.as_mut(), &pull) {
+                f.add_pull(p);
+            }
             let body = render_with(&metrics, figures);
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

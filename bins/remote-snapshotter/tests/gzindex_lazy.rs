@@ -101,20 +101,23 @@ fn plain_gzip_image_indexed_once_pulls_lazily_and_runs() {
         return;
     }
     let scratch = tempfile::tempdir().unwrap();
-    let (s1, s2, s3) = (
+    let (s1, s2, s3, s4) = (
         scratch.path().join("img1"),
         scratch.path().join("img2"),
         scratch.path().join("img3"),
+        scratch.path().join("img4"),
     );
     let app = build_app(&s1, 7);
     let local = build_app(&s2, 20);
     let lied = build_app(&s3, 30);
+    let mixed = build_app(&s4, 40);
 
     let reg = Registry::start(scratch.path());
     let proxy = CountingProxy::start(reg.port);
     skopeo_push(&s1, "v1", &format!("{}/plain/app:v1", reg.host()));
     skopeo_push(&s2, "v1", &format!("{}/plain/local:v1", reg.host()));
     skopeo_push(&s3, "v1", &format!("{}/plain/lied:v1", reg.host()));
+    skopeo_push(&s4, "v1", &format!("{}/plain/mixed:v1", reg.host()));
 
     // One index per layer, pushed as a referrer of the image manifest.
     let out = rsnap_ok(&[
@@ -156,6 +159,19 @@ fn plain_gzip_image_indexed_once_pulls_lazily_and_runs() {
             gzdir.join(format!("{}.gzindex", hex(to))),
         )
         .unwrap();
+    }
+    // The fourth image: only its upper two layers have an index (local).
+    let mixed_idx = scratch.path().join("mixed-index");
+    rsnap_ok(&[
+        "index",
+        "--plain-http",
+        "--out",
+        mixed_idx.to_str().unwrap(),
+        &format!("{}/plain/mixed:v1", reg.host()),
+    ]);
+    for d in &mixed.image.layer_digests[1..] {
+        let name = format!("{}.gzindex", d.trim_start_matches("sha256:"));
+        std::fs::copy(mixed_idx.join(&name), gzdir.join(&name)).unwrap();
     }
 
     std::fs::write(
@@ -242,6 +258,25 @@ fn plain_gzip_image_indexed_once_pulls_lazily_and_runs() {
     assert_eq!(run, expected(&lied), "container output (fallback)");
     let log = std::fs::read_to_string(scratch.path().join("daemon.log")).unwrap_or_default();
     assert!(log.contains("gzip index of"), "no refusal logged");
+
+    // A first layer without an index, two above it with one: the first is
+    // pulled by the daemon, which does not pull the indexed ones ahead.
+    let ahead = || common::counter(&common::metrics(&maddr), "fallback_pull_ahead_started");
+    let ahead_before = ahead();
+    assert!(ahead_before.is_some(), "the metric is there");
+    let mixed_ref = format!("{}/plain/mixed:v1", reg.host());
+    let out = pull(&ctrd, &mixed_ref);
+    assert!(
+        out.contains("2 lazy, 0 fetched, 1 pulled by the snapshotter"),
+        "{out}"
+    );
+    assert_eq!(ahead(), ahead_before, "indexed layers were pulled ahead");
+    let run = ctrd.run(
+        &mixed_ref,
+        Some("remote"),
+        &["sh", "-c", &checksum_cmd(&mixed)],
+    );
+    assert_eq!(run, expected(&mixed), "container output (mixed)");
 
     drop(ctrd);
     common::stop(daemon, libc::SIGINT);

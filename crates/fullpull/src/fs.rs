@@ -14,7 +14,6 @@ use crate::Config;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use registry::Reference;
-use snapshot_labels::annotations::TOC_DIGEST;
 use snapshot_labels::labels::{DIGEST_KEYS, REF_KEYS};
 use snapshotter::{Labels, RemoteFs, RemoteFsError, Unpack};
 use std::collections::HashMap;
@@ -27,8 +26,8 @@ use tracing::{info, warn};
 
 /// An image's layers as the manifest and config list them, bottom first.
 struct ImageFacts {
-    /// Digest, size, media type, diff ID, whether it has a TOC (lazy).
-    layers: Vec<(String, u64, String, Option<String>, bool)>,
+    /// Digest, size, media type, diff ID.
+    layers: Vec<(String, u64, String, Option<String>)>,
 }
 
 /// How long manifest facts and unclaimed pulls ahead are kept.
@@ -52,7 +51,11 @@ pub struct PullingFs {
     client: registry::Client,
     cfg: Config,
     staging: PathBuf,
+    /// By image manifest digest (the manifest itself comes from the
+    /// client's memory of recent answers, shared with `inner`).
     images: Mutex<HashMap<String, (Instant, Arc<ImageFacts>)>>,
+    /// By layer digest and diff ID: a job checks the diff ID its image's
+    /// config states, so only a Prepare expecting the same may take it.
     ahead: Mutex<HashMap<String, (Instant, AheadJob)>>,
     ahead_slots: Arc<tokio::sync::Semaphore>,
     seq: AtomicU64,
@@ -68,10 +71,11 @@ fn first<'a>(labels: &'a Labels, keys: &[&str]) -> Option<&'a str> {
 
 impl PullingFs {
     /// Wraps `inner`; staging directories live in `root/fallback-pull`
-    /// (emptied here: no pull survives a restart).
+    /// (emptied here: no pull survives a restart). `client`: best the one
+    /// `inner` uses, so the manifest is fetched once for both.
     pub fn new(
         inner: Arc<dyn RemoteFs>,
-        client: registry::ClientConfig,
+        client: registry::Client,
         cfg: Config,
         root: &Path,
     ) -> Result<PullingFs, Error> {
@@ -88,7 +92,7 @@ impl PullingFs {
         std::fs::create_dir_all(&staging).map_err(io)?;
         Ok(PullingFs {
             inner,
-            client: registry::Client::new(client).map_err(Error::Client)?,
+            client,
             ahead_slots: Arc::new(tokio::sync::Semaphore::new(cfg.parallel_layers.max(1))),
             cfg,
             staging,
@@ -110,18 +114,38 @@ impl PullingFs {
         }
     }
 
-    async fn facts(&self, image: &Reference) -> Result<Arc<ImageFacts>, Error> {
+    /// The image's layers; `layer` must be among them (else the manifest
+    /// remembered may be of where the tag pointed before: fetched again).
+    async fn facts(&self, image: &Reference, layer: &str) -> Result<Arc<ImageFacts>, Error> {
         let key = image.to_string();
-        if let Some((t, f)) = self.images.lock().get(&key) {
-            if t.elapsed() < FACTS_TTL {
-                return Ok(f.clone());
-            }
-        }
         let err = |source| Error::Image {
             image: key.clone(),
             source,
         };
-        let m = self.client.fetch_manifest(image).await.map_err(err)?;
+        let mut m = self
+            .client
+            .fetch_manifest_recent(image, FACTS_TTL)
+            .await
+            .map_err(err)?;
+        if !m
+            .manifest
+            .layers()
+            .iter()
+            .any(|l| l.digest().as_ref() == layer)
+        {
+            self.client.forget_manifest(image);
+            m = self
+                .client
+                .fetch_manifest_recent(image, FACTS_TTL)
+                .await
+                .map_err(err)?;
+        }
+        let id = m.resolved.digest.clone();
+        if let Some((t, f)) = self.images.lock().get(&id) {
+            if t.elapsed() < FACTS_TTL {
+                return Ok(f.clone());
+            }
+        }
         let (_, config) = self
             .client
             .fetch_config(image, m.manifest.config().digest().as_ref())
@@ -134,26 +158,23 @@ impl PullingFs {
             .iter()
             .enumerate()
             .map(|(i, l)| {
-                let lazy = l
-                    .annotations()
-                    .as_ref()
-                    .is_some_and(|a| a.contains_key(TOC_DIGEST));
                 (
                     l.digest().to_string(),
                     l.size(),
                     l.media_type().to_string(),
                     diff_ids.get(i).cloned(),
-                    lazy,
                 )
             })
             .collect();
         let f = Arc::new(ImageFacts { layers });
-        self.images.lock().insert(key, (Instant::now(), f.clone()));
+        let mut images = self.images.lock();
+        images.retain(|_, (t, _)| t.elapsed() < FACTS_TTL);
+        images.insert(id, (Instant::now(), f.clone()));
         Ok(f)
     }
 
     fn spec(image: &str, facts: &ImageFacts, i: usize) -> Result<Option<LayerSpec>, Error> {
-        let (digest, size, mt, diff_id, _) = &facts.layers[i];
+        let (digest, size, mt, diff_id) = &facts.layers[i];
         let Some(compression) = Compression::of_media_type(mt) else {
             return Ok(None);
         };
@@ -186,10 +207,19 @@ impl PullingFs {
         pull_into(Arc::new(reader), spec, fetch, dir).await
     }
 
-    /// Starts pulling the layers above `current` that no job pulls yet.
-    fn start_ahead(&self, image: &Reference, facts: &ImageFacts, current: usize) {
+    /// Starts pulling the layers above `current` that no job pulls yet and
+    /// that `inner` would not mount lazily (a TOC, a seekable index).
+    async fn start_ahead(&self, image: &Reference, facts: &ImageFacts, current: usize) {
         if self.cfg.parallel_layers == 0 {
             return;
+        }
+        let name = image.to_string();
+        let mut wanted = Vec::new();
+        for i in current + 1..facts.layers.len() {
+            // Answered from what the registry said moments ago.
+            if !self.inner.can_mount(&name, &facts.layers[i].0).await {
+                wanted.push(i);
+            }
         }
         let mut jobs = self.ahead.lock();
         // Unclaimed for long: the Prepare went elsewhere; drop the result.
@@ -200,14 +230,15 @@ impl PullingFs {
             h.abort();
             false
         });
-        for i in current + 1..facts.layers.len() {
-            let (digest, .., lazy) = &facts.layers[i];
-            if *lazy || jobs.contains_key(digest) {
-                continue;
-            }
-            let Ok(Some(spec)) = Self::spec(&image.to_string(), facts, i) else {
+        for i in wanted {
+            let Ok(Some(spec)) = Self::spec(&name, facts, i) else {
                 continue;
             };
+            let key = ahead_key(&spec.digest, &spec.diff_id);
+            if jobs.contains_key(&key) {
+                continue;
+            }
+            let digest = &spec.digest;
             let n = self.seq.fetch_add(1, Ordering::Relaxed);
             let dir = self
                 .staging
@@ -226,7 +257,7 @@ impl PullingFs {
                 guard.0 = None;
                 Ok::<_, Error>((dir, pulled))
             });
-            jobs.insert(digest.clone(), (Instant::now(), job));
+            jobs.insert(key, (Instant::now(), job));
         }
     }
 
@@ -240,7 +271,23 @@ impl PullingFs {
         let digest = first(labels, &DIGEST_KEYS).ok_or(Error::NoLayerDigest)?;
         let image = Reference::parse(image).map_err(Error::Reference)?;
         let started = Instant::now();
-        let claimed = self.ahead.lock().remove(digest);
+        let facts = self.facts(&image, digest).await?;
+        let i = facts
+            .layers
+            .iter()
+            .position(|l| l.0 == digest)
+            .ok_or_else(|| Error::NotInManifest {
+                image: image.to_string(),
+                layer: digest.to_string(),
+            })?;
+        let Some(spec) = Self::spec(&image.to_string(), &facts, i)? else {
+            info!(layer = %digest, media_type = %facts.layers[i].2, "layer type not unpacked here; containerd pulls it");
+            return Ok(Unpack::Declined);
+        };
+        let claimed = self
+            .ahead
+            .lock()
+            .remove(&ahead_key(&spec.digest, &spec.diff_id));
         let pulled = if let Some((_, job)) = claimed {
             let (staged, pulled) = match job.await {
                 Ok(r) => r?,
@@ -262,20 +309,7 @@ impl PullingFs {
             self.stats.ahead_used.fetch_add(1, Ordering::Relaxed);
             pulled
         } else {
-            let facts = self.facts(&image).await?;
-            let i = facts
-                .layers
-                .iter()
-                .position(|l| l.0 == digest)
-                .ok_or_else(|| Error::NotInManifest {
-                    image: image.to_string(),
-                    layer: digest.to_string(),
-                })?;
-            let Some(spec) = Self::spec(&image.to_string(), &facts, i)? else {
-                info!(layer = %digest, media_type = %facts.layers[i].2, "layer type not unpacked here; containerd pulls it");
-                return Ok(Unpack::Declined);
-            };
-            self.start_ahead(&image, &facts, i);
+            self.start_ahead(&image, &facts, i).await;
             Self::pull(&self.client, &image, &spec, self.fetch(), dir).await?
         };
         // Only now are the layers below all there (one pulled ahead ran
@@ -311,6 +345,10 @@ impl PullingFs {
     }
 }
 
+fn ahead_key(digest: &str, diff_id: &str) -> String {
+    format!("{digest} {diff_id}")
+}
+
 /// Removes a staging directory a failed or aborted pull leaves.
 struct RemoveOnDrop(Option<PathBuf>);
 
@@ -338,6 +376,10 @@ impl RemoteFs for PullingFs {
 
     async fn kept_mounts(&self) -> Vec<PathBuf> {
         self.inner.kept_mounts().await
+    }
+
+    async fn can_mount(&self, image: &str, layer: &str) -> bool {
+        self.inner.can_mount(image, layer).await
     }
 
     async fn unpack(

@@ -25,6 +25,7 @@ pub mod hosts;
 pub mod manifest;
 pub mod multipart;
 mod push;
+pub mod recent;
 pub mod reference;
 pub mod referrers;
 mod transport;
@@ -36,6 +37,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use hosts::{HostConfig, HostsConfig, MirrorConfig};
 pub use manifest::{Manifest, Platform, Resolved, MANIFEST_ACCEPT};
 pub use push::{BlobPush, PushOptions};
+pub use recent::Recent;
 pub use reference::Reference;
 pub use referrers::{fallback_tag, Referrer};
 
@@ -118,6 +120,9 @@ pub(crate) struct Inner {
     http_by_tls: Mutex<HashMap<(Vec<PathBuf>, bool), reqwest::Client>>,
     endpoints: Mutex<HashMap<String, Arc<Vec<Endpoint>>>>,
     pub caps: Mutex<HashMap<String, HostCaps>>,
+    /// Manifests and referrer lists asked for moments ago (`recent`).
+    pub(crate) recent_manifests: recent::Recent<Manifest>,
+    pub(crate) recent_referrers: recent::Recent<Vec<Referrer>>,
 }
 
 /// A registry client. Cloning is cheap: clones share connections, tokens
@@ -184,6 +189,8 @@ impl Client {
                 http_by_tls: Mutex::new(HashMap::new()),
                 endpoints: Mutex::new(HashMap::new()),
                 caps: Mutex::new(HashMap::new()),
+                recent_manifests: Default::default(),
+                recent_referrers: Default::default(),
                 cfg,
             }),
         })

@@ -87,6 +87,13 @@ pub trait RemoteFs: Send + Sync {
     async fn kept_mounts(&self) -> Vec<std::path::PathBuf> {
         Vec::new()
     }
+    /// Whether `mount` would serve layer `layer` of image `image` lazily,
+    /// as far as is known without mounting it (from answers the registry
+    /// gave moments ago): callers that fetch layers ahead of their Prepare
+    /// leave such layers alone. Default: `false`.
+    async fn can_mount(&self, _image: &str, _layer: &str) -> bool {
+        false
+    }
     /// Fills `dir` (an empty directory beside the new snapshot's contents)
     /// with the whole layer, verified, as containerd's applier would on an
     /// overlay of `lowers` (the parent layers' contents, nearest first):

@@ -70,6 +70,7 @@ impl StargzFs {
                 gz: crate::gzlayer::GzLookup {
                     dir: cfg.gzindex_dir.clone(),
                     registry_lookup: cfg.gzindex_registry,
+                    found: Default::default(),
                 },
             },
             preopened: Arc::new(Preopened::default()),
@@ -81,6 +82,12 @@ impl StargzFs {
                 .clone()
                 .map(|p| crate::profile::Recorder::new(&cfg.root, p, Handle::current())),
         })
+    }
+
+    /// The registry client layers are opened with (its connections, tokens
+    /// and memory of recent manifests are shared with its clones).
+    pub fn client(&self) -> registry::Client {
+        self.opener.client.clone()
     }
 
     pub(crate) async fn open_layer(&self, labels: &Labels) -> Result<Arc<LazyLayer>, Error> {
@@ -96,7 +103,7 @@ impl StargzFs {
         let toc = match labels.get(TOC_DIGEST).cloned().or_else(kept) {
             Some(t) => Some(t),
             None => {
-                let f = self.opener.layer_facts(&image).await?;
+                let f = self.opener.layer_facts(&image, Some(digest)).await?;
                 let own = f.get(digest).and_then(|(_, t)| t.clone());
                 facts = Some(f);
                 own
@@ -253,5 +260,16 @@ impl RemoteFs for StargzFs {
 
     async fn kept_mounts(&self) -> Vec<PathBuf> {
         self.served_or_inherited().await
+    }
+
+    async fn can_mount(&self, image: &str, layer: &str) -> bool {
+        let Ok(image) = Reference::parse(image) else {
+            return false;
+        };
+        let toc = match self.opener.layer_facts(&image, Some(layer)).await {
+            Ok(f) => f.get(layer).is_some_and(|(_, t)| t.is_some()),
+            Err(_) => return false,
+        };
+        toc || self.opener.has_gz_index(&image, layer).await
     }
 }

@@ -8,10 +8,11 @@
 //! piece digests at read time, never serving them.
 
 use crate::error::Error;
-use crate::open::Opener;
+use crate::open::{Opener, RECENT};
 use bytes::Bytes;
 use lazyfs::{ChunkError, LazyLayer, MemberDecoder};
 use registry::Reference;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -110,6 +111,29 @@ impl Opener {
         )))
     }
 
+    /// Whether layer `digest` has an index (a file in the local directory,
+    /// or one the image's referrers list), without fetching it.
+    pub(crate) async fn has_gz_index(&self, image: &Reference, digest: &str) -> bool {
+        let local = self.gz.dir.as_deref().and_then(|d| index_path(d, digest));
+        if local.is_some_and(|p| p.exists()) {
+            return true;
+        }
+        if !self.gz.registry_lookup {
+            return false;
+        }
+        let Ok(manifest) = self.manifest(image).await else {
+            return false;
+        };
+        let (repo, subject) = (image.repo_only(), manifest.resolved.digest);
+        self.gz
+            .found
+            .get(&format!("{repo}@{subject}"), RECENT, || {
+                self.index_blobs(&repo, &subject, digest)
+            })
+            .await
+            .is_ok_and(|f| f.contains_key(digest))
+    }
+
     /// The index file's bytes: the local directory, then the registry.
     async fn find_gz_index(&self, image: &Reference, digest: &str) -> Result<Option<Bytes>, Error> {
         if let Some(path) = self
@@ -139,25 +163,48 @@ impl Opener {
         if !self.gz.registry_lookup {
             return Ok(None);
         }
-        let manifest =
-            self.client
-                .fetch_manifest(image)
-                .await
-                .map_err(|source| Error::Manifest {
-                    image: image.to_string(),
-                    source,
-                })?;
+        let manifest = self.manifest(image).await?;
         let subject = manifest.resolved.digest;
         let repo = image.repo_only();
+        let found = self
+            .gz
+            .found
+            .get(&format!("{repo}@{subject}"), RECENT, || {
+                self.index_blobs(&repo, &subject, digest)
+            })
+            .await?;
+        let Some(blob) = found.get(digest) else {
+            return Ok(None);
+        };
+        let bytes = self
+            .client
+            .fetch_blob_bytes(&repo, blob, gzindex::MAX_INDEX_BYTES)
+            .await
+            .map_err(|source| Error::Blob {
+                layer: digest.to_string(),
+                source,
+            })?;
+        Ok(Some(bytes))
+    }
+
+    /// The index blob of each layer, from the referrers of manifest
+    /// `subject`: asked once for all of an image's layers.
+    async fn index_blobs(
+        &self,
+        repo: &Reference,
+        subject: &str,
+        asking: &str,
+    ) -> Result<Arc<HashMap<String, String>>, Error> {
         let blob_err = |source| Error::Blob {
-            layer: digest.to_string(),
+            layer: asking.to_string(),
             source,
         };
         let referrers = self
             .client
-            .referrers(&repo, &subject, gzindex::ARTIFACT_TYPE)
+            .referrers(repo, subject, gzindex::ARTIFACT_TYPE)
             .await
             .map_err(blob_err)?;
+        let mut found = HashMap::new();
         for r in referrers {
             let m = self
                 .client
@@ -168,32 +215,34 @@ impl Opener {
                 continue;
             };
             let layers = v.get("layers").and_then(|l| l.as_array());
-            let found = layers.into_iter().flatten().find(|l| {
-                l.get("mediaType").and_then(|m| m.as_str()) == Some(gzindex::MEDIA_TYPE)
-                    && l.get("annotations")
-                        .and_then(|a| a.get(gzindex::LAYER_ANNOTATION))
-                        .and_then(|a| a.as_str())
-                        == Some(digest)
-            });
-            let Some(blob) = found.and_then(|l| l.get("digest")).and_then(|d| d.as_str()) else {
-                continue;
-            };
-            let bytes = self
-                .client
-                .fetch_blob_bytes(&repo, blob, gzindex::MAX_INDEX_BYTES)
-                .await
-                .map_err(blob_err)?;
-            return Ok(Some(bytes));
+            for l in layers.into_iter().flatten() {
+                if l.get("mediaType").and_then(|m| m.as_str()) != Some(gzindex::MEDIA_TYPE) {
+                    continue;
+                }
+                let layer = l
+                    .get("annotations")
+                    .and_then(|a| a.get(gzindex::LAYER_ANNOTATION))
+                    .and_then(|a| a.as_str());
+                let blob = l.get("digest").and_then(|d| d.as_str());
+                if let (Some(layer), Some(blob)) = (layer, blob) {
+                    // The first referrer listing a layer wins, as before.
+                    found
+                        .entry(layer.to_string())
+                        .or_insert_with(|| blob.to_string());
+                }
+            }
         }
-        Ok(None)
+        Ok(Arc::new(found))
     }
 }
 
 /// Where indexes are looked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct GzLookup {
     pub dir: Option<PathBuf>,
     pub registry_lookup: bool,
+    /// Index blobs by layer, per image manifest, as the referrers list them.
+    pub found: Arc<registry::Recent<Arc<HashMap<String, String>>>>,
 }
 
 #[cfg(test)]

@@ -29,6 +29,27 @@ const TAIL_READ: u64 = 64 << 10;
 /// Size and TOC digest (if the manifest has one) of each layer, by digest.
 pub(crate) type LayerFacts = HashMap<String, (u64, Option<String>)>;
 
+/// How long a manifest (and a referrers list) answers the Prepares of an
+/// image's other layers: containerd prepares them one after another, each
+/// after the one below is there, which for a layer pulled in full can take
+/// a while.
+pub(crate) const RECENT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn facts_of(m: &registry::Manifest) -> LayerFacts {
+    m.manifest
+        .layers()
+        .iter()
+        .map(|l| {
+            let toc = l
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(TOC_DIGEST))
+                .cloned();
+            (l.digest().to_string(), (l.size(), toc))
+        })
+        .collect()
+}
+
 /// The first non-empty value of `keys` in `labels`.
 pub(crate) fn first<'a>(labels: &'a Labels, keys: &[&str]) -> Option<&'a str> {
     keys.iter()
@@ -53,28 +74,34 @@ pub(crate) struct Opener {
 impl Opener {
     /// Size and TOC digest of every layer of the image manifest, for
     /// callers (CRI, containerd's unpacker without annotations) that did not
-    /// pass them, and for pre-opening the other layers.
-    pub async fn layer_facts(&self, image: &Reference) -> Result<LayerFacts, Error> {
-        let m = self
-            .client
-            .fetch_manifest(image)
+    /// pass them, and for pre-opening the other layers. The manifest is
+    /// fetched once for all of an image's Prepares (`RECENT`); if it does
+    /// not list `layer` the tag may have moved, so it is fetched again.
+    pub async fn layer_facts(
+        &self,
+        image: &Reference,
+        layer: Option<&str>,
+    ) -> Result<LayerFacts, Error> {
+        let m = self.manifest(image).await?;
+        let facts = facts_of(&m);
+        match layer {
+            Some(l) if !facts.contains_key(l) => {
+                self.client.forget_manifest(image);
+                Ok(facts_of(&self.manifest(image).await?))
+            }
+            _ => Ok(facts),
+        }
+    }
+
+    /// The image manifest, from memory if it was fetched moments ago.
+    pub(crate) async fn manifest(&self, image: &Reference) -> Result<registry::Manifest, Error> {
+        self.client
+            .fetch_manifest_recent(image, RECENT)
             .await
             .map_err(|source| Error::Manifest {
                 image: image.to_string(),
                 source,
-            })?;
-        Ok(m.manifest
-            .layers()
-            .iter()
-            .map(|l| {
-                let toc = l
-                    .annotations()
-                    .as_ref()
-                    .and_then(|a| a.get(TOC_DIGEST))
-                    .cloned();
-                (l.digest().to_string(), (l.size(), toc))
             })
-            .collect())
     }
 
     /// A reader for the blob and its last bytes (footer, often the TOC),

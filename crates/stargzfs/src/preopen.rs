@@ -89,7 +89,7 @@ impl Preopened {
             None => {
                 let (opener, image) = (opener.clone(), image.clone());
                 let task = opener.rt.clone().spawn(async move {
-                    match opener.layer_facts(&image).await {
+                    match opener.layer_facts(&image, None).await {
                         Ok(f) => Some(Arc::new(f)),
                         Err(e) => {
                             debug!(image = %image, error = %e, "not opening layers ahead");

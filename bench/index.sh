@@ -18,7 +18,8 @@
 # run seconds, registry MB, the index's size against the layers, the time
 # `rsnap index` took, and the load.
 #
-# Env: RUNS, DELAY_MS (15), MBIT (200), RSNAP/DAEMON/WANPROXY (else built in
+# Env: RUNS, DELAY_MS (15), MBIT (200), SPAN_MIB (checkpoint spacing, 4),
+# CASES (default "gzindex esgz overlayfs"), RSNAP/DAEMON/WANPROXY (else built in
 # CARGO_TARGET_DIR/release), DOC (default docs/benchmarks.md; DOC=- prints only),
 # NOTE (a sentence for the section: which binaries, what else ran).
 set -euo pipefail
@@ -30,6 +31,8 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 RUNS="${1:-${RUNS:-3}}"
 DELAY_MS="${DELAY_MS:-15}"
 MBIT="${MBIT:-200}"
+SPAN_MIB="${SPAN_MIB:-4}"
+CASES="${CASES:-gzindex esgz overlayfs}"
 DOC="${DOC:-$repo/docs/benchmarks.md}"
 BEGIN_MARK='<!-- index.sh: begin (generated; rerun the script to replace) -->'
 END_MARK='<!-- index.sh: end -->'
@@ -57,7 +60,7 @@ start_wanproxy "${REGISTRY##*:}" "$DELAY_MS" "$MBIT" "$S/wan.stats"
 
 log "rsnap index of the plain image"
 t0="$(now)"
-INDEX_OUT="$("$RSNAP" index --plain-http "$REGISTRY/bench/py:v1")"
+INDEX_OUT="$("$RSNAP" index --plain-http --span-size $((SPAN_MIB << 20)) "$REGISTRY/bench/py:v1")"
 INDEX_SECS="$(secs "$t0" "$(now)")"
 echo "$INDEX_OUT" >&2
 
@@ -66,7 +69,7 @@ up() {
   mkdir -p "$RS" "$CD"
   : >"$RS/config.toml"
   "$DAEMON" --address "$RS/rs.sock" --root "$RS/root" --config "$RS/config.toml" \
-    --log-level info --unmount-on-exit >>"$RS/daemon.log" 2>&1 &
+    --log-level "${RS_LOG_LEVEL:-info}" --unmount-on-exit >>"$RS/daemon.log" 2>&1 &
   DPID=$!; LIB_PIDS+=("$DPID")
   wait_for 20 test -S "$RS/rs.sock" || { tail "$RS/daemon.log" >&2; exit 1; }
   start_containerd "$CD" "$RS/rs.sock"
@@ -98,7 +101,7 @@ loads=()
 ID=0
 up
 for r in $(seq "$RUNS"); do
-  for sys in gzindex esgz overlayfs; do
+  for sys in $CASES; do
     cold
     l="$(loadavg)"; loads+=("$l")
     log "run $r/$RUNS $sys (load $l)"
@@ -141,7 +144,7 @@ section() {
 
 The 3-layer python image of bench-lib.sh as built (plain gzip, $(layers_mb v1) MB
 of layers), indexed once by \`rsnap index\` ($INDEX_SECS s on this machine;
-checkpoints every 4 MiB of tar). $idx_line.
+checkpoints every $SPAN_MIB MiB of tar). $idx_line.
 Pushed as an OCI referrer of the image manifest; docker-registry 2.8 has no
 referrers API, so the daemon finds it through the \`sha256-<hex>\` tag.
 WAN profile: \`wanproxy\` with ${DELAY_MS} ms each way and ${MBIT} Mbit/s. Cold before every
@@ -151,7 +154,7 @@ case. Median of $RUNS runs (every run in brackets); the eStargz image is
 | | pull s | pull + run s | registry MB, pull | registry MB, pull + run |
 |---|---|---|---|---|
 MD
-  for sys in gzindex esgz overlayfs; do
+  for sys in $CASES; do
     case $sys in
       gzindex) name="plain gzip + index, ours (lazy)" ;;
       esgz) name="eStargz, ours (lazy)" ;;

@@ -200,6 +200,13 @@ fn plain_gzip_image_indexed_once_pulls_lazily_and_runs() {
         app.size
     );
     assert!(after_run < app.size, "read {after_run} of {}", app.size);
+    // The first Prepare looked up the other layers' indexes at once.
+    let log = std::fs::read_to_string(scratch.path().join("daemon.log")).unwrap_or_default();
+    assert_eq!(
+        log.matches("using the indexed layer opened ahead").count(),
+        2,
+        "layers 2 and 3 opened ahead"
+    );
     // The state file of each layer says it is served through its index.
     let states: Vec<String> = app
         .image

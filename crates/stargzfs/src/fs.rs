@@ -112,6 +112,12 @@ impl StargzFs {
         let Some(toc) = toc else {
             // No TOC: a plain gzip layer, lazy only through a seekable index;
             // or legacy stargz, lazy only if the operator allows unverified layers.
+            // The other layers' indexes are looked up meanwhile.
+            self.preopen_others(&image, digest, labels, facts);
+            if let Some(layer) = self.preopened.take(digest, preopen::GZINDEX).await {
+                debug!(layer = %digest, "using the indexed layer opened ahead");
+                return Ok(layer);
+            }
             if let Some(layer) = self.opener.open_gz_indexed(&image, digest).await? {
                 return Ok(layer);
             }

@@ -25,6 +25,10 @@ use tracing::debug;
 /// own error).
 pub(crate) type Opening = Shared<BoxFuture<'static, Option<(Arc<LazyLayer>, String)>>>;
 
+/// What a layer opened through its seekable index was "checked against"
+/// (it has no TOC digest).
+pub(crate) const GZINDEX: &str = "gzindex";
+
 /// Opens nobody asked for are dropped after this (the layer may already
 /// have a snapshot, so containerd never prepares it).
 const KEEP: Duration = Duration::from_secs(60);
@@ -108,9 +112,14 @@ impl Preopened {
                 (opener.clone(), image.clone(), facts.clone(), d.clone());
             let task = opener.rt.spawn(async move {
                 let (tail, facts) = futures::join!(opener2.tail(&image, &digest), facts);
-                let (tail, facts) = (tail.ok()?, facts?);
-                let (size, toc) = facts.get(&digest)?.clone();
-                let toc = toc?;
+                let (size, toc) = facts?.get(&digest)?.clone();
+                let Some(toc) = toc else {
+                    // No TOC: lazy only through a seekable index (the
+                    // tail read beside the manifest is not needed).
+                    let layer = opener2.open_gz_indexed(&image, &digest).await.ok()??;
+                    return Some((layer, GZINDEX.to_string()));
+                };
+                let tail = tail.ok()?;
                 // The manifest's size is verified; the answer's is not.
                 if tail.0.size() != size {
                     debug!(layer = %digest, "blob size differs from the manifest's; not opened ahead");

@@ -7,12 +7,15 @@
 //! - [`Error`] and its classification: the one place that decides what a
 //!   failure (a registry error above all) means for a layer: fall back to
 //!   an ordinary snapshot, or "unavailable, try later".
-//! - `open`: labels -> image reference, layer digest, TOC digest (from the
-//!   labels or the image manifest) -> an opened `lazyfs::LazyLayer`.
+//! - `manifest`: the image manifest, fetched once for all of an image's
+//!   Prepares.
 //! - `toc_store`: verified TOCs kept under the root, so a layer opens
 //!   again after a restart without its registry.
 //! - `gzlayer`: plain gzip layers (no TOC) served through a seekable
 //!   index (`gzindex`) from a local directory or the image's referrers.
+//! - `open`: labels -> image reference, layer digest, TOC digest (from the
+//!   labels or the image manifest) -> an opened `lazyfs::LazyLayer`; a
+//!   layer without a TOC through `gzlayer`.
 //! - `preopen`: the other layers of the image opened ahead, while
 //!   containerd prepares the first.
 //! - `handover`: mounts that outlive the daemon process: FUSE fds kept by
@@ -27,6 +30,7 @@ mod error;
 mod fs;
 mod gzlayer;
 mod handover;
+mod manifest;
 mod open;
 mod preopen;
 mod profile;

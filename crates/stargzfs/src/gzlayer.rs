@@ -10,10 +10,11 @@
 use crate::error::Error;
 use crate::manifest::{self, RECENT};
 use bytes::Bytes;
+use gzindex::index_path;
 use lazyfs::{ChunkError, LazyLayer, MemberDecoder, Scheduler};
 use registry::Reference;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::runtime::Handle;
 
@@ -49,15 +50,6 @@ impl MemberDecoder for Pieces {
             })
             .collect()
     }
-}
-
-/// Where an index file for `layer` lives in `dir`: `<dir>/<hex>.gzindex`.
-pub fn index_path(dir: &Path, layer: &str) -> Option<PathBuf> {
-    let hex = layer.strip_prefix("sha256:")?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some(dir.join(format!("{hex}.gzindex")))
 }
 
 /// Where indexes are looked for, and the registry's recent answers about
@@ -257,21 +249,5 @@ impl GzLookup {
             }
         }
         Ok(Arc::new(found))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn index_paths_are_named_by_layer_hex_only() {
-        let hex = "a".repeat(64);
-        assert_eq!(
-            index_path(Path::new("/d"), &format!("sha256:{hex}")),
-            Some(PathBuf::from(format!("/d/{hex}.gzindex")))
-        );
-        assert_eq!(index_path(Path::new("/d"), "sha256:../../etc"), None);
-        assert_eq!(index_path(Path::new("/d"), "md5:abc"), None);
     }
 }

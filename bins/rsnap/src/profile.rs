@@ -3,8 +3,8 @@
 //! their first seconds), and one of them written as an `rsnap optimize`
 //! record, for `rsnap optimize --reuse-record`.
 
-use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,10 +43,14 @@ enum Cmd {
 pub fn run(args: Args) -> Result<()> {
     match args.cmd {
         Cmd::List { root } => {
-            for (_, p) in profiles(&root)? {
-                let files: usize = p.layers.iter().map(|l| l.files.len()).sum();
+            for (_, p) in stargzfs::list_profiles(&root)? {
                 let cut = if p.truncated { " (truncated)" } else { "" };
-                println!("{}\t{} layers\t{files} files{cut}", p.image, p.layers.len());
+                println!(
+                    "{}\t{} layers\t{} files{cut}",
+                    p.image,
+                    p.layers.len(),
+                    p.files()
+                );
             }
             Ok(())
         }
@@ -57,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
             image_digest,
             net_flags,
         } => {
-            let p = find(&root, &image)?;
+            let p = stargzfs::find_profile(&root, &image)?;
             let digest = match image_digest {
                 Some(d) => d,
                 None => manifest_digest(&p.image, &net_flags).with_context(|| {
@@ -79,58 +83,6 @@ pub fn run(args: Args) -> Result<()> {
             );
             Ok(())
         }
-    }
-}
-
-/// Every readable profile under `root` (unreadable ones are skipped with a
-/// warning).
-fn profiles(root: &Path) -> Result<Vec<(PathBuf, stargzfs::SavedProfile)>> {
-    let dir = stargzfs::profiles_dir(root);
-    let rd = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    let mut out = Vec::new();
-    for e in rd.flatten() {
-        let path = e.path();
-        if path.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        match stargzfs::SavedProfile::read(&path) {
-            Ok(p) => out.push((path, p)),
-            Err(err) => tracing::warn!(file = %path.display(), error = %err, "skipping a profile"),
-        }
-    }
-    out.sort_by(|a, b| a.1.image.cmp(&b.1.image));
-    Ok(out)
-}
-
-/// The profile of `image`: its exact reference, else the one profile
-/// whose reference contains it.
-fn find(root: &Path, image: &str) -> Result<stargzfs::SavedProfile> {
-    let exact = stargzfs::profile_path(root, image);
-    if exact.exists() {
-        return stargzfs::SavedProfile::read(&exact)
-            .with_context(|| format!("reading {}", exact.display()));
-    }
-    let mut hits: Vec<_> = profiles(root)?
-        .into_iter()
-        .filter(|(_, p)| p.image.contains(image))
-        .collect();
-    match hits.len() {
-        1 => Ok(hits.remove(0).1),
-        0 => bail!(
-            "no profile of {image} under {} (is `[profile] record = true` set, and has a container of it run for the window?)",
-            stargzfs::profiles_dir(root).display()
-        ),
-        _ => bail!(
-            "{image} names several profiled images: {}",
-            hits.iter()
-                .map(|(_, p)| p.image.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
     }
 }
 
@@ -193,32 +145,5 @@ mod tests {
         bad.layers[0].files.push("../etc/passwd".into());
         assert!(to_record(&bad, &digest('a')).is_err());
         assert!(to_record(&p, "latest").is_err());
-    }
-
-    #[test]
-    fn export_finds_a_profile_by_a_unique_part_of_its_reference() {
-        let root = tempfile::tempdir().unwrap();
-        for image in ["reg.example/app:v1", "reg.example/other:v1"] {
-            let p = stargzfs::SavedProfile {
-                version: stargzfs::PROFILE_VERSION,
-                image: image.into(),
-                window_sec: 10,
-                truncated: false,
-                layers: vec![],
-            };
-            let path = stargzfs::profile_path(root.path(), image);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, serde_json::to_vec(&p).unwrap()).unwrap();
-        }
-        assert_eq!(
-            find(root.path(), "reg.example/app:v1").unwrap().image,
-            "reg.example/app:v1"
-        );
-        assert_eq!(
-            find(root.path(), "app:v1").unwrap().image,
-            "reg.example/app:v1"
-        );
-        assert!(find(root.path(), "reg.example").is_err(), "ambiguous");
-        assert!(find(root.path(), "nothing").is_err());
     }
 }

@@ -12,6 +12,7 @@
 //! and ISIZE (all zero).
 
 use crate::error::{Error, Result};
+use crate::tail::MAX_TOC_MEMBER;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -130,7 +131,7 @@ pub fn find_toc_layer(manifest: &[u8], layer_digest: &str) -> Result<TocLayer> {
         }
         let size = u64::try_from(l.size)
             .ok()
-            .filter(|&s| s <= crate::reader::MAX_TOC_MEMBER)
+            .filter(|&s| s <= MAX_TOC_MEMBER)
             .ok_or_else(|| bad(format!("TOC layer size {} is out of range", l.size)))?;
         found = Some(TocLayer {
             digest: l.digest.clone(),

@@ -27,6 +27,7 @@
 //! so one call tells every format this crate reads by its tail.
 
 use crate::error::{Error, Result};
+pub use crate::tail::Footer;
 use crate::Compression;
 
 /// Size of the eStargz footer.
@@ -36,22 +37,6 @@ pub const LEGACY_FOOTER_SIZE: usize = 47;
 
 const MAGIC: &[u8; 6] = b"STARGZ";
 const FEXTRA: u8 = 0x04;
-
-/// What a footer says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Footer {
-    /// Blob offset of the gzip member holding the TOC tar entry.
-    pub toc_offset: u64,
-    /// Bytes the footer takes at the end of the blob (51 or 47).
-    pub size: usize,
-    /// True for the 47-byte CRFS footer.
-    pub legacy: bool,
-    /// How the layer's chunks and TOC are compressed.
-    pub compression: Compression,
-    /// Length of the TOC region when the footer states it (zstd:chunked);
-    /// `toc_region` checks it against the bytes before the footer.
-    pub toc_size: Option<u64>,
-}
 
 /// The 51 footer bytes for a TOC at `toc_offset`.
 pub fn write_footer(toc_offset: u64) -> [u8; FOOTER_SIZE] {

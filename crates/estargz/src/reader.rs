@@ -11,119 +11,18 @@
 //! legacy stargz layer opened on purpose without digests (`open_with` and
 //! `IndexOptions::unverified_key`).
 
+pub use crate::blob::{read_exact_at, sha256_digest, ReadAt};
 use crate::error::{Error, Result};
 pub use crate::footer::{parse_footer, Footer};
 use crate::index::{Chunk, Index, IndexOptions, NodeId, NodeKind};
+pub use crate::tail::{toc_region, MAX_TOC_JSON, MAX_TOC_MEMBER};
 use crate::tarfmt;
 use crate::toc::{Toc, TOC_TAR_NAME};
 use crate::Compression;
-use sha2::{Digest, Sha256};
 use std::io::{self, BufRead, Read};
 
-/// Largest uncompressed TOC JSON we accept.
-pub const MAX_TOC_JSON: u64 = 64 << 20;
-/// Largest compressed TOC member we fetch: stored (level 0) JSON grows a little.
-pub const MAX_TOC_MEMBER: u64 = MAX_TOC_JSON + (MAX_TOC_JSON >> 8) + 4096;
 /// First read of `open`: the footer and, usually, the whole TOC.
 pub const TAIL_READ: u64 = 64 << 10;
-
-/// Positional reads, like `pread`.
-pub trait ReadAt {
-    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize>;
-}
-
-impl ReadAt for std::fs::File {
-    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize> {
-        std::os::unix::fs::FileExt::read_at(self, buf, off)
-    }
-}
-
-impl ReadAt for [u8] {
-    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let Ok(off) = usize::try_from(off) else {
-            return Ok(0);
-        };
-        let src = self.get(off..).unwrap_or(&[]);
-        let n = src.len().min(buf.len());
-        buf[..n].copy_from_slice(&src[..n]);
-        Ok(n)
-    }
-}
-
-impl ReadAt for Vec<u8> {
-    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.as_slice().read_at(off, buf)
-    }
-}
-
-impl<T: ReadAt + ?Sized> ReadAt for &T {
-    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize> {
-        (**self).read_at(off, buf)
-    }
-}
-
-impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
-    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize> {
-        (**self).read_at(off, buf)
-    }
-}
-
-/// Fill `buf` from `off`, or fail with `UnexpectedEof`.
-pub fn read_exact_at<R: ReadAt + ?Sized>(
-    r: &R,
-    mut off: u64,
-    mut buf: &mut [u8],
-) -> io::Result<()> {
-    while !buf.is_empty() {
-        match r.read_at(off, buf) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                off += n as u64;
-                buf = &mut buf[n..];
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// `sha256:<hex>` of `data`.
-pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-/// Where the TOC member is: `toc_offset..end` (end = start of the footer),
-/// checked against the blob size and the cap.
-pub fn toc_region(footer: &Footer, blob_size: u64) -> Result<std::ops::Range<u64>> {
-    let end = blob_size
-        .checked_sub(footer.size as u64)
-        .ok_or(Error::TooSmall(blob_size))?;
-    if footer.toc_offset >= end {
-        return Err(Error::TocOffsetOutOfRange {
-            toc_offset: footer.toc_offset,
-            limit: end,
-        });
-    }
-    let len = end - footer.toc_offset;
-    if let Some(declared) = footer.toc_size {
-        // zstd:chunked states the TOC's length: nothing may sit between
-        // the TOC and the footer, and the TOC may not overlap the footer.
-        if declared != len {
-            return Err(Error::TocFrameSize {
-                declared: declared.saturating_sub(8),
-                actual: len.saturating_sub(8),
-            });
-        }
-    }
-    if len > MAX_TOC_MEMBER {
-        return Err(Error::TocTooLarge {
-            size: len,
-            cap: MAX_TOC_MEMBER,
-        });
-    }
-    Ok(footer.toc_offset..end)
-}
 
 /// Decode the TOC member (the blob bytes from the TOC offset to the footer):
 /// gunzip, one tar entry named `stargz.index.json`, JSON; or, for

@@ -24,10 +24,10 @@ mod pipeline;
 /// The tar scanner, also used by `gzindex` to build a plain gzip layer's file table.
 pub use input::{scan, InEntry, Kind};
 
+use crate::blob::{read_exact_at, sha256_digest, ReadAt};
 use crate::error::{Error, Result};
 use crate::footer::{write_footer, write_legacy_footer};
 use crate::index::{clean_path, Index, IndexOptions};
-use crate::reader::{read_exact_at, ReadAt};
 use crate::tarfmt::{self, BLOCK};
 use crate::toc::{
     EntryType, Toc, TocEntry, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
@@ -560,9 +560,7 @@ fn compress<S: ReadAt + ?Sized>(src: &S, m: &Member, codec: Codec) -> io::Result
     let chunk_digests = m
         .chunks
         .iter()
-        .map(|&(_, inner, n)| {
-            crate::reader::sha256_digest(&raw[inner as usize..(inner + n) as usize])
-        })
+        .map(|&(_, inner, n)| sha256_digest(&raw[inner as usize..(inner + n) as usize]))
         .collect();
     let gz = codec.member(&raw)?;
     Ok(Compressed {
@@ -636,7 +634,7 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
     // Empty regular files still carry the digest of no bytes.
     for te in toc.entries.iter_mut() {
         if te.kind == EntryType::Reg && te.size == 0 {
-            te.digest = crate::reader::sha256_digest(b"");
+            te.digest = sha256_digest(b"");
         }
     }
 
@@ -650,7 +648,7 @@ fn emit<S: ReadAt + Sync + ?Sized, W: Write>(
     }
     let toc_offset = out.n;
     let json = toc.to_json();
-    let toc_digest = crate::reader::sha256_digest(&json);
+    let toc_digest = sha256_digest(&json);
     let mut zstd_manifest = None;
     let mut external_toc = None;
     match codec {

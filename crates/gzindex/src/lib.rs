@@ -16,18 +16,24 @@
 //!
 //! Modules: `zlib` (the only unsafe code: raw inflate FFI), `build` (the
 //! one pass), `format` (the file: serialize, parse with caps, validate),
-//! `span` (inflate pieces from a checkpoint and verify them).
+//! `span` (inflate pieces from a checkpoint and verify them), `publish`
+//! (every plain gzip layer of an image in a registry indexed, pushed as a
+//! referrer of its manifest or written to a directory: `rsnap index`).
 
 mod build;
 mod error;
 mod format;
+pub mod publish;
 mod span;
 mod zlib;
 
 pub use build::{build, BuildOptions, BuildReport};
 pub use error::{Error, Result};
 pub use format::{Checkpoint, GzIndex, MAGIC, MAX_INDEX_BYTES};
+pub use publish::{publish, PublishOptions};
 pub use span::SpanDecoder;
+
+use std::path::{Path, PathBuf};
 
 /// Default distance between checkpoints, in uncompressed bytes. Smaller
 /// spans mean less inflating per cold read and a larger index (a 32 KiB
@@ -42,6 +48,17 @@ pub const ARTIFACT_TYPE: &str = "application/vnd.rsnap.gzindex.v1";
 pub const MEDIA_TYPE: &str = "application/vnd.rsnap.gzindex.v1+gzip";
 /// Annotation on the index layer naming the image layer it indexes.
 pub const LAYER_ANNOTATION: &str = "dev.rsnap.gzindex.layer";
+
+/// Where the index of `layer` is kept in a directory (`rsnap index --out`,
+/// the daemon's `[gzindex] dir`): `<dir>/<hex>.gzindex`; `None` for a
+/// digest that is not `sha256:` and 64 hex digits.
+pub fn index_path(dir: &Path, layer: &str) -> Option<PathBuf> {
+    let hex = layer.strip_prefix("sha256:")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(dir.join(format!("{hex}.gzindex")))
+}
 
 #[cfg(test)]
 mod tests;

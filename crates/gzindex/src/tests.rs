@@ -436,3 +436,15 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn index_paths_are_named_by_layer_hex_only() {
+    use std::path::{Path, PathBuf};
+    let hex = "a".repeat(64);
+    assert_eq!(
+        index_path(Path::new("/d"), &format!("sha256:{hex}")),
+        Some(PathBuf::from(format!("/d/{hex}.gzindex")))
+    );
+    assert_eq!(index_path(Path::new("/d"), "sha256:../../etc"), None);
+    assert_eq!(index_path(Path::new("/d"), "md5:abc"), None);
+}

@@ -93,6 +93,17 @@ pub enum Error {
     /// Start-up: the registry client's configuration.
     #[error("registry client: {0}")]
     Client(#[source] registry::Error),
+    /// Reading the kept profiles (`rsnap profile`).
+    #[error("reading {}", path.display())]
+    Profiles {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no profile of {image} under {} (is `[profile] record = true` set, and has a container of it run for the window?)", dir.display())]
+    NoProfile { image: String, dir: PathBuf },
+    #[error("{image} names several profiled images: {}", images.join(", "))]
+    ProfileAmbiguous { image: String, images: Vec<String> },
 }
 
 /// What a failure means for the layer.
@@ -123,6 +134,10 @@ impl Error {
             | Error::Task { .. }
             | Error::Cache(_)
             | Error::Client(_) => Verdict::Error,
+            // Never met by a Prepare: only `rsnap profile` reads profiles.
+            Error::Profiles { .. } | Error::NoProfile { .. } | Error::ProfileAmbiguous { .. } => {
+                Verdict::Error
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::gzlayer::GzLookup;
 use crate::handover::Handover;
 use crate::open::{first, LayerFacts, Opener};
 use crate::preopen::{self, Preopened};
@@ -62,16 +63,16 @@ impl StargzFs {
         let client = registry::Client::new(cfg.client()).map_err(Error::Client)?;
         Ok(StargzFs {
             opener: Opener {
+                gz: GzLookup::new(
+                    client.clone(),
+                    cfg.gzindex_dir.clone(),
+                    cfg.gzindex_registry,
+                ),
                 client,
                 cfg: lcfg,
                 sched,
                 rt: Handle::current(),
                 tocs: Arc::new(TocStore::new(&cfg.root)),
-                gz: crate::gzlayer::GzLookup {
-                    dir: cfg.gzindex_dir.clone(),
-                    registry_lookup: cfg.gzindex_registry,
-                    found: Default::default(),
-                },
             },
             preopened: Arc::new(Preopened::default()),
             mounts: tokio::sync::Mutex::new(HashMap::new()),
@@ -276,6 +277,6 @@ impl RemoteFs for StargzFs {
             Ok(f) => f.get(layer).is_some_and(|(_, t)| t.is_some()),
             Err(_) => return false,
         };
-        toc || self.opener.has_gz_index(&image, layer).await
+        toc || self.opener.gz.has_index(&image, layer).await
     }
 }

@@ -8,13 +8,15 @@
 //! piece digests at read time, never serving them.
 
 use crate::error::Error;
-use crate::open::{Opener, RECENT};
+use crate::manifest::{self, RECENT};
 use bytes::Bytes;
-use lazyfs::{ChunkError, LazyLayer, MemberDecoder};
+use gzindex::index_path;
+use lazyfs::{ChunkError, LazyLayer, MemberDecoder, Scheduler};
 use registry::Reference;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::runtime::Handle;
 
 /// The decoder lazyfs calls for this layer's pieces.
 struct Pieces(gzindex::SpanDecoder);
@@ -50,27 +52,48 @@ impl MemberDecoder for Pieces {
     }
 }
 
-/// Where an index file for `layer` lives in `dir`: `<dir>/<hex>.gzindex`.
-pub fn index_path(dir: &Path, layer: &str) -> Option<PathBuf> {
-    let hex = layer.strip_prefix("sha256:")?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some(dir.join(format!("{hex}.gzindex")))
+/// Where indexes are looked for, and the registry's recent answers about
+/// them; cheap to clone (clones share the client and what it remembers).
+#[derive(Clone)]
+pub(crate) struct GzLookup {
+    client: registry::Client,
+    dir: Option<PathBuf>,
+    registry_lookup: bool,
+    /// Index blobs by layer, per image manifest, as the referrers list them.
+    found: Arc<registry::Recent<Arc<HashMap<String, String>>>>,
 }
 
-impl Opener {
-    /// The layer through its index, `None` when there is no index for it.
-    pub(crate) async fn open_gz_indexed(
+impl GzLookup {
+    /// Indexes in `dir`, then (if `registry_lookup`) among the referrers of
+    /// the image manifest.
+    pub(crate) fn new(
+        client: registry::Client,
+        dir: Option<PathBuf>,
+        registry_lookup: bool,
+    ) -> GzLookup {
+        GzLookup {
+            client,
+            dir,
+            registry_lookup,
+            found: Default::default(),
+        }
+    }
+
+    /// The layer through its index, `None` when there is no index for it;
+    /// opened with the opener's lazyfs settings and scheduler.
+    pub(crate) async fn open(
         &self,
         image: &Reference,
         digest: &str,
+        cfg: &lazyfs::Config,
+        sched: &Arc<Scheduler>,
+        rt: &Handle,
     ) -> Result<Option<Arc<LazyLayer>>, Error> {
         let bad = |source: gzindex::Error| Error::GzIndex {
             layer: digest.to_string(),
             source,
         };
-        let Some(bytes) = self.find_gz_index(image, digest).await? else {
+        let Some(bytes) = self.find_index(image, digest).await? else {
             return Ok(None);
         };
         let reader = self
@@ -105,28 +128,27 @@ impl Opener {
             digest,
             index,
             Arc::new(Pieces(decoder)),
-            &self.cfg,
-            self.sched.clone(),
-            self.rt.clone(),
+            cfg,
+            sched.clone(),
+            rt.clone(),
         )))
     }
 
     /// Whether layer `digest` has an index (a file in the local directory,
     /// or one the image's referrers list), without fetching it.
-    pub(crate) async fn has_gz_index(&self, image: &Reference, digest: &str) -> bool {
-        let local = self.gz.dir.as_deref().and_then(|d| index_path(d, digest));
+    pub(crate) async fn has_index(&self, image: &Reference, digest: &str) -> bool {
+        let local = self.dir.as_deref().and_then(|d| index_path(d, digest));
         if local.is_some_and(|p| p.exists()) {
             return true;
         }
-        if !self.gz.registry_lookup {
+        if !self.registry_lookup {
             return false;
         }
-        let Ok(manifest) = self.manifest(image).await else {
+        let Ok(manifest) = manifest::recent(&self.client, image).await else {
             return false;
         };
         let (repo, subject) = (image.repo_only(), manifest.resolved.digest);
-        self.gz
-            .found
+        self.found
             .get(&format!("{repo}@{subject}"), RECENT, || {
                 self.index_blobs(&repo, &subject, digest)
             })
@@ -135,13 +157,8 @@ impl Opener {
     }
 
     /// The index file's bytes: the local directory, then the registry.
-    async fn find_gz_index(&self, image: &Reference, digest: &str) -> Result<Option<Bytes>, Error> {
-        if let Some(path) = self
-            .gz
-            .dir
-            .as_deref()
-            .and_then(|dir| index_path(dir, digest))
-        {
+    async fn find_index(&self, image: &Reference, digest: &str) -> Result<Option<Bytes>, Error> {
+        if let Some(path) = self.dir.as_deref().and_then(|dir| index_path(dir, digest)) {
             let limit = gzindex::MAX_INDEX_BYTES;
             let read = tokio::task::spawn_blocking(move || {
                 use std::io::Read;
@@ -160,14 +177,13 @@ impl Opener {
                 _ => {}
             }
         }
-        if !self.gz.registry_lookup {
+        if !self.registry_lookup {
             return Ok(None);
         }
-        let manifest = self.manifest(image).await?;
+        let manifest = manifest::recent(&self.client, image).await?;
         let subject = manifest.resolved.digest;
         let repo = image.repo_only();
         let found = self
-            .gz
             .found
             .get(&format!("{repo}@{subject}"), RECENT, || {
                 self.index_blobs(&repo, &subject, digest)
@@ -233,30 +249,5 @@ impl Opener {
             }
         }
         Ok(Arc::new(found))
-    }
-}
-
-/// Where indexes are looked for.
-#[derive(Clone, Default)]
-pub(crate) struct GzLookup {
-    pub dir: Option<PathBuf>,
-    pub registry_lookup: bool,
-    /// Index blobs by layer, per image manifest, as the referrers list them.
-    pub found: Arc<registry::Recent<Arc<HashMap<String, String>>>>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn index_paths_are_named_by_layer_hex_only() {
-        let hex = "a".repeat(64);
-        assert_eq!(
-            index_path(Path::new("/d"), &format!("sha256:{hex}")),
-            Some(PathBuf::from(format!("/d/{hex}.gzindex")))
-        );
-        assert_eq!(index_path(Path::new("/d"), "sha256:../../etc"), None);
-        assert_eq!(index_path(Path::new("/d"), "md5:abc"), None);
     }
 }

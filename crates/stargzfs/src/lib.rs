@@ -7,18 +7,21 @@
 //! - [`Error`] and its classification: the one place that decides what a
 //!   failure (a registry error above all) means for a layer: fall back to
 //!   an ordinary snapshot, or "unavailable, try later".
-//! - `open`: labels -> image reference, layer digest, TOC digest (from the
-//!   labels or the image manifest) -> an opened `lazyfs::LazyLayer`.
+//! - `manifest`: the image manifest, fetched once for all of an image's
+//!   Prepares.
 //! - `toc_store`: verified TOCs kept under the root, so a layer opens
 //!   again after a restart without its registry.
 //! - `gzlayer`: plain gzip layers (no TOC) served through a seekable
 //!   index (`gzindex`) from a local directory or the image's referrers.
+//! - `open`: labels -> image reference, layer digest, TOC digest (from the
+//!   labels or the image manifest) -> an opened `lazyfs::LazyLayer`; a
+//!   layer without a TOC through `gzlayer`.
 //! - `preopen`: the other layers of the image opened ahead, while
 //!   containerd prepares the first.
 //! - `handover`: mounts that outlive the daemon process: FUSE fds kept by
 //!   the fd holder, taken back and served at the next start.
 //! - `profile`: opt-in profiles of real runs: per image, the files
-//!   containers open first, kept for `rsnap profile export`.
+//!   containers open first, kept, listed and found for `rsnap profile`.
 //! - [`StargzFs`]: the `RemoteFs` itself: the mount table (one
 //!   `lazyfs::MountHandle` per mount point), check, unmount.
 
@@ -27,6 +30,7 @@ mod error;
 mod fs;
 mod gzlayer;
 mod handover;
+mod manifest;
 mod open;
 mod preopen;
 mod profile;
@@ -35,7 +39,8 @@ mod toc_store;
 pub use config::Config;
 pub use error::Error;
 pub use fs::StargzFs;
-pub use gzlayer::index_path as gz_index_path;
+/// Where the daemon looks for a layer's index in its `[gzindex] dir`.
+pub use gzindex::index_path as gz_index_path;
 pub use handover::{fd_store_path, HandoverStats, LayerInfo};
 /// The fd holder's loop, for the daemon's `fd-holder` mode.
 pub use lazyfs::handover::{run_holder as run_fd_holder, HolderConfig as FdHolderConfig};
@@ -44,7 +49,8 @@ pub use lazyfs::BlobCheck;
 /// What [`StargzFs::fetch_figures`] returns (latencies, bounded failures, cache).
 pub use lazyfs::{CacheFigures, FetchFigures, HistogramSnapshot};
 pub use profile::{
-    profile_path, profiles_dir, ProfileConfig, SavedLayer, SavedProfile, PROFILE_VERSION,
+    find_profile, list_profiles, profile_path, profiles_dir, ProfileConfig, SavedLayer,
+    SavedProfile, PROFILE_VERSION,
 };
 /// The `[resolver]` table's typed form, for building a [`Config`].
 pub use registry::HostsConfig;

@@ -9,6 +9,8 @@
 //! one round trip, or two for a big TOC (a few thousand files).
 
 use crate::error::Error;
+use crate::gzlayer::GzLookup;
+use crate::manifest;
 use crate::toc_store::TocStore;
 use bytes::Bytes;
 use lazyfs::{LazyLayer, Scheduler};
@@ -28,12 +30,6 @@ const TAIL_READ: u64 = 64 << 10;
 
 /// Size and TOC digest (if the manifest has one) of each layer, by digest.
 pub(crate) type LayerFacts = HashMap<String, (u64, Option<String>)>;
-
-/// How long a manifest (and a referrers list) answers the Prepares of an
-/// image's other layers: containerd prepares them one after another, each
-/// after the one below is there, which for a layer pulled in full can take
-/// a while.
-pub(crate) const RECENT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn facts_of(m: &registry::Manifest) -> LayerFacts {
     m.manifest
@@ -67,41 +63,31 @@ pub(crate) struct Opener {
     pub rt: Handle,
     /// Verified TOCs on disk: a layer opens without its registry after a restart.
     pub tocs: Arc<TocStore>,
-    /// Where seekable indexes of plain gzip layers are looked for.
-    pub(crate) gz: crate::gzlayer::GzLookup,
+    /// Seekable indexes of plain gzip layers: where they are looked for.
+    pub(crate) gz: GzLookup,
 }
 
 impl Opener {
     /// Size and TOC digest of every layer of the image manifest, for
     /// callers (CRI, containerd's unpacker without annotations) that did not
     /// pass them, and for pre-opening the other layers. The manifest is
-    /// fetched once for all of an image's Prepares (`RECENT`); if it does
-    /// not list `layer` the tag may have moved, so it is fetched again.
+    /// fetched once for all of an image's Prepares (`manifest::RECENT`);
+    /// if it does not list `layer` the tag may have moved, so it is
+    /// fetched again.
     pub async fn layer_facts(
         &self,
         image: &Reference,
         layer: Option<&str>,
     ) -> Result<LayerFacts, Error> {
-        let m = self.manifest(image).await?;
+        let m = manifest::recent(&self.client, image).await?;
         let facts = facts_of(&m);
         match layer {
             Some(l) if !facts.contains_key(l) => {
                 self.client.forget_manifest(image);
-                Ok(facts_of(&self.manifest(image).await?))
+                Ok(facts_of(&manifest::recent(&self.client, image).await?))
             }
             _ => Ok(facts),
         }
-    }
-
-    /// The image manifest, from memory if it was fetched moments ago.
-    pub(crate) async fn manifest(&self, image: &Reference) -> Result<registry::Manifest, Error> {
-        self.client
-            .fetch_manifest_recent(image, RECENT)
-            .await
-            .map_err(|source| Error::Manifest {
-                image: image.to_string(),
-                source,
-            })
     }
 
     /// A reader for the blob and its last bytes (footer, often the TOC),
@@ -303,6 +289,18 @@ impl Opener {
                 "a blob of {blob_size} bytes cannot hold the footer"
             ))
         })
+    }
+
+    /// A plain gzip layer through its seekable index, `None` when there is
+    /// no index for it.
+    pub(crate) async fn open_gz_indexed(
+        &self,
+        image: &Reference,
+        digest: &str,
+    ) -> Result<Option<Arc<LazyLayer>>, Error> {
+        self.gz
+            .open(image, digest, &self.cfg, &self.sched, &self.rt)
+            .await
     }
 
     /// Open a layer from the registry (the caller has already tried its

@@ -7,9 +7,11 @@
 //! (a container starting; pulling opens nothing) and lasts `window`; then
 //! the profile is written to `ROOT/profiles/<sha256 of the image
 //! reference>.json` ([`SavedProfile`]) and recording for that image stops
-//! until the daemon restarts. `rsnap profile export` turns the file into an
-//! `rsnap optimize` record.
+//! until the daemon restarts. [`list_profiles`] and [`find_profile`] read
+//! them back; `rsnap profile export` turns one into an `rsnap optimize`
+//! record.
 
+use crate::error::Error;
 use lazyfs::{LazyLayer, OpenObserver};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -248,7 +250,63 @@ fn write_atomic(path: &Path, p: &SavedProfile) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Every readable profile under the daemon's `root`, sorted by image
+/// (unreadable ones are skipped with a warning).
+pub fn list_profiles(root: &Path) -> Result<Vec<(PathBuf, SavedProfile)>, Error> {
+    let dir = profiles_dir(root);
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::Profiles { path: dir, source }),
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        match SavedProfile::read(&path) {
+            Ok(p) => out.push((path, p)),
+            Err(err) => warn!(file = %path.display(), error = %err, "skipping a profile"),
+        }
+    }
+    out.sort_by(|a, b| a.1.image.cmp(&b.1.image));
+    Ok(out)
+}
+
+/// The profile of `image` under the daemon's `root`: its exact reference,
+/// else the one profile whose reference contains it.
+pub fn find_profile(root: &Path, image: &str) -> Result<SavedProfile, Error> {
+    let exact = profile_path(root, image);
+    if exact.exists() {
+        return SavedProfile::read(&exact).map_err(|source| Error::Profiles {
+            path: exact,
+            source,
+        });
+    }
+    let mut hits: Vec<_> = list_profiles(root)?
+        .into_iter()
+        .filter(|(_, p)| p.image.contains(image))
+        .collect();
+    match hits.len() {
+        1 => Ok(hits.remove(0).1),
+        0 => Err(Error::NoProfile {
+            image: image.to_string(),
+            dir: profiles_dir(root),
+        }),
+        _ => Err(Error::ProfileAmbiguous {
+            image: image.to_string(),
+            images: hits.into_iter().map(|(_, p)| p.image).collect(),
+        }),
+    }
+}
+
 impl SavedProfile {
+    /// How many files it lists, over all layers.
+    pub fn files(&self) -> usize {
+        self.layers.iter().map(|l| l.files.len()).sum()
+    }
+
     /// Read a kept profile (untrusted as any file: shape checked by serde;
     /// `rsnap` checks paths and digests when it makes a record of it).
     pub fn read(path: &Path) -> std::io::Result<SavedProfile> {
@@ -264,5 +322,49 @@ impl SavedProfile {
             )));
         }
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_is_found_by_a_unique_part_of_its_reference() {
+        let root = tempfile::tempdir().unwrap();
+        for image in ["reg.example/app:v1", "reg.example/other:v1"] {
+            let p = SavedProfile {
+                version: PROFILE_VERSION,
+                image: image.into(),
+                window_sec: 10,
+                truncated: false,
+                layers: vec![],
+            };
+            write_atomic(&profile_path(root.path(), image), &p).unwrap();
+        }
+        assert_eq!(
+            find_profile(root.path(), "reg.example/app:v1")
+                .unwrap()
+                .image,
+            "reg.example/app:v1"
+        );
+        assert_eq!(
+            find_profile(root.path(), "app:v1").unwrap().image,
+            "reg.example/app:v1"
+        );
+        assert!(matches!(
+            find_profile(root.path(), "reg.example"),
+            Err(Error::ProfileAmbiguous { .. })
+        ));
+        assert!(matches!(
+            find_profile(root.path(), "nothing"),
+            Err(Error::NoProfile { .. })
+        ));
+        let listed: Vec<_> = list_profiles(root.path())
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p.image)
+            .collect();
+        assert_eq!(listed, ["reg.example/app:v1", "reg.example/other:v1"]);
     }
 }

@@ -2,9 +2,9 @@
 //! entry's header bytes are (PAX / GNU extension headers included, so they
 //! can be copied verbatim), where its data is, and its resolved metadata.
 
+use crate::blob::{read_exact_at, ReadAt};
 use crate::error::{Result, TarError};
 use crate::index::{clean_path, MAX_ENTRIES};
-use crate::reader::{read_exact_at, ReadAt};
 use crate::tarfmt::{self as t, Header, BLOCK};
 use std::collections::BTreeMap;
 use std::ops::Range;

@@ -7,8 +7,8 @@
 //! worker).
 
 use super::{compress, Codec, Compressed, Member};
+use crate::blob::ReadAt;
 use crate::error::{Error, Result};
-use crate::reader::ReadAt;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Condvar, Mutex};

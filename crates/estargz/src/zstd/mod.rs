@@ -16,9 +16,9 @@
 //! is the sha256 of the JSON; the `io.containers.zstd-chunked.manifest-checksum`
 //! annotation is the sha256 of the compressed TOC (the C bytes).
 
+use crate::blob::{read_exact_at, sha256_digest, ReadAt};
 use crate::error::{Error, Result};
-use crate::footer::Footer;
-use crate::reader::{sha256_digest, MAX_TOC_JSON};
+use crate::tail::{toc_region, Footer, MAX_TOC_JSON};
 use crate::toc::Toc;
 use crate::Compression;
 use std::io::{self, BufRead, Read};
@@ -218,19 +218,16 @@ pub(crate) fn toc_tail(json: &[u8], toc_frame: u64, level: i32) -> io::Result<To
 /// The `manifest-checksum` and `manifest-position` annotation values of a
 /// zstd:chunked blob of `size` bytes, from its footer and TOC frame (for a
 /// blob kept as it is, whose descriptor must not be trusted).
-pub fn manifest_annotations<R: crate::ReadAt + ?Sized>(
-    r: &R,
-    size: u64,
-) -> Result<(String, String)> {
+pub fn manifest_annotations<R: ReadAt + ?Sized>(r: &R, size: u64) -> Result<(String, String)> {
     if size < FOOTER_SIZE as u64 {
         return Err(Error::TooSmall(size));
     }
     let mut tail = [0u8; FOOTER_SIZE];
-    crate::reader::read_exact_at(r, size - FOOTER_SIZE as u64, &mut tail)?;
+    read_exact_at(r, size - FOOTER_SIZE as u64, &mut tail)?;
     let footer = parse_footer(&tail).ok_or(Error::BadFooter("no zstd:chunked footer"))??;
-    let region = crate::reader::toc_region(&footer, size)?;
+    let region = toc_region(&footer, size)?;
     let mut member = vec![0u8; (region.end - region.start) as usize];
-    crate::reader::read_exact_at(r, region.start, &mut member)?;
+    read_exact_at(r, region.start, &mut member)?;
     let body = &tail[SKIPPABLE_HEADER..];
     let position = format!(
         "{}:{}:{}:{}",

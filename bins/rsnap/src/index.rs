@@ -1,11 +1,11 @@
 //! `rsnap index REF`: a seekable index (`gzindex`) for each plain gzip
 //! layer of an image, so the daemon can serve the image lazily without
 //! converting it; pushed as a referrer of the image manifest or written to
-//! a directory the daemon reads (`gzindex::publish`). This prints what it
+//! a directory the daemon reads (`convert::index`). This prints what it
 //! does.
 
 use anyhow::Result;
-use gzindex::publish::{Event, Platforms};
+use convert::index::{Event, Platforms};
 use registry::{Client, Reference};
 use std::path::PathBuf;
 
@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
 async fn run_async(args: Args) -> Result<()> {
     let image = Reference::parse(&args.image)?;
     let client = Client::new(args.net.client_config([image.registry()]))?;
-    let opts = gzindex::PublishOptions {
+    let opts = convert::index::PublishOptions {
         span_size: args.span_size,
         platforms: match args.platform {
             Some(p) => Platforms::Only(p),
@@ -54,7 +54,7 @@ async fn run_async(args: Args) -> Result<()> {
         scratch: args.scratch.unwrap_or_else(std::env::temp_dir),
         out: args.out,
     };
-    let totals = gzindex::publish(&client, &image, &opts, print).await?;
+    let totals = convert::index::publish(&client, &image, &opts, print).await?;
     if totals.layers > 0 {
         println!(
             "{}: {} bytes of index for {} bytes of layers ({:.2}%)",

@@ -11,6 +11,7 @@
 mod endpoint;
 mod error;
 mod image;
+pub mod index;
 mod layer;
 
 pub use error::{Error, Result};

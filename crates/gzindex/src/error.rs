@@ -1,8 +1,6 @@
-//! What building, parsing or reading through an index, or publishing an
-//! image's indexes, can fail with.
+//! What building, parsing or reading through an index can fail with.
 
 use std::io;
-use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,34 +35,6 @@ pub enum Error {
     Span { offset: u64, reason: String },
     #[error("piece {digest}: digest mismatch (got {actual})")]
     DigestMismatch { digest: String, actual: String },
-    // Publishing an image's indexes (`publish`).
-    #[error(transparent)]
-    Registry(#[from] registry::Error),
-    #[error("{what}")]
-    Json {
-        what: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("{0}: no manifest for the platform asked for")]
-    NoPlatform(String),
-    #[error("index layer {layer}")]
-    Layer {
-        layer: String,
-        #[source]
-        source: Box<Error>,
-    },
-    #[error("scratch file")]
-    Scratch(#[source] io::Error),
-    #[error("layer ends at {at} of {size} bytes")]
-    ShortLayer { at: u64, size: u64 },
-    /// A layer digest that names no index file (not `sha256:` and 64 hex digits).
-    #[error("layer digest {0}")]
-    LayerName(String),
-    #[error("create {}", .0.display())]
-    CreateDir(PathBuf, #[source] io::Error),
-    #[error("write {}", .0.display())]
-    WriteIndex(PathBuf, #[source] io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

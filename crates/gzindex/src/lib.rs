@@ -23,14 +23,12 @@
 mod build;
 mod error;
 mod format;
-pub mod publish;
 mod span;
 mod zlib;
 
 pub use build::{build, BuildOptions, BuildReport};
 pub use error::{Error, Result};
 pub use format::{Checkpoint, GzIndex, MAGIC, MAX_INDEX_BYTES};
-pub use publish::{publish, PublishOptions};
 pub use span::SpanDecoder;
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Indexing an image in a registry (`rsnap index`): each plain gzip layer
+//! Indexing an image in a registry (`rsnap index`; the index format is the `gzindex` crate's): each plain gzip layer
 //! of its manifests (eStargz and other layers are skipped) is downloaded
 //! once to a scratch file and indexed; the indexes of a manifest are pushed
 //! as an OCI artifact whose `subject` is that manifest (found through the
@@ -8,15 +8,52 @@
 //! What happens is told, layer by layer, through [`Event`]s, so a command
 //! line can print progress without this module printing anything.
 
-use crate::error::{Error, Result};
-use crate::{index_path, BuildOptions, BuildReport, GzIndex};
 use bytes::Bytes;
 use estargz::reader::sha256_digest;
+use gzindex::{index_path, BuildOptions, BuildReport, GzIndex};
 use registry::{Client, Platform, Reference, Referrer, Resolved};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// What indexing and publishing an image's layers can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Index(#[from] gzindex::Error),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error("{what}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}: no manifest for the platform asked for")]
+    NoPlatform(String),
+    #[error("index layer {layer}")]
+    Layer {
+        layer: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("scratch file")]
+    Scratch(#[source] std::io::Error),
+    #[error("layer ends at {at} of {size} bytes")]
+    ShortLayer { at: u64, size: u64 },
+    /// A layer digest that names no index file (not `sha256:` and 64 hex digits).
+    #[error("layer digest {0}")]
+    LayerName(String),
+    #[error("create {}", .0.display())]
+    CreateDir(PathBuf, #[source] std::io::Error),
+    #[error("write {}", .0.display())]
+    WriteIndex(PathBuf, #[source] std::io::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The empty JSON config of an artifact manifest (OCI 1.1).
 const EMPTY_CONFIG: &[u8] = b"{}";
@@ -250,7 +287,7 @@ async fn index_layer(
         use std::io::{Seek, SeekFrom};
         file.seek(SeekFrom::Start(0))?;
         let r = std::io::BufReader::with_capacity(1 << 20, file);
-        crate::build(r, &digest, &build, &scratch)
+        Ok(gzindex::build(r, &digest, &build, &scratch)?)
     })
     .await
     .map_err(|e| Error::Io(std::io::Error::other(e)))?
@@ -273,9 +310,9 @@ async fn push_artifact(
     for b in built {
         client.push_blob(repo, &b.digest, b.blob.clone()).await?;
         let mut annotations = serde_json::Map::new();
-        annotations.insert(crate::LAYER_ANNOTATION.to_string(), json!(b.layer));
+        annotations.insert(gzindex::LAYER_ANNOTATION.to_string(), json!(b.layer));
         layers.push(json!({
-            "mediaType": crate::MEDIA_TYPE,
+            "mediaType": gzindex::MEDIA_TYPE,
             "digest": b.digest,
             "size": b.blob.len(),
             "annotations": annotations,
@@ -284,7 +321,7 @@ async fn push_artifact(
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "artifactType": crate::ARTIFACT_TYPE,
+        "artifactType": gzindex::ARTIFACT_TYPE,
         "config": { "mediaType": EMPTY_MEDIA_TYPE, "digest": empty, "size": EMPTY_CONFIG.len() },
         "layers": layers,
         "subject": { "mediaType": m.media_type, "digest": m.digest, "size": m.bytes.len() },
@@ -303,7 +340,7 @@ async fn push_artifact(
                 digest: d.clone(),
                 media_type: OCI_MANIFEST.to_string(),
                 size,
-                artifact_type: Some(crate::ARTIFACT_TYPE.to_string()),
+                artifact_type: Some(gzindex::ARTIFACT_TYPE.to_string()),
             },
         )
         .await?;

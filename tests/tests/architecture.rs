@@ -59,7 +59,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
 ];
 
 /// Packages that depend on no workspace package at all.
-const LEAVES: &[&str] = &["snapshot-labels", "mountinfo"];
+const LEAVES: &[&str] = &["snapshot-labels", "mountinfo", "overlay-unpack"];
 
 /// Packages under crates/ that may depend on tonic directly: the
 /// snapshotter (its gRPC service), ctrd (a containerd client), the

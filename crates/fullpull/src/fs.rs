@@ -9,9 +9,9 @@
 
 use crate::error::Error;
 use crate::pull::{pull_into, Compression, Fetch, LayerSpec, Pulled};
-use crate::unpack::adopt_lower_attrs;
 use crate::Config;
 use async_trait::async_trait;
+use overlay_unpack::adopt_lower_attrs;
 use parking_lot::Mutex;
 use registry::Reference;
 use snapshot_labels::labels::{DIGEST_KEYS, REF_KEYS};

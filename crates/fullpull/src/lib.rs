@@ -6,7 +6,8 @@
 //! snapshot, so containerd skips its own fetch and apply.
 //!
 //! - `stream`: parallel ranged requests, handed on in blob order.
-//! - `unpack`: a tar stream into an overlayfs lower directory.
+//! - the unpack itself (a tar stream into an overlayfs lower directory) is
+//!   the `overlay-unpack` crate's, shared with `optimize`.
 //! - `pull`: one layer: stream -> gunzip -> tar, both digests checked.
 //! - [`PullingFs`]: the `RemoteFs` wrapper the daemon hands the snapshotter.
 
@@ -14,12 +15,11 @@ mod error;
 mod fs;
 mod pull;
 mod stream;
-mod unpack;
 
 pub use error::Error;
 pub use fs::{PullingFs, Stats};
+pub use overlay_unpack::{unpack_tar, Written};
 pub use pull::Compression;
-pub use unpack::{unpack_tar, Written};
 
 /// `[fallback_pull]` of the daemon's config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

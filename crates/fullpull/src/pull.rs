@@ -7,7 +7,7 @@
 
 use crate::error::Error;
 use crate::stream::{self, Source};
-use crate::unpack::{unpack_tar, Written};
+use overlay_unpack::{unpack_tar, Written};
 use sha2::{Digest as _, Sha256};
 use std::io::{self, Read};
 use std::path::Path;

@@ -29,17 +29,7 @@ pub(crate) struct Listing {
 }
 
 /// `a/./b/` -> `a/b`; `None` for a path with `..` (never unpacked).
-pub(crate) fn clean(p: &Path) -> Option<String> {
-    let mut out: Vec<&str> = Vec::new();
-    for c in p.to_str()?.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => return None,
-            c => out.push(c),
-        }
-    }
-    Some(out.join("/"))
-}
+pub(crate) use overlay_unpack::clean;
 
 fn split(path: &str) -> (&str, &str) {
     match path.rsplit_once('/') {
@@ -114,12 +104,10 @@ pub(crate) fn read_layer(
 
 fn walk(r: impl Read, into: Option<&Path>, stop: &AtomicBool, digest: &str) -> Result<Listing> {
     let io = |what: &str| Error::io(format!("{what} layer {digest}"));
-    let mut ar = tar::Archive::new(r);
-    ar.set_preserve_permissions(true);
-    ar.set_preserve_ownerships(true);
-    ar.set_preserve_mtime(true);
-    ar.set_unpack_xattrs(true);
-    ar.set_overwrite(true);
+    let mut ar = overlay_unpack::archive(r);
+    // The same unpack as the daemon's fallback pull: never through a
+    // symlink the layer made, whiteouts and opaque dirs as overlayfs wants.
+    let mut unpacker = into.map(overlay_unpack::Unpacker::new);
     let mut l = Listing::default();
     for e in ar.entries().map_err(io("read"))? {
         if stop.load(Ordering::Relaxed) {
@@ -135,63 +123,23 @@ fn walk(r: impl Read, into: Option<&Path>, stop: &AtomicBool, digest: &str) -> R
             continue;
         }
         let (dir, name) = split(&path);
+        if let Some(u) = unpacker.as_mut() {
+            u.entry(&mut e).map_err(io("unpack"))?;
+        }
         if name == OPAQUE {
             l.opaques.insert(dir.to_string());
-            if let Some(root) = into {
-                opaque(&root.join(dir)).map_err(io("unpack"))?;
-            }
-            continue;
-        }
-        if let Some(hidden) = name.strip_prefix(WHITEOUT) {
-            let hidden = join(dir, hidden);
-            if let Some(root) = into {
-                whiteout(&root.join(&hidden)).map_err(io("unpack"))?;
-            }
-            l.whiteouts.insert(hidden);
-            continue;
-        }
-        if e.header().entry_type().is_dir() {
+        } else if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            l.whiteouts.insert(join(dir, hidden));
+        } else if e.header().entry_type().is_dir() {
             l.dirs.insert(path);
         } else if l.file_set.insert(path.clone()) {
             l.files.push(path);
         }
-        if let Some(root) = into {
-            e.unpack_in(root).map_err(io("unpack"))?;
-        }
+    }
+    if let Some(u) = unpacker {
+        u.finish().map_err(io("unpack"))?;
     }
     Ok(l)
-}
-
-/// An overlay opaque directory (created if the tar names it first).
-fn opaque(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    rustix::fs::setxattr(
-        dir,
-        "trusted.overlay.opaque",
-        b"y",
-        rustix::fs::XattrFlags::empty(),
-    )?;
-    Ok(())
-}
-
-/// An overlay whiteout: a 0/0 character device.
-fn whiteout(path: &Path) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path)?,
-        Ok(_) => std::fs::remove_file(path)?,
-        Err(_) => {}
-    }
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        rustix::fs::FileType::CharacterDevice,
-        rustix::fs::Mode::empty(),
-        rustix::fs::makedev(0, 0),
-    )?;
-    Ok(())
 }
 
 /// The layer (index into `layers`, bottom first) whose `path` is the one
@@ -235,6 +183,45 @@ mod tests {
             whiteouts: whiteouts.iter().map(|s| s.to_string()).collect(),
             opaques: opaques.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// A tar of a symlink `a -> TARGET` and then `a/.wh.victim` and
+    /// `a/.wh..wh..opq`: entries that, followed through the symlink, would
+    /// delete or mark files outside the unpack root.
+    fn escaping_whiteouts(target: &Path) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "a", target).unwrap();
+        for name in ["a/.wh.victim", "a/.wh..wh..opq"] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, &[][..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn whiteouts_never_reach_through_a_symlink() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let tar = escaping_whiteouts(outside.path());
+        let r = walk(
+            &tar[..],
+            Some(root.path()),
+            &AtomicBool::new(false),
+            "sha256:x",
+        );
+        assert!(r.is_err(), "the escaping whiteout is refused");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        // Listing only (no unpack) still lists it.
+        let l = walk(&tar[..], None, &AtomicBool::new(false), "sha256:x").unwrap();
+        assert!(l.whiteouts.contains("a/victim"));
     }
 
     #[test]

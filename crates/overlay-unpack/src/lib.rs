@@ -42,7 +42,7 @@ impl Made {
 }
 
 /// `a/./b/` -> `a/b`; `None` for a path with `..` or not UTF-8.
-fn clean(p: &Path) -> Option<String> {
+pub fn clean(p: &Path) -> Option<String> {
     let mut out: Vec<&str> = Vec::new();
     for c in p.to_str()?.split('/') {
         match c {
@@ -197,17 +197,51 @@ pub fn adopt_lower_attrs(
 
 /// Unpacks the tar stream `r` into `root` (an existing directory).
 pub fn unpack_tar(r: impl Read, root: &Path) -> io::Result<Written> {
+    let mut ar = archive(r);
+    let mut u = Unpacker::new(root);
+    for e in ar.entries()? {
+        u.entry(&mut e?)?;
+    }
+    u.finish()
+}
+
+/// A tar reader set up to keep what a layer says: permissions, owners,
+/// mtimes, xattrs; existing entries are replaced.
+pub fn archive<R: Read>(r: R) -> tar::Archive<R> {
     let mut ar = tar::Archive::new(r);
     ar.set_preserve_permissions(true);
     ar.set_preserve_ownerships(true);
     ar.set_preserve_mtime(true);
     ar.set_unpack_xattrs(true);
     ar.set_overwrite(true);
-    let mut w = Written::default();
-    let mut made = Made::default();
-    let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
-    for e in ar.entries()? {
-        let mut e = e?;
+    ar
+}
+
+/// Unpacks a layer entry by entry, for callers that also look at each
+/// entry (entries of an [`archive`]); [`Unpacker::finish`] sets the
+/// directories' mtimes and says what was written.
+pub struct Unpacker {
+    root: PathBuf,
+    w: Written,
+    made: Made,
+    dirs: Vec<(PathBuf, u64)>,
+}
+
+impl Unpacker {
+    pub fn new(root: &Path) -> Unpacker {
+        Unpacker {
+            root: root.to_path_buf(),
+            w: Written::default(),
+            made: Made::default(),
+            dirs: Vec::new(),
+        }
+    }
+
+    /// Writes one entry: a whiteout or opaque marker as overlayfs wants it,
+    /// anything else as the tar says; refused (an error) if its path has
+    /// `..` or would be written through a symlink or outside the root.
+    pub fn entry(&mut self, e: &mut tar::Entry<'_, impl Read>) -> io::Result<()> {
+        let (root, made, w) = (self.root.as_path(), &mut self.made, &mut self.w);
         let raw = e.path()?.into_owned();
         let path = clean(&raw).ok_or_else(|| refused(format!("entry {}: `..`", raw.display())))?;
         w.entries += 1;
@@ -216,7 +250,7 @@ pub fn unpack_tar(r: impl Read, root: &Path) -> io::Result<Written> {
             let d = if dir.is_empty() {
                 root.to_path_buf()
             } else {
-                let d = safe_parent(root, dir, &mut made)?;
+                let d = safe_parent(root, dir, made)?;
                 match std::fs::symlink_metadata(&d) {
                     Ok(m) if m.is_dir() => {}
                     Ok(_) => return Err(refused(format!("{path}: not in a directory"))),
@@ -235,7 +269,7 @@ pub fn unpack_tar(r: impl Read, root: &Path) -> io::Result<Written> {
                 rustix::fs::XattrFlags::empty(),
             )?;
             w.opaques += 1;
-            continue;
+            return Ok(());
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
             if hidden.is_empty() {
@@ -246,10 +280,10 @@ pub fn unpack_tar(r: impl Read, root: &Path) -> io::Result<Written> {
             } else {
                 format!("{dir}/{hidden}")
             };
-            whiteout(&safe_parent(root, &rel, &mut made)?)?;
+            whiteout(&safe_parent(root, &rel, made)?)?;
             made.touch(&rel);
             w.whiteouts += 1;
-            continue;
+            return Ok(());
         }
         let is_dir = e.header().entry_type().is_dir();
         if path.is_empty() {
@@ -262,37 +296,44 @@ pub fn unpack_tar(r: impl Read, root: &Path) -> io::Result<Written> {
                     std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode & 0o7777))?;
                     std::os::unix::fs::chown(root, Some(uid as u32), Some(gid as u32))?;
                 }
-                dirs.push((root.to_path_buf(), e.header().mtime().unwrap_or(0)));
+                self.dirs
+                    .push((root.to_path_buf(), e.header().mtime().unwrap_or(0)));
             }
-            continue;
+            return Ok(());
         }
-        let target = safe_parent(root, &path, &mut made)?;
+        let target = safe_parent(root, &path, made)?;
         made.touch(&path);
         let et = e.header().entry_type();
         if et.is_character_special() || et.is_block_special() || et.is_fifo() {
-            special(&e, &target)?;
-            continue;
+            return special(e, &target);
         }
         if !e.unpack_in(root)? {
             return Err(refused(format!("entry {path}: outside the layer")));
         }
         if is_dir {
-            dirs.push((root.join(&path), e.header().mtime().unwrap_or(0)));
+            self.dirs
+                .push((root.join(&path), e.header().mtime().unwrap_or(0)));
             made.explicit.insert(path);
         }
+        Ok(())
     }
-    // Children changed their directories' mtimes; put the layer's back,
-    // deepest first.
-    for (d, mtime) in dirs.iter().rev() {
-        set_mtime(d, *mtime as i64, 0)?;
+
+    pub fn finish(self) -> io::Result<Written> {
+        // Children changed their directories' mtimes; put the layer's back,
+        // deepest first.
+        for (d, mtime) in self.dirs.iter().rev() {
+            set_mtime(d, *mtime as i64, 0)?;
+        }
+        let made = self.made;
+        let mut w = self.w;
+        w.implicit = made
+            .order
+            .iter()
+            .filter(|d| !made.explicit.contains(*d))
+            .map(|d| (d.clone(), made.touched.contains(d)))
+            .collect();
+        Ok(w)
     }
-    w.implicit = made
-        .order
-        .iter()
-        .filter(|d| !made.explicit.contains(*d))
-        .map(|d| (d.clone(), made.touched.contains(d)))
-        .collect();
-    Ok(w)
 }
 
 /// An overlay whiteout: a 0/0 character device where `path` was.

@@ -214,12 +214,37 @@ state = "{state}"
         self.ctr_ok(&args)
     }
 
-    /// `ctr run --rm` a fresh container of `image` and return its stdout.
+    /// `ctr run --rm` a fresh container of `image` and return its output
+    /// (stdout, and stderr if it wrote any), panicking if it fails.
     /// Container ids are unique across concurrent tests (runc state under
     /// /run/containerd is shared between instances).
     pub fn run(&self, image: &str, snapshotter: Option<&str>, cmd: &[&str]) -> String {
+        let (ok, out, err) = self.run_full(image, snapshotter, cmd);
+        if !ok {
+            panic!(
+                "ctr run {image} {cmd:?} failed:\noutput: {out}\nctr: {err}\ncontainerd log tail:\n{}",
+                self.log_tail()
+            );
+        }
+        out
+    }
+
+    /// [`Containerd::run`] that may fail: whether it worked, the
+    /// container's output and ctr's stderr. The output goes to a file the
+    /// shim writes (`--log-uri file://`), not through ctr's FIFOs: with
+    /// those, containerd 1.6 sometimes drops the last write of a process
+    /// that exits right after it (containerd#5741; seen here as a missing
+    /// last line under load).
+    pub fn run_full(
+        &self,
+        image: &str,
+        snapshotter: Option<&str>,
+        cmd: &[&str],
+    ) -> (bool, String, String) {
         let id = unique_id("c");
-        let mut args = vec!["run", "--rm"];
+        let log = self.dir.join(format!("{id}.out"));
+        let uri = format!("file://{}", log.display());
+        let mut args = vec!["run", "--rm", "--log-uri", &uri];
         let s;
         if let Some(name) = snapshotter {
             s = format!("--snapshotter={name}");
@@ -228,7 +253,14 @@ state = "{state}"
         args.push(image);
         args.push(&id);
         args.extend_from_slice(cmd);
-        self.ctr_ok(&args)
+        let res = self.ctr(&args);
+        let out = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        (
+            res.status.success(),
+            out,
+            String::from_utf8_lossy(&res.stderr).into_owned(),
+        )
     }
 
     /// The last 40 lines of the daemon's log, for failure messages.

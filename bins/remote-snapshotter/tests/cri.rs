@@ -132,6 +132,7 @@ fn cri_pulls_estargz_lazily_runs_pods_and_removes_images() {
         ctrd: Some(ctrd),
         daemon: Some(daemon),
         scratch,
+        metrics: None,
     };
     let ctrd = stack.ctrd.as_ref().unwrap();
     let counter = |name: &str| {

@@ -100,6 +100,7 @@ fn pull_secrets_through_our_image_service_make_private_images_lazy() {
         ctrd: Some(ctrd),
         daemon: Some(daemon),
         scratch,
+        metrics: None,
     };
     let ctrd = stack.ctrd.as_ref().unwrap();
     let counter = |name: &str| common::counter(&common::metrics(&metrics), name).unwrap_or(0);

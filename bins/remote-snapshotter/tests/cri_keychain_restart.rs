@@ -124,6 +124,7 @@ fn pull_secrets_survive_sigterm_and_sigkill_restarts() {
         ctrd: Some(ctrd),
         daemon: Some(daemon),
         scratch,
+        metrics: None,
     };
     let counter = |name: &str| common::counter(&common::metrics(&metrics), name).unwrap_or(0);
     let kubelet = Cri::connect_split(&stack.ctrd.as_ref().unwrap().socket, &daemon_sock);

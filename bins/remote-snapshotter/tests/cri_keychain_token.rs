@@ -108,6 +108,7 @@ fn token_registry_secrets_through_our_image_service_make_pulls_lazy() {
         ctrd: Some(ctrd),
         daemon: Some(daemon),
         scratch,
+        metrics: None,
     };
     let counter = |name: &str| common::counter(&common::metrics(&metrics), name).unwrap_or(0);
     let fallbacks = || {

@@ -11,7 +11,7 @@
 
 mod common;
 
-use e2e::containerd::{Containerd, NAMESPACE};
+use e2e::containerd::NAMESPACE;
 use e2e::faultproxy::FaultProxy;
 use e2e::image::{
     busybox_layer, pseudo_random, rsnap, sha256_digest, write_oci_layout, Kind, LayerBuilder, Meta,
@@ -121,12 +121,6 @@ fn layer_dirs(snapshots: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn pull(ctrd: &Containerd, image: &str) -> (bool, String) {
-    let sock = ctrd.socket.display().to_string();
-    let (ok, out, err) = rsnap(&["pull", "-a", &sock, "-n", NAMESPACE, "--plain-http", image]);
-    (ok, format!("{out}{err}"))
-}
-
 /// Whatever a failed pull may have left: staging or unpack directories.
 fn leftovers(root: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(root.join("fallback-pull"))
@@ -168,30 +162,21 @@ async fn fallback_pull_unpacks_what_containerd_would() {
     let image = format!("{}/plain:1", registry.host());
     skopeo_push(&dir.join("oci"), "1", &image);
 
-    std::fs::write(
-        dir.join("config.toml"),
-        "noprefetch = true\n[blob]\nmax_retries = 2\n[fallback_pull]\nrequest_size_mib = 2\nconcurrency = 3\n",
-    )
-    .unwrap();
-    let (daemon, metrics) = common::start_with_metrics(dir, &[]);
-    let ctrd = Containerd::start(dir, Some(&daemon.sock));
-    let stack = common::Stack {
-        ctrd: Some(ctrd),
-        daemon: Some(daemon),
+    let stack = common::Stack::start(
         scratch,
-    };
-    let ctrd = stack.ctrd.as_ref().unwrap();
+        Some("noprefetch = true\n[blob]\nmax_retries = 2\n[fallback_pull]\nrequest_size_mib = 2\nconcurrency = 3\n"),
+    );
+    let ctrd = stack.ctrd();
 
-    let (ok, out) = pull(ctrd, &image);
-    assert!(ok, "rsnap pull: {out}");
+    let out = stack.pull_ok(&image);
     assert!(
         out.contains("0 lazy, 0 fetched, 2 pulled by the snapshotter"),
         "rsnap pull: {out}"
     );
-    let m = common::metrics(&metrics);
+    let m = stack.metrics();
     let warnings = || {
-        std::fs::read_to_string(stack.scratch.path().join("daemon.log"))
-            .unwrap_or_default()
+        stack
+            .log()
             .lines()
             .filter(|l| l.contains("WARN"))
             .collect::<Vec<_>>()
@@ -221,7 +206,7 @@ async fn fallback_pull_unpacks_what_containerd_would() {
         Some(1),
         "{m}"
     );
-    let log = std::fs::read_to_string(stack.scratch.path().join("daemon.log")).unwrap();
+    let log = stack.log();
     for d in &img.layer_digests {
         assert!(
             log.contains("layer pulled and unpacked (digest and diff ID verified)")
@@ -369,19 +354,11 @@ async fn fallback_pull_faults_commit_nothing() {
     write_oci_layout(&base, "base", vec![busybox_layer().tar_gz()], &["/bin/sh"]);
     skopeo_push(&base, "base", &format!("{}/faults:base", registry.host()));
 
-    std::fs::write(
-        dir.join("config.toml"),
-        "noprefetch = true\n[blob]\nmax_retries = 1\nfetching_timeout_sec = 3\n[fallback_pull]\nrequest_size_mib = 1\nconcurrency = 2\n",
-    )
-    .unwrap();
-    let (daemon, metrics) = common::start_with_metrics(dir, &[]);
-    let ctrd = Containerd::start(dir, Some(&daemon.sock));
-    let stack = common::Stack {
-        ctrd: Some(ctrd),
-        daemon: Some(daemon),
+    let stack = common::Stack::start(
         scratch,
-    };
-    let ctrd = stack.ctrd.as_ref().unwrap();
+        Some("noprefetch = true\n[blob]\nmax_retries = 1\nfetching_timeout_sec = 3\n[fallback_pull]\nrequest_size_mib = 1\nconcurrency = 2\n"),
+    );
+    let ctrd = stack.ctrd();
     let root = stack.scratch.path().join("root");
     let api = common::api(stack.daemon.as_ref().unwrap()).await;
     let committed = |api_list: &Vec<snapshotter::Info>| {
@@ -392,18 +369,18 @@ async fn fallback_pull_faults_commit_nothing() {
     };
 
     // The lie: containerd's own apply refuses it as well, so the pull fails.
-    let (ok, out) = pull(ctrd, &format!("{}/faults:lie", proxy.host()));
+    let (ok, out) = stack.pull(&format!("{}/faults:lie", proxy.host()));
     assert!(
         !ok,
         "a layer with a wrong diff ID must not be pulled: {out}"
     );
-    let m = common::metrics(&metrics);
+    let m = stack.metrics();
     assert_eq!(
         common::counter(&m, "fallback_pull_failures"),
         Some(1),
         "{m}"
     );
-    let log = std::fs::read_to_string(stack.scratch.path().join("daemon.log")).unwrap();
+    let log = stack.log();
     assert!(
         log.contains("the uncompressed tar's digest is") && log.contains(&img.diff_ids[1]),
         "a clear error names the diff ID:\n{log}"
@@ -417,7 +394,7 @@ async fn fallback_pull_faults_commit_nothing() {
     assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
 
     // The base layer, held by an image of its own.
-    let (ok, out) = pull(ctrd, &format!("{}/faults:base", proxy.host()));
+    let (ok, out) = stack.pull(&format!("{}/faults:base", proxy.host()));
     assert!(ok, "{out}");
     // The registry goes silent once the data layer's pull is under way (a
     // few ranged requests answered): our pull of it fails (the base layer
@@ -439,10 +416,10 @@ async fn fallback_pull_faults_commit_nothing() {
     faults.blackhole(true);
     assert!(started, "the pull never started: {:?}", faults.counts());
     let failed = e2e::process::wait_until(std::time::Duration::from_secs(60), || {
-        common::counter(&common::metrics(&metrics), "fallback_pull_failures") == Some(2)
+        stack.counter("fallback_pull_failures") == Some(2)
     });
-    let log = std::fs::read_to_string(stack.scratch.path().join("daemon.log")).unwrap();
-    assert!(failed, "{}\n{log}", common::metrics(&metrics));
+    let log = stack.log();
+    assert!(failed, "{}\n{log}", stack.metrics());
     let list = api.list(&[]).await.unwrap();
     assert_eq!(committed(&list), 1, "nothing half-committed: {list:?}");
     assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
@@ -456,7 +433,7 @@ async fn fallback_pull_faults_commit_nothing() {
 
     // Back: the same pull now works, by our daemon.
     proxy.faults().pass();
-    let (ok, out) = pull(ctrd, &format!("{}/faults:1", proxy.host()));
+    let (ok, out) = stack.pull(&format!("{}/faults:1", proxy.host()));
     assert!(ok, "{out}");
     let list = api.list(&[]).await.unwrap();
     assert_eq!(committed(&list), 2, "{list:?}");

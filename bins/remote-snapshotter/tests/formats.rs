@@ -9,7 +9,6 @@
 
 mod common;
 
-use e2e::containerd::{Containerd, NAMESPACE};
 use e2e::image::LayerBuilder;
 use e2e::image::{busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout};
 use e2e::process::wait_until;
@@ -42,19 +41,6 @@ fn build(dir: &Path) -> (String, String) {
     (cmd, want)
 }
 
-fn pull(ctrd: &Containerd, reference: &str) -> String {
-    let sock = ctrd.socket.to_str().unwrap().to_string();
-    rsnap_ok(&[
-        "pull",
-        "-a",
-        &sock,
-        "-n",
-        NAMESPACE,
-        "--plain-http",
-        reference,
-    ])
-}
-
 fn convert(src: &Path, dst: &Path, flags: &[&str]) {
     let mut args = vec!["convert".to_string()];
     args.extend(flags.iter().map(|s| s.to_string()));
@@ -63,24 +49,28 @@ fn convert(src: &Path, dst: &Path, flags: &[&str]) {
     rsnap_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
-/// A fresh daemon (with `config`) and containerd in `dir`, torn down in order.
-fn stack(dir: tempfile::TempDir, config: &str, metrics: bool) -> (common::Stack, Option<String>) {
-    std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    let (daemon, addr) = if metrics {
-        let (d, a) = common::start_with_metrics(dir.path(), &[]);
-        (d, Some(a))
-    } else {
-        (common::start(dir.path(), &[]), None)
-    };
-    let ctrd = Containerd::start(dir.path(), Some(&daemon.sock));
-    (
-        common::Stack {
-            ctrd: Some(ctrd),
-            daemon: Some(daemon),
-            scratch: dir,
-        },
-        addr,
-    )
+/// A fresh daemon (with `config`) and containerd, torn down in order.
+fn stack(config: &str) -> common::Stack {
+    common::Stack::start(tempfile::tempdir().unwrap(), Some(config))
+}
+
+/// A container of `image` runs `cmd` and prints `want`; else the failure
+/// shows its stderr and the daemon's warnings.
+fn run_checked(st: &common::Stack, image: &str, cmd: &str, want: &str) {
+    let (ok, got, err) = st
+        .ctrd()
+        .run_full(image, Some("remote"), &["sh", "-c", cmd]);
+    if !(ok && got == want) {
+        let log = st.log();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        panic!(
+            "{cmd}: exit ok {ok}, got {got:?}, want {want:?}; stderr {err:?}; daemon:\n{}",
+            warnings.join("\n")
+        );
+    }
 }
 
 /// Per-layer values of the `layer_unverified` gauge.
@@ -105,16 +95,15 @@ fn legacy_stargz_runs_unverified_when_allowed_and_falls_back_without() {
     skopeo_push(&dst, "v1", &image);
 
     // Not allowed: containerd pulls it the ordinary way, and the log says why.
-    let (st, _) = stack(tempfile::tempdir().unwrap(), "noprefetch = true\n", false);
-    let ctrd = st.ctrd.as_ref().unwrap();
-    let out = pull(ctrd, &image);
+    let st = stack("noprefetch = true\n");
+    let out = st.pull_ok(&image);
     assert!(
         out.contains("0 lazy, 2 fetched")
             || out.contains("0 lazy, 0 fetched, 2 pulled by the snapshotter"),
         "expected a fallback: {out}"
     );
-    assert_eq!(ctrd.run(&image, Some("remote"), &["sh", "-c", &cmd]), want);
-    let log = std::fs::read_to_string(st.scratch.path().join("daemon.log")).unwrap();
+    run_checked(&st, &image, &cmd, &want);
+    let log = st.log();
     assert!(
         log.contains("allow_no_verification"),
         "the fallback names the key that would allow it:\n{log}"
@@ -123,32 +112,26 @@ fn legacy_stargz_runs_unverified_when_allowed_and_falls_back_without() {
 
     // Allowed: lazy, counted, and once background fetch has every chunk,
     // each layer's whole blob is checked against its digest.
-    let (st, addr) = stack(
-        tempfile::tempdir().unwrap(),
-        "allow_no_verification = true\n",
-        true,
-    );
-    let addr = addr.unwrap();
-    let ctrd = st.ctrd.as_ref().unwrap();
-    let out = pull(ctrd, &image);
+    let st = stack("allow_no_verification = true\n");
+    let out = st.pull_ok(&image);
     assert!(out.contains("2 lazy, 0 fetched"), "not lazy: {out}");
-    assert_eq!(ctrd.run(&image, Some("remote"), &["sh", "-c", &cmd]), want);
-    let text = common::metrics(&addr);
+    run_checked(&st, &image, &cmd, &want);
     assert_eq!(
-        common::counter(&text, "unverified_layers_mounted"),
+        st.counter("unverified_layers_mounted"),
         Some(2),
-        "{text}"
+        "{}",
+        st.metrics()
     );
     let passed = wait_until(Duration::from_secs(90), || {
-        unverified_states(&common::metrics(&addr)) == [2, 2]
+        unverified_states(&st.metrics()) == [2, 2]
     });
-    let text = common::metrics(&addr);
+    let text = st.metrics();
     assert!(
         passed,
         "both blobs checked whole: {:?}",
         unverified_states(&text)
     );
-    let log = std::fs::read_to_string(st.scratch.path().join("daemon.log")).unwrap();
+    let log = st.log();
     assert!(log.contains("WITHOUT verification"), "logged per layer");
     assert_eq!(log.matches("layer mounted WITHOUT verification").count(), 2);
     drop(st);
@@ -177,12 +160,11 @@ fn min_chunk_size_estargz_runs_lazily_and_verified() {
     let image = format!("{}/minchunk/app:v1", reg.host());
     skopeo_push(&dst, "v1", &image);
 
-    let (st, _) = stack(tempfile::tempdir().unwrap(), "noprefetch = true\n", false);
-    let ctrd = st.ctrd.as_ref().unwrap();
-    let out = pull(ctrd, &image);
+    let st = stack("noprefetch = true\n");
+    let out = st.pull_ok(&image);
     assert!(out.contains("2 lazy, 0 fetched"), "not lazy: {out}");
-    assert_eq!(ctrd.run(&image, Some("remote"), &["sh", "-c", &cmd]), want);
-    let log = std::fs::read_to_string(st.scratch.path().join("daemon.log")).unwrap();
+    run_checked(&st, &image, &cmd, &want);
+    let log = st.log();
     assert!(!log.contains("WITHOUT verification"), "verified layers");
     drop(st);
 }
@@ -205,16 +187,15 @@ fn external_toc_estargz_runs_lazily_with_its_toc_image() {
     skopeo_push(&dst, "v1", &image);
 
     // Without its TOC image the layers cannot be read lazily: fallback.
-    let (st, _) = stack(tempfile::tempdir().unwrap(), "noprefetch = true\n", false);
-    let ctrd = st.ctrd.as_ref().unwrap();
-    let out = pull(ctrd, &image);
+    let st = stack("noprefetch = true\n");
+    let out = st.pull_ok(&image);
     assert!(
         out.contains("0 lazy, 2 fetched")
             || out.contains("0 lazy, 0 fetched, 2 pulled by the snapshotter"),
         "expected a fallback: {out}"
     );
-    assert_eq!(ctrd.run(&image, Some("remote"), &["sh", "-c", &cmd]), want);
-    let log = std::fs::read_to_string(st.scratch.path().join("daemon.log")).unwrap();
+    run_checked(&st, &image, &cmd, &want);
+    let log = st.log();
     assert!(
         log.contains("esgztoc"),
         "the fallback names the TOC image:\n{log}"
@@ -226,12 +207,11 @@ fn external_toc_estargz_runs_lazily_with_its_toc_image() {
         "v1-esgztoc",
         &format!("{}/ext/app:v1-esgztoc", reg.host()),
     );
-    let (st, _) = stack(tempfile::tempdir().unwrap(), "noprefetch = true\n", false);
-    let ctrd = st.ctrd.as_ref().unwrap();
-    let out = pull(ctrd, &image);
+    let st = stack("noprefetch = true\n");
+    let out = st.pull_ok(&image);
     assert!(out.contains("2 lazy, 0 fetched"), "not lazy: {out}");
-    assert_eq!(ctrd.run(&image, Some("remote"), &["sh", "-c", &cmd]), want);
-    let log = std::fs::read_to_string(st.scratch.path().join("daemon.log")).unwrap();
+    run_checked(&st, &image, &cmd, &want);
+    let log = st.log();
     assert!(log.contains("external TOC fetched"), "{log}");
     assert!(!log.contains("WITHOUT verification"), "verified layers");
     drop(st);

@@ -41,6 +41,7 @@ fn readers_get_an_error_when_no_daemon_comes_back_within_the_handover_timeout() 
         ctrd: None,
         daemon: None,
         scratch: tempfile::tempdir().unwrap(),
+        metrics: None,
     };
     let s = st.scratch.path().to_path_buf();
     let (src, dst) = (s.join("src"), s.join("dst"));

@@ -4,7 +4,6 @@
 
 mod common;
 
-use e2e::containerd::{Containerd, NAMESPACE};
 use e2e::image::{
     busybox_layer, pseudo_random, rsnap_ok, sha256_digest, write_oci_layout, LayerBuilder,
 };
@@ -50,30 +49,10 @@ fn optimized_image_runs_lazily_through_the_daemon() {
         cmd,
     ]);
 
-    std::fs::write(
-        scratch.path().join("config.toml"),
-        "no_background_fetch = true\n",
-    )
-    .unwrap();
-    let daemon = common::start(scratch.path(), &[]);
-    let ctrd = Containerd::start(scratch.path(), Some(&daemon.sock));
-    let stack = common::Stack {
-        ctrd: Some(ctrd),
-        daemon: Some(daemon),
-        scratch,
-    };
-    let ctrd = stack.ctrd.as_ref().unwrap();
+    let stack = common::Stack::start(scratch, Some("no_background_fetch = true\n"));
+    let ctrd = stack.ctrd();
     let lazy_ref = format!("{}/opt/app:v1", proxy.host());
-    let sock = ctrd.socket.to_str().unwrap().to_string();
-    let out = rsnap_ok(&[
-        "pull",
-        "-a",
-        &sock,
-        "-n",
-        NAMESPACE,
-        "--plain-http",
-        &lazy_ref,
-    ]);
+    let out = stack.pull_ok(&lazy_ref);
     assert!(out.contains("2 lazy, 0 fetched"), "not lazy: {out}");
     let pulled = proxy.bytes_down();
     eprintln!("pull: {pulled} B");

@@ -8,7 +8,6 @@
 
 mod common;
 
-use e2e::containerd::{Containerd, NAMESPACE};
 use e2e::image::{
     busybox_layer, pseudo_random, rsnap, rsnap_ok, sha256_digest, write_oci_layout, LayerBuilder,
     OciLayout,
@@ -63,24 +62,15 @@ fn a_profile_recorded_by_the_daemon_optimizes_the_image() {
         &image,
     ]);
 
-    std::fs::write(
-        s.join("config.toml"),
-        format!(
-            "no_background_fetch = true\n[profile]\nrecord = true\nwindow_sec = {WINDOW_SEC}\n"
-        ),
-    )
-    .unwrap();
-    let daemon = common::start(&s, &[]);
-    let ctrd = Containerd::start(&s, Some(&daemon.sock));
-    let stack = common::Stack {
-        ctrd: Some(ctrd),
-        daemon: Some(daemon),
+    let stack = common::Stack::start(
         scratch,
-    };
-    let ctrd = stack.ctrd.as_ref().unwrap();
-    let sock = ctrd.socket.to_str().unwrap().to_string();
+        Some(&format!(
+            "no_background_fetch = true\n[profile]\nrecord = true\nwindow_sec = {WINDOW_SEC}\n"
+        )),
+    );
+    let ctrd = stack.ctrd();
     let pull = |r: &str| {
-        let out = rsnap_ok(&["pull", "-a", &sock, "-n", NAMESPACE, "--plain-http", r]);
+        let out = stack.pull_ok(r);
         assert!(out.contains("2 lazy, 0 fetched"), "not lazy: {out}");
     };
     pull(&image);

@@ -229,6 +229,7 @@ fn a_container_reads_through_upgrade_crash_and_containerd_crash() {
         ctrd: None,
         daemon: None,
         scratch: tempfile::tempdir().unwrap(),
+        metrics: None,
     };
     let s = st.scratch.path().to_path_buf();
     let (layout, big, _) = build_image(&s);
@@ -430,6 +431,7 @@ fn a_cached_image_starts_after_a_restart_with_the_registry_down() {
         ctrd: None,
         daemon: None,
         scratch: tempfile::tempdir().unwrap(),
+        metrics: None,
     };
     let s = st.scratch.path().to_path_buf();
     let (layout, big, smalls) = build_image(&s);

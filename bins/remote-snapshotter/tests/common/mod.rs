@@ -136,6 +136,77 @@ pub struct Stack {
     pub ctrd: Option<e2e::containerd::Containerd>,
     pub daemon: Option<Daemon>,
     pub scratch: tempfile::TempDir,
+    /// The daemon's metrics endpoint, if it serves one.
+    pub metrics: Option<String>,
+}
+
+impl Stack {
+    /// The usual stack in `scratch`: our daemon with `config` as its
+    /// config.toml (`None`: the default of [`start_with_env`]) and a metrics
+    /// endpoint, and containerd using it as its `remote` snapshotter.
+    pub fn start(scratch: tempfile::TempDir, config: Option<&str>) -> Stack {
+        if let Some(c) = config {
+            std::fs::write(scratch.path().join("config.toml"), c).unwrap();
+        }
+        let (daemon, metrics) = start_with_metrics(scratch.path(), &[]);
+        let ctrd = e2e::containerd::Containerd::start(scratch.path(), Some(&daemon.sock));
+        Stack {
+            ctrd: Some(ctrd),
+            daemon: Some(daemon),
+            scratch,
+            metrics: Some(metrics),
+        }
+    }
+
+    pub fn ctrd(&self) -> &e2e::containerd::Containerd {
+        self.ctrd.as_ref().expect("containerd runs")
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("the daemon runs")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// The metrics text (the stack must have been started with an endpoint).
+    pub fn metrics(&self) -> String {
+        metrics(self.metrics.as_deref().expect("a metrics endpoint"))
+    }
+
+    /// Counter `name` (see [`counter`]) as the daemon reports it now.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        counter(&self.metrics(), name)
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `rsnap pull --plain-http IMAGE` into this containerd: whether it
+    /// worked, and its output (stdout and stderr).
+    pub fn pull(&self, image: &str) -> (bool, String) {
+        let sock = self.ctrd().socket.display().to_string();
+        let (ok, out, err) = e2e::image::rsnap(&[
+            "pull",
+            "-a",
+            &sock,
+            "-n",
+            e2e::containerd::NAMESPACE,
+            "--plain-http",
+            image,
+        ]);
+        (ok, format!("{out}{err}"))
+    }
+
+    /// [`Stack::pull`] that must work; its output.
+    pub fn pull_ok(&self, image: &str) -> String {
+        let (ok, out) = self.pull(image);
+        assert!(ok, "rsnap pull {image}: {out}");
+        out
+    }
 }
 
 impl Drop for Stack {

@@ -44,7 +44,11 @@ elif ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   fi
   echo "skipped (cargo-fuzz or nightly missing: cargo install cargo-fuzz)"
 else
-  # Each target gets a bounded run; a crash or leak fails the script.
+  # All targets built in one cargo call (their links run in parallel), then
+  # each gets a bounded run; a crash or leak fails the script.
+  if ! cargo +nightly fuzz build; then
+    failed+=("fuzz build")
+  fi
   for t in $(cargo +nightly fuzz list); do
     echo "-- fuzz $t for ${FUZZ_SECONDS}s"
     log="$(mktemp)"

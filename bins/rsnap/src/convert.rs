@@ -85,14 +85,7 @@ pub fn run(args: Args) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // Flags apply to the registries of SRC and DST (not `oci:` layouts).
-    let named: Vec<String> = [&args.src, &args.dst]
-        .into_iter()
-        .filter(|s| !s.starts_with("oci:"))
-        .filter_map(|s| registry::Reference::parse(s).ok())
-        .map(|r| r.registry().to_string())
-        .collect();
-    let cfg = args.net.client_config(named.iter().map(String::as_str));
+    let cfg = args.net.client_config_for(&[&args.src, &args.dst]);
     let prioritized_files = match &args.prioritized_files {
         Some(p) => convert::parse_prioritized(
             &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,

@@ -31,6 +31,18 @@ impl NetFlags {
         }
         cfg
     }
+
+    /// [`NetFlags::client_config`] for the registries of SRC and DST image
+    /// names (`oci:` layouts have none).
+    pub fn client_config_for(&self, images: &[&str]) -> registry::ClientConfig {
+        let named: Vec<String> = images
+            .iter()
+            .filter(|s| !s.starts_with("oci:"))
+            .filter_map(|s| registry::Reference::parse(s).ok())
+            .map(|r| r.registry().to_string())
+            .collect();
+        self.client_config(named.iter().map(String::as_str))
+    }
 }
 
 #[cfg(test)]

@@ -66,15 +66,7 @@ pub fn run(args: Args) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let named: Vec<String> = [&args.src, &args.dst]
-        .into_iter()
-        .filter(|s| !s.starts_with("oci:"))
-        .filter_map(|s| registry::Reference::parse(s).ok())
-        .map(|r| r.registry().to_string())
-        .collect();
-    let cfg = args
-        .net_flags
-        .client_config(named.iter().map(String::as_str));
+    let cfg = args.net_flags.client_config_for(&[&args.src, &args.dst]);
     let platforms = match &args.platform {
         Some(p) => convert::Platforms::Only(registry::Platform::parse(p)?),
         None => convert::Platforms::Host,

@@ -217,3 +217,14 @@ impl serde_json::ser::Formatter for GoFormatter {
         w.write_all(&fragment.as_bytes()[start..])
     }
 }
+
+/// A tar mtime (seconds) as the TOC's `modtime` (RFC 3339, UTC); empty for
+/// 0, as the reference writes it.
+pub fn format_modtime(secs: i64) -> String {
+    if secs == 0 {
+        return String::new();
+    }
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}

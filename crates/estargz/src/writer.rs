@@ -30,8 +30,8 @@ use crate::footer::{write_footer, write_legacy_footer};
 use crate::index::{clean_path, Index, IndexOptions};
 use crate::tarfmt::{self, BLOCK};
 use crate::toc::{
-    EntryType, Toc, TocEntry, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
-    TOC_TAR_NAME,
+    format_modtime, EntryType, Toc, TocEntry, LANDMARK_CONTENTS, NO_PREFETCH_LANDMARK,
+    PREFETCH_LANDMARK, TOC_TAR_NAME,
 };
 use crate::Compression;
 use sha2::{Digest, Sha256};
@@ -438,15 +438,6 @@ fn name_if_changed(seen: &mut HashMap<i64, String>, id: i64, name: &str) -> Stri
     }
     seen.insert(id, name.to_string());
     name.to_string()
-}
-
-fn format_modtime(secs: i64) -> String {
-    if secs == 0 {
-        return String::new();
-    }
-    chrono::DateTime::from_timestamp(secs, 0)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default()
 }
 
 fn toc_entry(

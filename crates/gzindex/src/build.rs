@@ -239,15 +239,6 @@ fn dedup(entries: Vec<InEntry>) -> Vec<InEntry> {
         .collect()
 }
 
-fn format_modtime(secs: i64) -> String {
-    if secs == 0 {
-        return String::new();
-    }
-    chrono::DateTime::from_timestamp(secs, 0)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default()
-}
-
 /// The eStargz-shaped TOC: one entry per tar entry, regular files cut into
 /// pieces at checkpoints, each hashed from the scratch tar.
 fn file_table(
@@ -265,7 +256,7 @@ fn file_table(
     for e in entries {
         let mut t = TocEntry {
             name: e.name.clone(),
-            modtime: format_modtime(e.mtime),
+            modtime: estargz::toc::format_modtime(e.mtime),
             mode: e.mode,
             uid: e.uid,
             gid: e.gid,

@@ -89,7 +89,7 @@ pub const KEYS: &[Key] = &[
     works("fallback_pull.enable", "this daemon's own key: a layer that cannot be mounted lazily is pulled by the daemon (parallel ranged requests, unpacked while downloading, blob digest and diff ID verified before commit) and answered to containerd as done; false: containerd pulls and unpacks it (default true)"),
     works("fallback_pull.concurrency", "this daemon's own key: ranged requests in flight per layer of a fallback pull (default 4)"),
     works("fallback_pull.request_size_mib", "this daemon's own key: MiB per ranged request of a fallback pull (default 8)"),
-    works("fallback_pull.parallel_layers", "this daemon's own key: layers of an image pulled ahead of their Prepare at once, once its first layer fell back (default 3; 0: one layer at a time)"),
+    works("fallback_pull.parallel_layers", "this daemon's own key: layers of an image pulled ahead of their Prepare at once, once its first layer fell back (default 3; 0: one layer at a time); layers with a TOC or a seekable index are left to be mounted lazily (metrics `fallback_pull_ahead_started`, `_ahead_used`, `fallback_pull_bytes`)"),
     no_effect("fuse.attr_timeout", KERNEL_TTL),
     no_effect("fuse.entry_timeout", KERNEL_TTL),
     works("fuse.passthrough", "an open of a file whose chunks are all in the disk cache is answered with a whole-file copy under `cache/files` that the kernel reads directly (FUSE passthrough, kernel 6.9 or later; else reads go through the daemon as without it). Off by default: it makes each layer mount a stacked filesystem, so overlayfs inside a container (docker-in-docker) passes the kernel's stacking limit; the copies are not counted in `cache.max_size`"),

@@ -9,8 +9,6 @@ pub enum Error {
     NoImageRef,
     #[error("no layer digest in the labels")]
     NoLayerDigest,
-    #[error("registry client")]
-    Client(#[source] registry::Error),
     #[error("image reference")]
     Reference(#[source] registry::Error),
     #[error("manifest or config of {image}")]

@@ -49,12 +49,13 @@ impl<T: Clone> Recent<T> {
     {
         let cell = {
             let mut cells = self.cells.lock();
+            // In flight (empty) or young enough.
             let fresh = |c: &Cell<T>| c.get().is_none_or(|(t, _)| t.elapsed() < max_age);
             if cells.get(key).is_some_and(|c| !fresh(c)) {
                 cells.remove(key);
             }
             if cells.len() >= MAX_ENTRIES {
-                cells.retain(|_, c| c.get().is_none_or(|(t, _)| t.elapsed() < max_age));
+                cells.retain(|_, c| fresh(c));
                 if cells.len() >= MAX_ENTRIES {
                     cells.clear();
                 }

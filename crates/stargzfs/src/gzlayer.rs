@@ -141,19 +141,29 @@ impl GzLookup {
         if local.is_some_and(|p| p.exists()) {
             return true;
         }
-        if !self.registry_lookup {
-            return false;
-        }
-        let Ok(manifest) = manifest::recent(&self.client, image).await else {
-            return false;
-        };
+        self.registry_lookup
+            && self
+                .referred(image, digest)
+                .await
+                .is_ok_and(|(_, f)| f.contains_key(digest))
+    }
+
+    /// The index blobs the image's referrers list, by layer, and the
+    /// repository they are in: asked once per manifest (`RECENT`).
+    async fn referred(
+        &self,
+        image: &Reference,
+        asking: &str,
+    ) -> Result<(Reference, Arc<HashMap<String, String>>), Error> {
+        let manifest = manifest::recent(&self.client, image).await?;
         let (repo, subject) = (image.repo_only(), manifest.resolved.digest);
-        self.found
+        let found = self
+            .found
             .get(&format!("{repo}@{subject}"), RECENT, || {
-                self.index_blobs(&repo, &subject, digest)
+                self.index_blobs(&repo, &subject, asking)
             })
-            .await
-            .is_ok_and(|f| f.contains_key(digest))
+            .await?;
+        Ok((repo, found))
     }
 
     /// The index file's bytes: the local directory, then the registry.
@@ -180,15 +190,7 @@ impl GzLookup {
         if !self.registry_lookup {
             return Ok(None);
         }
-        let manifest = manifest::recent(&self.client, image).await?;
-        let subject = manifest.resolved.digest;
-        let repo = image.repo_only();
-        let found = self
-            .found
-            .get(&format!("{repo}@{subject}"), RECENT, || {
-                self.index_blobs(&repo, &subject, digest)
-            })
-            .await?;
+        let (repo, found) = self.referred(image, digest).await?;
         let Some(blob) = found.get(digest) else {
             return Ok(None);
         };

@@ -147,6 +147,7 @@ of layers), indexed once by \`rsnap index\` ($INDEX_SECS s on this machine;
 checkpoints every $SPAN_MIB MiB of tar). $idx_line.
 Pushed as an OCI referrer of the image manifest; docker-registry 2.8 has no
 referrers API, so the daemon finds it through the \`sha256-<hex>\` tag.
+\`bench/index.sh $RUNS\`, $(date -u +%Y-%m-%d), $(cpu_model), $(nproc) cores.
 WAN profile: \`wanproxy\` with ${DELAY_MS} ms each way and ${MBIT} Mbit/s. Cold before every
 case. Median of $RUNS runs (every run in brackets); the eStargz image is
 \`rsnap convert\` of the same image ($(layers_mb v1-esgz) MB of layers).
